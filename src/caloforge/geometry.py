@@ -1,0 +1,331 @@
+"""Cylindrical calorimeter readouts and the one definition of voxel ordering.
+
+A readout is a stack of layers along the shower axis z; each layer is divided into ``n_alpha`` equal
+angular bins over [-pi, pi) and radial bins with edges in mm. Layers may differ (CaloChallenge dataset 1)
+or all be the same (datasets 2 and 3, Par04); a layer with no radial bins is empty and has no voxels.
+
+Voxel ordering (CaloChallenge, binning XML + ``XMLHandler.py``): the flat vector runs over layers, then
+alpha bins, then radial bins fastest. For a regular geometry ``flat.reshape(N, n_layers, n_alpha, n_radial)``
+gives the (z, alpha, r) grid. Par04/LEMURS files store the same grid as ``(N, R, PHI, Z)``; Par04's C++
+reads a flat (Nr x Nphi x Nz) vector with z fastest, which is that array in C order. Every reshape between
+these lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from caloforge.errors import InputError, UnknownNameError
+
+__all__ = [
+    "PRESETS",
+    "CylindricalGeometry",
+    "LayerBinning",
+    "geometries_matching",
+    "get_geometry",
+]
+
+
+@dataclass(frozen=True)
+class LayerBinning:
+    """Binning of one readout layer.
+
+    Args:
+        r_edges: radial bin edges in mm, increasing from 0; ``(0.0,)`` marks an empty layer.
+        n_alpha: number of equal angular bins over [-pi, pi).
+    """
+
+    r_edges: tuple[float, ...]
+    n_alpha: int
+
+    def __post_init__(self) -> None:
+        if len(self.r_edges) < 1 or any(b <= a for a, b in zip(self.r_edges, self.r_edges[1:], strict=False)):
+            raise ValueError(f"r_edges must be strictly increasing, got {self.r_edges}")
+        if self.n_alpha < 1:
+            raise ValueError(f"n_alpha must be >= 1, got {self.n_alpha}")
+
+    @property
+    def n_radial(self) -> int:
+        return len(self.r_edges) - 1
+
+    @property
+    def n_voxels(self) -> int:
+        return self.n_radial * self.n_alpha if self.n_radial > 0 else 0
+
+
+@dataclass(frozen=True)
+class CylindricalGeometry:
+    """A cylindrical readout: layers along z, each with alpha x radial bins.
+
+    Args:
+        name: preset name or a user's label.
+        layers: one ``LayerBinning`` per readout layer, front to back.
+        layer_thickness_mm: depth of each readout layer along z in mm (one value per layer).
+        material: name of the calorimeter medium, a key of ``caloforge.simulate.materials``.
+        description: one line a person reads in ``caloforge geometries``.
+    """
+
+    name: str
+    layers: tuple[LayerBinning, ...]
+    layer_thickness_mm: tuple[float, ...]
+    material: str
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.layers) == 0:
+            raise ValueError("a geometry needs at least one layer")
+        if len(self.layer_thickness_mm) != len(self.layers):
+            raise ValueError(
+                f"layer_thickness_mm has {len(self.layer_thickness_mm)} values for {len(self.layers)} layers"
+            )
+        if self.n_voxels == 0:
+            raise ValueError("a geometry needs at least one voxel")
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def regular(
+        cls,
+        name: str,
+        n_layers: int,
+        n_alpha: int,
+        r_edges_mm: tuple[float, ...] | list[float] | NDArray[np.floating],
+        layer_thickness_mm: float,
+        material: str,
+        description: str = "",
+    ) -> CylindricalGeometry:
+        """Every layer binned alike: ``n_layers`` x ``n_alpha`` x ``len(r_edges_mm) - 1`` voxels."""
+        layer = LayerBinning(tuple(float(r) for r in r_edges_mm), int(n_alpha))
+        return cls(name, (layer,) * n_layers, (float(layer_thickness_mm),) * n_layers, material, description)
+
+    # ---- sizes --------------------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @cached_property
+    def n_voxels(self) -> int:
+        return sum(layer.n_voxels for layer in self.layers)
+
+    @cached_property
+    def is_regular(self) -> bool:
+        """True when every layer has the same binning, so the voxels form a (z, alpha, r) grid."""
+        return all(layer == self.layers[0] for layer in self.layers)
+
+    def _require_regular(self, what: str) -> LayerBinning:
+        if not self.is_regular:
+            raise ValueError(f"{what} needs a regular geometry; '{self.name}' has per-layer binning")
+        return self.layers[0]
+
+    @property
+    def n_alpha(self) -> int:
+        """Angular bins per layer (regular geometries only)."""
+        return self._require_regular("n_alpha").n_alpha
+
+    @property
+    def n_radial(self) -> int:
+        """Radial bins per layer (regular geometries only)."""
+        return self._require_regular("n_radial").n_radial
+
+    @property
+    def r_edges_mm(self) -> NDArray[np.float64]:
+        """Radial bin edges in mm, shape (n_radial + 1,) (regular geometries only)."""
+        return np.asarray(self._require_regular("r_edges_mm").r_edges, dtype=np.float64)
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        """(n_layers, n_alpha, n_radial) of a regular geometry."""
+        layer = self._require_regular("grid_shape")
+        return (self.n_layers, layer.n_alpha, layer.n_radial)
+
+    @property
+    def depth_mm(self) -> float:
+        """Total depth of the readout along z in mm."""
+        return float(sum(self.layer_thickness_mm))
+
+    @property
+    def outer_radius_mm(self) -> float:
+        """Largest radial edge over all layers in mm."""
+        return max(layer.r_edges[-1] for layer in self.layers)
+
+    # ---- voxel ordering: the one definition ---------------------------------------------------------
+    @cached_property
+    def layer_offsets(self) -> NDArray[np.int64]:
+        """Flat index where each layer starts, shape (n_layers + 1,); the last entry is n_voxels."""
+        return np.concatenate([[0], np.cumsum([layer.n_voxels for layer in self.layers])]).astype(np.int64)
+
+    def flat_index(self, layer: int, alpha: int, radial: int) -> int:
+        """Flat voxel index of (layer, alpha bin, radial bin): radial fastest, then alpha, then layer."""
+        binning = self.layers[layer]
+        if not (0 <= alpha < binning.n_alpha and 0 <= radial < binning.n_radial):
+            raise IndexError(
+                f"(alpha={alpha}, radial={radial}) outside layer {layer} "
+                f"({binning.n_alpha} alpha x {binning.n_radial} radial bins)"
+            )
+        return int(self.layer_offsets[layer]) + alpha * binning.n_radial + radial
+
+    @cached_property
+    def voxel_indices(self) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """(layer, alpha, radial) index of every flat voxel, each shape (n_voxels,)."""
+        parts = []
+        for index, binning in enumerate(self.layers):
+            if binning.n_voxels == 0:
+                continue
+            alpha, radial = np.meshgrid(
+                np.arange(binning.n_alpha), np.arange(binning.n_radial), indexing="ij"
+            )
+            layer = np.full(binning.n_voxels, index)
+            parts.append(np.stack([layer, alpha.ravel(), radial.ravel()]))
+        stacked = np.concatenate(parts, axis=1).astype(np.int64)
+        return stacked[0], stacked[1], stacked[2]
+
+    @cached_property
+    def voxel_centres(self) -> dict[str, NDArray[np.float64]]:
+        """Centre of every flat voxel, each shape (n_voxels,).
+
+        Keys: ``r`` (mm, midpoint of the radial bin), ``alpha`` (radians, midpoint of the angular bin of
+        linspace(-pi, pi, n_alpha + 1); 0 for a single bin), ``x`` = r cos(alpha) and ``y`` = r sin(alpha)
+        (mm; the CaloChallenge's "eta" and "phi" directions), ``z`` (mm, middle of the layer).
+        """
+        layer, alpha, radial = self.voxel_indices
+        r = np.empty(self.n_voxels)
+        a = np.empty(self.n_voxels)
+        z_starts = np.concatenate([[0.0], np.cumsum(self.layer_thickness_mm)])
+        z_mid = 0.5 * (z_starts[:-1] + z_starts[1:])
+        for index, binning in enumerate(self.layers):
+            sel = layer == index
+            if not sel.any():
+                continue
+            edges = np.asarray(binning.r_edges)
+            a_edges = np.linspace(-math.pi, math.pi, binning.n_alpha + 1)
+            r[sel] = 0.5 * (edges[:-1] + edges[1:])[radial[sel]]
+            a[sel] = 0.5 * (a_edges[:-1] + a_edges[1:])[alpha[sel]]
+        return {"r": r, "alpha": a, "x": r * np.cos(a), "y": r * np.sin(a), "z": z_mid[layer]}
+
+    def _check_voxels(self, showers: NDArray[Any]) -> None:
+        if showers.shape[-1] != self.n_voxels:
+            raise InputError(
+                None, "showers", f"last axis has {showers.shape[-1]} voxels",
+                f"{self.n_voxels} for geometry '{self.name}'",
+            )
+
+    def to_grid(self, showers: NDArray[Any]) -> NDArray[Any]:
+        """Flat (..., n_voxels) -> grid (..., n_layers, n_alpha, n_radial); a view, no copy."""
+        self._check_voxels(showers)
+        return showers.reshape(*showers.shape[:-1], *self.grid_shape)
+
+    def from_grid(self, grid: NDArray[Any]) -> NDArray[Any]:
+        """Grid (..., n_layers, n_alpha, n_radial) -> flat (..., n_voxels)."""
+        if tuple(grid.shape[-3:]) != self.grid_shape:
+            raise InputError(None, "showers", f"grid shape {grid.shape[-3:]}", f"{self.grid_shape}")
+        return grid.reshape(*grid.shape[:-3], self.n_voxels)
+
+    def to_par04(self, showers: NDArray[Any]) -> NDArray[Any]:
+        """Flat (N, n_voxels) -> Par04/LEMURS (N, R, PHI, Z), C-contiguous (z fastest, as Par04 reads it)."""
+        return np.ascontiguousarray(np.moveaxis(self.to_grid(showers), (-3, -2, -1), (-1, -2, -3)))
+
+    def from_par04(self, showers: NDArray[Any]) -> NDArray[Any]:
+        """Par04/LEMURS (N, R, PHI, Z) -> flat (N, n_voxels) in CaloChallenge order."""
+        n_layers, n_alpha, n_radial = self.grid_shape
+        if tuple(showers.shape[-3:]) != (n_radial, n_alpha, n_layers):
+            raise InputError(
+                None, "showers", f"shape (R, PHI, Z) = {showers.shape[-3:]}",
+                f"{(n_radial, n_alpha, n_layers)} for geometry '{self.name}'",
+            )
+        grid = np.moveaxis(showers, (-3, -2, -1), (-1, -2, -3))
+        return np.ascontiguousarray(grid).reshape(*showers.shape[:-3], self.n_voxels)
+
+    # ---- serialisation (checkpoints, HDF5 attributes) -----------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-types description; ``from_dict(to_dict())`` gives an equal geometry."""
+        return {
+            "name": self.name,
+            "layers": [{"r_edges": list(b.r_edges), "n_alpha": b.n_alpha} for b in self.layers],
+            "layer_thickness_mm": list(self.layer_thickness_mm),
+            "material": self.material,
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CylindricalGeometry:
+        return cls(
+            name=str(data["name"]),
+            layers=tuple(LayerBinning(tuple(map(float, b["r_edges"])), int(b["n_alpha"])) for b in data["layers"]),
+            layer_thickness_mm=tuple(map(float, data["layer_thickness_mm"])),
+            material=str(data["material"]),
+            description=str(data.get("description", "")),
+        )
+
+
+# ---- presets -------------------------------------------------------------------------------------------
+def _calochallenge_dataset1(name: str, pid_name: str, layers: dict[int, tuple[tuple[float, ...], int]]) -> (
+    CylindricalGeometry
+):
+    """Dataset 1 (ATLAS-like, 24 layer slots, most empty), binning from code/binning_dataset_1_*.xml."""
+    binnings = tuple(LayerBinning(*layers.get(i, ((0.0,), 1))) for i in range(24))
+    # The CaloChallenge files give no layer depths for dataset 1; caloforge uses 1 unit per slot so that
+    # profiles are drawn per layer index. Only the simulator needs real depths, and it refuses this medium.
+    return CylindricalGeometry(
+        name, binnings, (1.0,) * 24, "ATLAS",
+        f"CaloChallenge dataset 1 {pid_name} (ATLAS-like, irregular per-layer binning)",
+    )
+
+
+# Dataset 2/3 binning: CaloChallenge/homepage code/binning_dataset_{2,3}.xml (all 45 layers alike).
+# Layer depth: Par04 SiW, 2 x (1.4 mm W + 0.3 mm Si) = 3.4 mm per readout layer (CaloChallenge README).
+_DS2_EDGES = tuple(round(4.65 * i, 4) for i in range(10))  # 0 .. 41.85 mm, 9 bins of 4.65 mm
+_DS3_EDGES = tuple(round(2.325 * i, 4) for i in range(19))  # 0 .. 41.85 mm, 18 bins of 2.325 mm
+
+PRESETS: dict[str, CylindricalGeometry] = {
+    g.name: g
+    for g in [
+        CylindricalGeometry.regular(
+            "calochallenge-2", 45, 16, _DS2_EDGES, 3.4, "SiW",
+            "CaloChallenge dataset 2: Par04 SiW, 45 x 16 x 9 = 6480 voxels",
+        ),
+        CylindricalGeometry.regular(
+            "calochallenge-3", 45, 50, _DS3_EDGES, 3.4, "SiW",
+            "CaloChallenge dataset 3: Par04 SiW, 45 x 50 x 18 = 40500 voxels",
+        ),
+        _calochallenge_dataset1(
+            "calochallenge-1-photons", "photons",
+            {
+                0: ((0, 5, 10, 30, 50, 100, 200, 400, 600), 1),
+                1: ((0, 2, 4, 6, 8, 10, 12, 15, 20, 30, 40, 50, 70, 90, 120, 150, 200), 10),
+                2: ((0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 130, 160, 200, 250, 300, 350, 400), 10),
+                3: ((0, 50, 100, 200, 400, 600), 1),
+                12: ((0, 100, 200, 400, 1000, 2000), 1),
+            },
+        ),
+        _calochallenge_dataset1(
+            "calochallenge-1-pions", "pions",
+            {
+                0: ((0, 5, 10, 30, 50, 100, 200, 400, 600), 1),
+                1: ((0, 1, 4, 7, 10, 15, 30, 50, 90, 150, 200), 10),
+                2: ((0, 5, 10, 20, 30, 50, 80, 130, 200, 300, 400), 10),
+                3: ((0, 50, 100, 200, 400, 600), 1),
+                12: ((0, 10, 20, 30, 50, 80, 100, 130, 160, 200, 250, 300, 350, 400, 1000, 2000), 10),
+                13: ((0, 10, 20, 30, 50, 80, 100, 130, 160, 200, 250, 300, 350, 400, 600, 1000, 2000), 10),
+                14: ((0, 50, 100, 150, 200, 250, 300, 400, 600, 1000, 2000), 1),
+            },
+        ),
+    ]
+}
+
+
+def get_geometry(name: str) -> CylindricalGeometry:
+    """The preset called ``name``; an unknown name raises ``UnknownNameError`` naming the closest ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UnknownNameError("geometry preset", name, PRESETS) from None
+
+
+def geometries_matching(n_voxels: int) -> list[CylindricalGeometry]:
+    """Presets with exactly ``n_voxels`` voxels (used to recognise a CaloChallenge file)."""
+    return [g for g in PRESETS.values() if g.n_voxels == n_voxels]
