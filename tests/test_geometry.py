@@ -104,3 +104,30 @@ def test_bad_shapes_are_named():
         LayerBinning((0.0, 5.0, 3.0), 4)
     with pytest.raises(IndexError):
         g.flat_index(0, 16, 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "edge_mm", "depth_mm", "material", "index_352", "last"),
+    [
+        # (n_layers, n_alpha, n_radial); layer 3, alpha 5, radial 2 worked out by hand below
+        ("par04-siw", (45, 50, 18), 2.325, 153.0, "SiW", 3 * 900 + 5 * 18 + 2, 40499),
+        ("par04-scipb", (45, 50, 18), 4.0, 252.0, "SciPb", 3 * 900 + 5 * 18 + 2, 40499),
+        ("par04-pbwo4", (48, 50, 40), 5.0, 240.0, "PbWO4", 3 * 2000 + 5 * 40 + 2, 95999),
+    ],
+)
+def test_par04_presets_hand_worked(name, shape, edge_mm, depth_mm, material, index_352, last):
+    g = get_geometry(name)
+    assert g.grid_shape == shape
+    assert g.n_voxels == shape[0] * shape[1] * shape[2]
+    assert g.flat_index(3, 5, 2) == index_352
+    assert g.flat_index(shape[0] - 1, shape[1] - 1, shape[2] - 1) == last
+    assert g.r_edges_mm[1] == pytest.approx(edge_mm)
+    assert g.r_edges_mm[-1] == pytest.approx(edge_mm * shape[2])
+    assert g.depth_mm == pytest.approx(depth_mm)
+    assert g.material == material
+    # Par04 C++ buffer index (r * Nphi + phi) * Nz + z of voxel (layer 3, alpha 5, radial 2)
+    flat = np.zeros((1, g.n_voxels), dtype=np.float32)
+    flat[0, index_352] = 1.0
+    buffer = g.to_par04(flat)[0].ravel()
+    assert buffer[(2 * shape[1] + 5) * shape[0] + 3] == 1.0
+    assert buffer.sum() == 1.0

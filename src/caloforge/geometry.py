@@ -314,6 +314,34 @@ PRESETS: dict[str, CylindricalGeometry] = {
                 14: ((0, 50, 100, 150, 200, 250, 300, 400, 600, 1000, 2000), 1),
             },
         ),
+        # Geant4 Par04 SiW (examples/extended/parameterisations/Par04, Geant4 11.4,
+        # common_settings_highgran.mac and training_vae/core/constants.py): 90 physical layers of
+        # 1.4 mm W + 0.3 mm Si, readout mesh 18 rho x 50 phi x 45 z cells of 2.325 mm (~0.25 R_M of W)
+        # by 3.4 mm (two physical layers). Same binning as CaloChallenge dataset 3, which was made with
+        # it. The low-granularity mesh (9 x 16 x 45, 4.65 mm; common_settings_lowgran.mac) that
+        # CaloDiT-2 and LEMURS' Par04 SiW use is exactly `calochallenge-2`, so it has no second name.
+        CylindricalGeometry.regular(
+            "par04-siw", 45, 50, _DS3_EDGES, 3.4, "SiW",
+            "Geant4 Par04 SiW (90 x 1.4 mm W + 0.3 mm Si), VAE mesh 45 x 50 x 18 of 2.325 mm",
+        ),
+        # Par04 SciPb, the second geometry of the Par04 VAE training set (Zenodo record 6082201), as
+        # configured in the g4fastsim documentation's Par04 "Training data" macro: 45 layers of
+        # 4.4 mm G4_Pb + 1.2 mm G4_POLYSTYRENE, mesh setNbOfRhoCells 18, setNbOfPhiCells 50,
+        # setNbOfZCells 45, setSizeOfRhoCells 4 mm, setSizeOfZCells 5.6 mm (one physical layer).
+        # LEMURS' Par04 SciPb (arXiv 2509.05108) re-bins onto its own grid, whose cell sizes we could
+        # not find in a public source we can read; it is therefore not encoded here.
+        CylindricalGeometry.regular(
+            "par04-scipb", 45, 50, tuple(4.0 * i for i in range(19)), 5.6, "SciPb",
+            "Geant4 Par04 SciPb (45 x 4.4 mm Pb + 1.2 mm scintillator), mesh 45 x 50 x 18 of 4 mm",
+        ),
+        # Par04 PbWO4: the example's built-in default when no macro sets the detector
+        # (Par04DetectorConstruction.{hh,cc}, Geant4 11.4): 24 layers of 1 cm G4_PbWO4 (homogeneous,
+        # 24 cm deep), default mesh fMeshNbOfCells = {40, 50, 48} (rho, phi, z) with
+        # fMeshSizeOfCells = {5 mm, 2 pi / 50, 5 mm}.
+        CylindricalGeometry.regular(
+            "par04-pbwo4", 48, 50, tuple(5.0 * i for i in range(41)), 5.0, "PbWO4",
+            "Geant4 Par04 default PbWO4 (24 x 10 mm crystal layers), mesh 48 x 50 x 40 of 5 mm",
+        ),
     ]
 }
 
