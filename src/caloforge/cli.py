@@ -11,6 +11,7 @@ import sys
 import typer
 
 from caloforge.errors import CaloforgeError
+from caloforge.geometry import CylindricalGeometry
 
 app = typer.Typer(
     name="caloforge",
@@ -28,6 +29,89 @@ def fail(message: str) -> None:
 
 
 # ---- commands are added below, one section per concern ------------------------------------------------
+
+
+# ---- shower files: info, convert, geometries (caloforge.io, caloforge.geometry) ----------------------
+def _megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB"
+
+
+def _grid_text(g: CylindricalGeometry) -> str:
+    """'45 x 16 x 9' (layers x alpha x radial) or the layer count of a per-layer binning."""
+    if g.is_regular:
+        return f"{g.n_layers} x {g.n_alpha} x {g.n_radial}"
+    return f"{g.n_layers} layers, per-layer binning"
+
+
+@app.command("info")
+def info_command(
+    file: str = typer.Argument(..., help="HDF5 shower file (CaloChallenge or Par04/LEMURS layout)."),
+    geometry: str | None = typer.Option(None, "--geometry", "-g", help="Geometry preset, if the file "
+                                        "does not name one and its shape fits several."),
+    chunk_size: int = typer.Option(10_000, "--chunk-size", min=1, help="Showers read at a time."),
+) -> None:
+    """Describe a shower file: format, geometry, size, energy and angle ranges, sparsity, E_dep/E_inc."""
+    from caloforge.io import summarize_file
+
+    s = summarize_file(file, geometry, chunk_size=chunk_size, progress=True)
+    info, g = s.info, s.info.geometry
+    rows = [
+        ("file", f"{info.path} ({_megabytes(info.size_bytes)})"),
+        ("format", info.format),
+        ("geometry", f"{g.name}: {_grid_text(g)} (layers x alpha x radial) = {g.n_voxels} voxels, "
+                     f"{g.material}, {g.depth_mm:.4g} mm deep (from {info.geometry_source})"),
+        ("showers", " x ".join(map(str, info.showers_shape)) + f", {info.showers_dtype}"
+                    + (f", {info.compression}" if info.compression else "")),
+    ]
+    low, high = s.ranges["energy"]
+    rows.append(("energy", f"{low:.6g} .. {high:.6g} MeV ({low / 1e3:.6g} .. {high / 1e3:.6g} GeV)"))
+    units = {"theta": "rad", "phi": "rad", "detector": ""}
+    for name, unit in units.items():
+        if name in s.ranges:
+            low, high = s.ranges[name]
+            rows.append((name, f"{low:.6g} .. {high:.6g} {unit}".rstrip()))
+        else:
+            rows.append((name, "not recorded (default applies)"))
+    rows.append(("sparsity", f"{s.sparsity:.4f} (fraction of zero voxels)"))
+    rows.append(("E_dep/E_inc", f"{s.deposit_fraction_mean:.4g} mean, {s.deposit_fraction_std:.4g} std"))
+    for key, value in rows:
+        typer.echo(f"{key:<12} {value}")
+
+
+@app.command("convert")
+def convert_command(
+    source: str = typer.Argument(..., help="Input HDF5 shower file."),
+    destination: str = typer.Argument(..., help="Output file; written atomically."),
+    to: str = typer.Option(..., "--to", help="Output layout: calochallenge or par04."),
+    float16: bool = typer.Option(False, "--float16", help="Store showers as float16 (max 65504 MeV)."),
+    chunk_size: int = typer.Option(10_000, "--chunk-size", min=1, help="Showers in memory at a time."),
+    geometry: str | None = typer.Option(None, "--geometry", "-g", help="Geometry preset of the input, "
+                                        "if the file does not name one and its shape fits several."),
+    compression: str | None = typer.Option(None, "--compression", help="HDF5 filter: gzip or lzf."),
+) -> None:
+    """Convert a shower file between the CaloChallenge and Par04/LEMURS layouts, streaming."""
+    from caloforge.io import convert_file
+
+    info = convert_file(source, destination, to, geometry=geometry, dtype="float16" if float16 else None,
+                        chunk_size=chunk_size, compression=compression, progress=True)
+    typer.echo(f"wrote {info.path}: {info.format}, {info.n_showers} showers, {info.showers_dtype}, "
+               f"geometry {info.geometry.name}, {_megabytes(info.size_bytes)}")
+
+
+@app.command("geometries")
+def geometries_command() -> None:
+    """List the named detector geometries (presets)."""
+    from caloforge.geometry import PRESETS
+
+    header = ("name", "layers x alpha x radial", "voxels", "depth mm", "material", "description")
+    rows = [header] + [
+        (g.name, _grid_text(g), str(g.n_voxels), f"{g.depth_mm:.4g}", g.material, g.description)
+        for g in PRESETS.values()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  "
+                   + row[-1])
 
 
 def main() -> None:
