@@ -114,6 +114,82 @@ def geometries_command() -> None:
                    + row[-1])
 
 
+# ---- the diffusion model: train, generate, demo (caloforge.training, caloforge.generate) ---------------
+@app.command("train")
+def train_command(
+    data: str = typer.Option(..., "--data", help="HDF5 training showers (CaloChallenge or Par04 layout)."),
+    out: str = typer.Option(..., "--out", help="Run directory: config.yaml, logs/, checkpoints/, model.ckpt."),
+    config: str | None = typer.Option(None, "--config", help="YAML run config (sections model, diffusion, "
+                                      "preprocess, optim, train, sample); defaults otherwise."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.ckpt."),
+    model: str | None = typer.Option(None, "--model", help="DiT size preset (tiny, small, base); "
+                                     "overrides the config."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Overrides train.max_steps."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes", min=0.01,
+                                             help="Overrides train.max_minutes (wall-clock budget)."),
+    geometry: str | None = typer.Option(None, "--geometry", "-g", help="Geometry preset, if the file "
+                                        "does not name one."),
+) -> None:
+    """Train the conditional diffusion transformer on a shower file."""
+    from caloforge.io import read_showers
+    from caloforge.training import load_run_config, train
+
+    run_config = load_run_config(config) if config or not resume else None
+    if run_config is not None:
+        if model is not None:
+            from caloforge.models import DIT_SIZES
+            if model not in DIT_SIZES:
+                from caloforge.errors import UnknownNameError
+                raise UnknownNameError("DiT size", model, DIT_SIZES)
+            run_config.model.size = model
+        if max_steps is not None:
+            run_config.train.max_steps = max_steps
+        if max_minutes is not None:
+            run_config.train.max_minutes = max_minutes
+    showers = read_showers(data, geometry)
+    typer.echo(f"training on {len(showers)} showers of {data} (geometry {showers.geometry.name})", err=True)
+    path = train(showers, out, run_config, resume=resume)
+    typer.echo(f"model written to {path}")
+
+
+@app.command("generate")
+def generate_command(
+    checkpoint: str = typer.Argument(..., help="model.ckpt written by 'caloforge train'."),
+    n: int = typer.Option(..., "--n", min=1, help="Number of showers."),
+    energy: str = typer.Option(..., "--energy", help="Incident energy spectrum in MeV, e.g. 50000 or "
+                               "log-uniform:1000,1000000."),
+    out: str = typer.Option(..., "--out", help="Output HDF5 file (written atomically)."),
+    theta: str | None = typer.Option(None, "--theta", help="Polar angle spectrum in radians (default: "
+                                     "normal incidence, not recorded)."),
+    phi: str | None = typer.Option(None, "--phi", help="Azimuth spectrum in radians."),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1, help="Showers per model call."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the run's)."),
+    sampler: str | None = typer.Option(None, "--sampler", help="heun, euler or stochastic "
+                                       "(default: the run's)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the conditions and the noise."),
+    file_format: str = typer.Option("calochallenge", "--format", help="calochallenge or par04."),
+) -> None:
+    """Generate showers from a checkpoint alone."""
+    import numpy as np
+
+    from caloforge.generate import generate_to_file, load_generator
+    from caloforge.spectra import parse_spectrum
+
+    rng = np.random.default_rng(seed)
+    energies = parse_spectrum(energy, "--energy", positive=True).sample(n, rng)
+    thetas = None if theta is None else parse_spectrum(theta, "--theta").sample(n, rng)
+    phis = None if phi is None else parse_spectrum(phi, "--phi").sample(n, rng)
+    generator = load_generator(checkpoint)
+    if sampler is not None:
+        from caloforge.diffusion import get_sampler
+        get_sampler(sampler)  # an unknown name fails before any work
+    for problem in generator.range_warnings(energies, thetas, phis):
+        typer.echo(f"warning: {problem}; the model extrapolates there", err=True)
+    count = generate_to_file(generator, out, energies, thetas, phis, n_steps=steps, sampler=sampler, seed=seed,
+                             batch_size=batch_size, file_format=file_format)
+    typer.echo(f"wrote {count} showers to {out}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -8,6 +8,7 @@ The pieces a generator is made of are public so that ``caloforge.export`` can tr
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from os import PathLike
@@ -26,7 +27,7 @@ from caloforge.errors import InputError
 from caloforge.preprocess import PreprocessTransform
 from caloforge.training import build_denoiser
 
-__all__ = ["ShowerGenerator", "load_generator"]
+__all__ = ["ShowerGenerator", "generate_to_file", "load_generator"]
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +166,39 @@ def load_generator(path: str | PathLike[str]) -> ShowerGenerator:
         )
     denoiser.eval().requires_grad_(False)
     return ShowerGenerator(content, denoiser, content.spec.encoder(), content.preprocessor.module())
+
+
+def generate_to_file(
+    generator: ShowerGenerator,
+    path: str | PathLike[str],
+    energy_mev: ArrayLike,
+    theta: ArrayLike | None = None,
+    phi: ArrayLike | None = None,
+    detector: ArrayLike | None = None,
+    n_steps: int | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+    batch_size: int = 1000,
+    file_format: str = "calochallenge",
+    progress: bool = True,
+) -> int:
+    """Generate one shower per energy (MeV) and write them to ``path`` atomically; returns the count.
+
+    The file records the conditions that were given (energy always; theta, phi, detector when not None).
+    A tqdm bar on stderr shows progress when ``progress``.
+    """
+    from tqdm import tqdm
+
+    from caloforge.io import ShowerWriter
+
+    n = int(np.asarray(energy_mev).size)
+    conditions = ["energy"] + [name for name, v in (("theta", theta), ("phi", phi), ("detector", detector))
+                               if v is not None]
+    with (
+        ShowerWriter(path, generator.geometry, format=file_format, conditions=conditions, expected_n=n) as writer,
+        tqdm(total=n, desc="generating", unit="shower", file=sys.stderr, disable=not progress) as bar,
+    ):
+        for batch in generator.sample_batches(energy_mev, theta, phi, detector, n_steps, sampler, seed=seed,
+                                              batch_size=batch_size, on_batch=bar.update):
+            writer.append(batch)
+    return n
