@@ -1,0 +1,17 @@
+"""The embedded GFlash-style electromagnetic shower simulator (Grindhammer & Peters, hep-ex/0001020).
+
+``simulate(geometry, energy_mev, theta, phi)`` fills any ``CylindricalGeometry`` with showers;
+``simulate_to_file`` writes them in chunks to a CaloChallenge or Par04 HDF5 file.
+"""
+
+from caloforge.simulate.materials import MATERIALS, CalorimeterMaterial, get_material
+from caloforge.simulate.simulator import GFlashConfig, simulate, simulate_chunks
+
+__all__ = [
+    "MATERIALS",
+    "CalorimeterMaterial",
+    "GFlashConfig",
+    "get_material",
+    "simulate",
+    "simulate_chunks",
+]

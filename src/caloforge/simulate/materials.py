@@ -1,0 +1,204 @@
+"""Calorimeter media for the GFlash simulator: pure substances and the homogeneous or sampling stacks
+built from them.
+
+Constants of pure substances are the PDG's "Atomic and Nuclear Properties of Materials"
+(pdg.lbl.gov/AtomicNuclearProperties; R. L. Workman et al., PTEP 2022, 083C01): radiation length X0,
+critical energy E_c for electrons (Rossi definition as tabulated there), density, minimum ionisation
+dE/dx. The Moliere radius is the PDG's R_M = X0 E_s / E_c with E_s = 21.2052 MeV (Review of Particle
+Physics, "Passage of particles through matter", sec. on EM cascades), which reproduces the tabulated
+R_M (W: 9.327 mm, PbWO4: 19.59 mm).
+
+Sampling stacks follow Grindhammer & Peters (hep-ex/0001020, sec. 4 "Sampling calorimeters") as
+implemented in Geant4's ``GFlashSamplingShowerParameterisation::ComputeZAX0EFFetc``: mass-weighted
+effective Z, an effective X0 and E_c from the weighted inverse lengths, the sampling frequency
+F_S = X0_eff / (d_passive + d_active) and the e/mip ratio ê = 1 / (1 + 0.007 (Z_passive - Z_active)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from caloforge.errors import UnknownNameError
+
+__all__ = [
+    "ES_MEV",
+    "MATERIALS",
+    "SUBSTANCES",
+    "CalorimeterMaterial",
+    "Substance",
+    "get_material",
+    "sampling_stack",
+]
+
+ES_MEV = 21.2052  # multiple-scattering energy scale E_s = m_e sqrt(4 pi / alpha) (PDG)
+
+
+@dataclass(frozen=True)
+class Substance:
+    """A pure element or compound (PDG Atomic and Nuclear Properties).
+
+    Args:
+        name: label.
+        z: (effective) atomic number; for compounds the mass-weighted mean, as Geant4's GFlash
+            ``GetEffZ`` computes it.
+        a: (effective) mass number in g/mol, mass-weighted likewise.
+        density: g/cm^3.
+        x0_mm: radiation length in mm.
+        ec_mev: critical energy for electrons in MeV.
+        dedx_mip: minimum ionisation loss in MeV cm^2/g.
+    """
+
+    name: str
+    z: float
+    a: float
+    density: float
+    x0_mm: float
+    ec_mev: float
+    dedx_mip: float
+
+    @property
+    def moliere_mm(self) -> float:
+        """Moliere radius R_M = X0 E_s / E_c in mm."""
+        return self.x0_mm * ES_MEV / self.ec_mev
+
+
+def _mass_weighted(parts: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """(Z_eff, A_eff) of a compound from (Z, A, atoms per formula unit), weighted by mass fraction."""
+    mass = sum(a * n for _, a, n in parts)
+    return sum(z * a * n for z, a, n in parts) / mass, sum(a * a * n for _, a, n in parts) / mass
+
+
+_PBWO4_Z, _PBWO4_A = _mass_weighted([(82, 207.2, 1), (74, 183.84, 1), (8, 15.999, 4)])
+_PS_Z, _PS_A = _mass_weighted([(6, 12.011, 8), (1, 1.008, 8)])  # polystyrene (C8H8)n
+
+# PDG Atomic and Nuclear Properties (density g/cm3, X0 in cm -> mm, E_c(e-) MeV, <dE/dx>_min MeV cm2/g).
+SUBSTANCES: dict[str, Substance] = {
+    s.name: s
+    for s in [
+        Substance("W", 74.0, 183.84, 19.30, 3.504, 7.97, 1.145),
+        Substance("Si", 14.0, 28.0855, 2.329, 93.70, 40.19, 1.664),
+        Substance("Pb", 82.0, 207.2, 11.35, 5.612, 7.43, 1.122),
+        Substance("Polystyrene", _PS_Z, _PS_A, 1.060, 413.1, 93.11, 1.936),
+        Substance("LAr", 18.0, 39.948, 1.396, 140.0, 32.84, 1.508),
+        Substance("PbWO4", _PBWO4_Z, _PBWO4_A, 8.300, 8.903, 9.64, 1.229),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class CalorimeterMaterial:
+    """The medium a shower develops in, as the GFlash parameterisation sees it.
+
+    Args:
+        name: key in ``MATERIALS`` (what ``CylindricalGeometry.material`` names).
+        z_eff: effective atomic number Z.
+        x0_mm: (effective) radiation length in mm; depth t in X0 is mm / x0_mm.
+        moliere_mm: (effective) Moliere radius in mm; radial profiles are in these units.
+        ec_mev: (effective) critical energy in MeV; y = E / E_c.
+        density: (effective) density in g/cm^3.
+        sampling: True for a sampling stack (G&P sec. 4 corrections apply).
+        fs: sampling frequency F_S = X0_eff / (d_p + d_a) (sampling only; 0 for homogeneous).
+        ehat: e/mip ratio ê (1 for homogeneous).
+        sampling_fraction: visible fraction of the deposited energy for electrons, ê x f_mip
+            (1 for homogeneous).
+        sampling_resolution: stochastic term a of sigma/E = a / sqrt(E / GeV) (0 for homogeneous).
+        threshold_mev: default per-cell readout threshold in MeV.
+        description: one line for people.
+    """
+
+    name: str
+    z_eff: float
+    x0_mm: float
+    moliere_mm: float
+    ec_mev: float
+    density: float
+    sampling: bool = False
+    fs: float = 0.0
+    ehat: float = 1.0
+    sampling_fraction: float = 1.0
+    sampling_resolution: float = 0.0
+    threshold_mev: float = 0.0
+    description: str = ""
+
+
+def homogeneous(name: str, substance: Substance, threshold_mev: float = 0.0, description: str = "") -> (
+    CalorimeterMaterial
+):
+    """A homogeneous medium: every deposit is visible, no sampling fluctuations."""
+    return CalorimeterMaterial(
+        name, substance.z, substance.x0_mm, substance.moliere_mm, substance.ec_mev, substance.density,
+        threshold_mev=threshold_mev, description=description,
+    )
+
+
+def sampling_stack(
+    name: str,
+    passive: Substance,
+    d_passive_mm: float,
+    active: Substance,
+    d_active_mm: float,
+    threshold_mev: float = 0.0,
+    description: str = "",
+) -> CalorimeterMaterial:
+    """Effective medium of a passive/active layer stack (G&P sec. 4; Geant4 ``ComputeZAX0EFFetc``).
+
+    The visible fraction for electrons is ê x f_mip, f_mip = d_a S_a / (d_a S_a + d_p S_p) with S the
+    minimum-ionisation loss per length (G&P sec. 4: e/mip = ê). The stochastic resolution uses the
+    PDG review "Calorimetry" estimate for EM sampling calorimeters, a = 2.7 % sqrt(d_a[mm] / f_mip).
+    """
+    mass_p, mass_a = d_passive_mm * passive.density, d_active_mm * active.density
+    w_p, w_a = mass_p / (mass_p + mass_a), mass_a / (mass_p + mass_a)
+    rho = (mass_p + mass_a) / (d_passive_mm + d_active_mm)
+    x0 = 1.0 / (w_p * rho / (passive.x0_mm * passive.density) + w_a * rho / (active.x0_mm * active.density))
+    ec_over_x0 = w_p * passive.ec_mev / passive.x0_mm + w_a * active.ec_mev / active.x0_mm  # MeV / mm
+    ehat = 1.0 / (1.0 + 0.007 * (passive.z - active.z))
+    loss_p = d_passive_mm * passive.density * passive.dedx_mip
+    loss_a = d_active_mm * active.density * active.dedx_mip
+    f_mip = loss_a / (loss_a + loss_p)
+    return CalorimeterMaterial(
+        name=name,
+        z_eff=w_p * passive.z + w_a * active.z,
+        x0_mm=x0,
+        moliere_mm=ES_MEV / ec_over_x0,
+        ec_mev=x0 * ec_over_x0,
+        density=rho,
+        sampling=True,
+        fs=x0 / (d_passive_mm + d_active_mm),
+        ehat=ehat,
+        sampling_fraction=ehat * f_mip,
+        sampling_resolution=0.027 * math.sqrt(d_active_mm / f_mip),
+        threshold_mev=threshold_mev,
+        description=description,
+    )
+
+
+S = SUBSTANCES
+MATERIALS: dict[str, CalorimeterMaterial] = {
+    m.name: m
+    for m in [
+        # Par04 SiW (CaloChallenge datasets 2 and 3): 1.4 mm W + 0.3 mm Si, Si read out; 15.15 keV cell
+        # threshold (CaloChallenge README).
+        sampling_stack("SiW", S["W"], 1.4, S["Si"], 0.3, threshold_mev=0.01515,
+                       description="Par04 SiW: 1.4 mm W + 0.3 mm Si (Si read out)"),
+        # Par04 SciPb (its training-data macro): 4.4 mm Pb + 1.2 mm polystyrene, scintillator read out.
+        sampling_stack("SciPb", S["Pb"], 4.4, S["Polystyrene"], 1.2,
+                       description="Par04 SciPb: 4.4 mm Pb + 1.2 mm polystyrene (scintillator read out)"),
+        homogeneous("PbWO4", S["PbWO4"], description="lead tungstate crystals (homogeneous)"),
+    ]
+}
+del S
+
+
+def get_material(name: str) -> CalorimeterMaterial:
+    """The medium called ``name``; CaloChallenge dataset 1's ``ATLAS`` has no layer depths to simulate."""
+    try:
+        return MATERIALS[name]
+    except KeyError:
+        known = MATERIALS.keys()
+        if name == "ATLAS":
+            raise UnknownNameError(
+                "simulator material (CaloChallenge dataset 1 geometries record no layer depths in mm, "
+                "so the GFlash simulator cannot fill them)", name, known,
+            ) from None
+        raise UnknownNameError("simulator material", name, known) from None
