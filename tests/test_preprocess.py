@@ -1,0 +1,83 @@
+"""Preprocessing: exact round trip, zeros back as zeros, the documented formula, serialisation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from caloforge.data import ShowerSet
+from caloforge.errors import InputError
+from caloforge.geometry import CylindricalGeometry
+from caloforge.preprocess import PreprocessConfig, ShowerPreprocessor
+
+GEOMETRY = CylindricalGeometry.regular("toy", 3, 4, (0.0, 1.0, 2.0), 3.4, "SiW")
+
+
+def toy_showers(n: int = 200, seed: int = 0) -> ShowerSet:
+    rng = np.random.default_rng(seed)
+    energy = np.exp(rng.uniform(math.log(1e3), math.log(1e6), n))
+    showers = rng.gamma(0.7, 1.0, (n, GEOMETRY.n_voxels)) * energy[:, None] / 50
+    showers[rng.random(showers.shape) < 0.4] = 0.0  # 40 % empty cells
+    showers[(showers > 0) & (showers < 0.02)] = 0.02  # a readout threshold of 20 keV
+    return ShowerSet(showers.astype(np.float32), GEOMETRY, energy)
+
+
+@pytest.mark.parametrize("standardize", ["voxel", "global"])
+def test_round_trip_is_exact_and_zeros_stay_zero(standardize: str) -> None:
+    showers = toy_showers()
+    pre = ShowerPreprocessor.fit(showers, PreprocessConfig(standardize=standardize))
+    z = pre.transform(showers)
+    back = pre.inverse(z, showers.energy)
+    zero = showers.showers == 0
+    assert np.array_equal(back == 0, zero)
+    np.testing.assert_allclose(back[~zero], showers.showers[~zero], rtol=2e-5)
+
+
+def test_defaults_follow_the_documented_formula() -> None:
+    showers = toy_showers()
+    pre = ShowerPreprocessor.fit(showers)
+    # threshold = half the smallest nonzero deposit (0.02 MeV here), eps = threshold
+    assert pre.threshold_mev == pytest.approx(0.01)
+    assert pre.eps_mev == pytest.approx(0.01)
+    u = np.log((showers.showers.astype(np.float64) + pre.eps_mev) / showers.energy[:, None])
+    np.testing.assert_allclose(pre.mean, u.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(pre.std, u.std(axis=0), rtol=1e-6)
+    z = pre.transform(showers)
+    np.testing.assert_allclose(z, (u - u.mean(axis=0)) / u.std(axis=0), rtol=1e-4, atol=1e-4)
+    # standardised: each voxel has mean 0 and std 1 over the training set
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=0), 1.0, atol=1e-4)
+
+
+def test_inverse_cuts_below_threshold_and_clamps_overflow() -> None:
+    showers = toy_showers()
+    pre = ShowerPreprocessor.fit(showers, PreprocessConfig(standardize="global"))
+    energy = np.array([1000.0, 1000.0, 1000.0], dtype=np.float32)
+    # exactly ln((E + eps) / E_inc) for E = 0.005 (below the 0.01 cut) and E = 5 (above)
+    u = np.log((np.array([0.005, 5.0, 0.0]) + pre.eps_mev) / 1000.0)
+    z = ((u - pre.mean[0]) / pre.std[0])[None, :].repeat(3, axis=0)
+    z[2, 2] = 1e6  # absurd model output: must stay finite
+    back = pre.inverse(z, energy)
+    assert back[0, 0] == 0.0
+    assert back[0, 1] == pytest.approx(5.0, rel=1e-4)
+    assert np.isfinite(back).all()
+    assert back[2, 2] <= 1000.0 * math.exp(pre.log_max) + 1e-3
+
+
+def test_serialisation_round_trip_and_torch_module_agree() -> None:
+    showers = toy_showers()
+    pre = ShowerPreprocessor.fit(showers)
+    again = ShowerPreprocessor.from_dict(pre.to_dict())
+    np.testing.assert_array_equal(again.transform(showers), pre.transform(showers))
+    module = pre.module()
+    z = module(torch.from_numpy(showers.showers), torch.from_numpy(showers.energy).float())
+    np.testing.assert_allclose(z.numpy(), pre.transform(showers))
+
+
+def test_all_zero_showers_are_refused() -> None:
+    empty = ShowerSet(np.zeros((4, GEOMETRY.n_voxels), np.float32), GEOMETRY, np.full(4, 1e3))
+    with pytest.raises(InputError, match="all zero"):
+        ShowerPreprocessor.fit(empty)

@@ -1,0 +1,118 @@
+"""Training: configs from YAML, a step lowers the loss, checkpoints carry everything, resume continues."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from caloforge.checkpoint import read_checkpoint
+from caloforge.config import from_dict, load_yaml, to_dict
+from caloforge.data import ShowerSet
+from caloforge.errors import InputError
+from caloforge.geometry import CylindricalGeometry
+from caloforge.models import DiTConfig
+from caloforge.training import DiffusionModule, RunConfig, TrainConfig, train
+
+GEOMETRY = CylindricalGeometry.regular("toy", 4, 4, (0.0, 1.0, 2.0), 3.4, "SiW")
+
+
+def toy_showers(n: int = 128, seed: int = 0) -> ShowerSet:
+    rng = np.random.default_rng(seed)
+    energy = np.exp(rng.uniform(math.log(1e3), math.log(1e5), n))
+    profile = np.exp(-np.arange(GEOMETRY.n_voxels) / 10.0)
+    showers = profile * rng.gamma(2.0, 1.0, (n, GEOMETRY.n_voxels)) * energy[:, None] / 40
+    showers[showers < 0.5] = 0.0
+    return ShowerSet(showers.astype(np.float32), GEOMETRY, energy)
+
+
+def tiny_config(max_steps: int = 6, every: int = 3) -> RunConfig:
+    config = RunConfig(model=DiTConfig(size="tiny", patch_size=(2, 2, 2)))
+    config.train = TrainConfig(batch_size=16, max_steps=max_steps, checkpoint_every=every, log_every=1)
+    config.optim.warmup_steps = 1
+    config.sample.n_steps = 4
+    return config
+
+
+def test_config_yaml_round_trip_and_unknown_keys(tmp_path: Path) -> None:
+    config = tiny_config()
+    assert from_dict(RunConfig, to_dict(config)) == config
+    (tmp_path / "c.yaml").write_text("model:\n  size: tiny\n  patch_size: [1, 2, 3]\ntrain:\n  max_steps: 7\n")
+    loaded = load_yaml(RunConfig, tmp_path / "c.yaml")
+    assert loaded.model.patch_size == (1, 2, 3)
+    assert loaded.train.max_steps == 7
+    assert loaded.optim.lr == RunConfig().optim.lr
+    (tmp_path / "bad.yaml").write_text("train:\n  max_step: 7\n")
+    with pytest.raises(InputError, match=r"train\.max_step.*max_steps"):
+        load_yaml(RunConfig, tmp_path / "bad.yaml")
+    (tmp_path / "typo.yaml").write_text("train:\n  max_steps: many\n")
+    with pytest.raises(InputError, match="max_steps"):
+        load_yaml(RunConfig, tmp_path / "typo.yaml")
+
+
+def test_training_steps_lower_the_loss_on_a_fixed_batch() -> None:
+    from caloforge.conditioning import ConditionSpec
+    from caloforge.preprocess import ShowerPreprocessor
+
+    showers = toy_showers(32)
+    spec = ConditionSpec.fit(showers)
+    x = torch.from_numpy(ShowerPreprocessor.fit(showers).transform(showers))
+    cond = spec.encode(showers)
+    module = DiffusionModule(tiny_config(), GEOMETRY, spec, payload={})
+    optimizer = torch.optim.Adam(module.edm.parameters(), lr=3e-3)
+
+    def fixed_loss() -> torch.Tensor:
+        return module.edm.loss(x, cond, generator=torch.Generator().manual_seed(0))
+
+    losses = [fixed_loss().item()]
+    for _ in range(10):
+        optimizer.zero_grad()
+        fixed_loss().backward()
+        optimizer.step()
+        losses.append(fixed_loss().item())
+    assert losses[1] < losses[0]  # one step already helps
+    assert losses[-1] < 0.95 * losses[0]
+
+
+class FirstStep(L.Callback):
+    def __init__(self) -> None:
+        self.first: int | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if self.first is None:
+            self.first = trainer.global_step
+
+
+def test_checkpoint_carries_everything_and_resume_continues(tmp_path: Path) -> None:
+    showers = toy_showers()
+    run = tmp_path / "run"
+    model = train(showers, run, tiny_config(max_steps=6, every=3), progress=False)
+    content = read_checkpoint(model)
+    assert content.step == 6
+    assert content.geometry == GEOMETRY
+    assert content.config.model.size == "tiny"
+    assert content.ranges.energy_min == pytest.approx(float(showers.energy.min()))
+    ratio = (showers.showers.sum(axis=1) / showers.energy).mean()
+    assert content.ranges.mean_energy_ratio == pytest.approx(float(ratio), rel=1e-5)
+    assert content.weights is not None and any(k.startswith("backbone.") for k in content.weights)
+    assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.ckpt").exists()
+    assert (run / "logs" / "metrics.csv").read_text().count("\n") > 3
+
+    with pytest.raises(InputError, match="already holds"):
+        train(showers, run, tiny_config(), progress=False)
+
+    # a longer run resumed from the last checkpoint starts at step 6, not 0
+    first = FirstStep()
+    model = train(showers, run, tiny_config(max_steps=9, every=3), resume=True, progress=False,
+                  callbacks=[first])
+    assert first.first == 6
+    assert read_checkpoint(model).step == 9
+
+
+def test_resume_without_a_run_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(toy_showers(16), tmp_path / "none", tiny_config(), resume=True, progress=False)
