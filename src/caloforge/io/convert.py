@@ -33,7 +33,7 @@ def convert_file(
         dtype: storage dtype of the showers in the destination; by default the source's.
         chunk_size: showers in memory at a time.
         compression: HDF5 filter for the destination's showers.
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr (when it is a terminal).
     Returns:
         the description of the written file.
     """
@@ -41,7 +41,9 @@ def convert_file(
     dtype = info.showers_dtype if dtype is None else dtype
     with ShowerWriter(destination, info.geometry, to, dtype, info.conditions, info.n_showers,
                       compression) as writer, tqdm(
-        total=info.n_showers, unit="shower", desc="convert", disable=not progress, file=sys.stderr,
+        # disable=None: a bar only when stderr is a terminal, so logs and pipes stay clean.
+        total=info.n_showers, unit="shower", desc="convert", disable=None if progress else True,
+        file=sys.stderr,
     ) as bar:
         for chunk in iter_showers(source, chunk_size, info.geometry):
             writer.append(chunk)

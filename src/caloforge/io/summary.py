@@ -48,8 +48,8 @@ def summarize_file(
     zeros = 0
     # Sums of x and x^2 in float64 over at most ~1e9 showers: plenty of precision for a summary.
     total = total_sq = 0.0
-    with tqdm(total=info.n_showers, unit="shower", desc="info", disable=not progress,
-              file=sys.stderr) as bar:
+    with tqdm(total=info.n_showers, unit="shower", desc="info", file=sys.stderr,
+              disable=None if progress else True) as bar:  # None: only on a terminal
         for chunk in iter_showers(path, chunk_size, info.geometry):
             for name in info.conditions:
                 values = chunk.condition(name)
