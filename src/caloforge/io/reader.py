@@ -42,7 +42,7 @@ class FileInfo:
         geometry: the readout the voxels belong to.
         geometry_source: how it was found: ``"argument"``, ``"file attribute"`` or ``"preset match"``.
         n_showers: number of showers N.
-        showers_dtype: storage dtype of the showers, e.g. ``"float32"``.
+        showers_dtype: storage dtype of the showers (compares equal to ``"float32"`` and ``np.float32``).
         showers_shape: stored shape, (N, n_voxels) or (N, R, PHI, Z).
         conditions: conditions present in the file, always starting with ``"energy"``.
         condition_dtypes: storage dtype of each present condition.
@@ -55,10 +55,10 @@ class FileInfo:
     geometry: CylindricalGeometry = field(repr=False)
     geometry_source: str
     n_showers: int
-    showers_dtype: str
+    showers_dtype: np.dtype[Any]
     showers_shape: tuple[int, ...]
     conditions: tuple[str, ...]
-    condition_dtypes: dict[str, str]
+    condition_dtypes: dict[str, np.dtype[Any]]
     compression: str | None
     size_bytes: int
 
@@ -219,9 +219,9 @@ class _ShowerFile:
         return FileInfo(
             path=self.path, format=self.format, geometry=self.geometry,
             geometry_source=self.geometry_source, n_showers=self.n,
-            showers_dtype=str(self.showers.dtype), showers_shape=tuple(self.showers.shape),
+            showers_dtype=self.showers.dtype, showers_shape=tuple(self.showers.shape),
             conditions=tuple(self.conditions), compression=self.showers.compression,
-            condition_dtypes={name: str(ds.dtype) for name, ds in self.conditions.items()},
+            condition_dtypes={name: ds.dtype for name, ds in self.conditions.items()},
             size_bytes=os.path.getsize(self.path),
         )
 
