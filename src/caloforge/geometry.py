@@ -255,7 +255,9 @@ class CylindricalGeometry:
     def from_dict(cls, data: dict[str, Any]) -> CylindricalGeometry:
         return cls(
             name=str(data["name"]),
-            layers=tuple(LayerBinning(tuple(map(float, b["r_edges"])), int(b["n_alpha"])) for b in data["layers"]),
+            layers=tuple(
+                LayerBinning(tuple(map(float, b["r_edges"])), int(b["n_alpha"])) for b in data["layers"]
+            ),
             layer_thickness_mm=tuple(map(float, data["layer_thickness_mm"])),
             material=str(data["material"]),
             description=str(data.get("description", "")),
@@ -297,7 +299,10 @@ PRESETS: dict[str, CylindricalGeometry] = {
             {
                 0: ((0, 5, 10, 30, 50, 100, 200, 400, 600), 1),
                 1: ((0, 2, 4, 6, 8, 10, 12, 15, 20, 30, 40, 50, 70, 90, 120, 150, 200), 10),
-                2: ((0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 130, 160, 200, 250, 300, 350, 400), 10),
+                2: (
+                    (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 130, 160, 200, 250, 300, 350, 400),
+                    10,
+                ),
                 3: ((0, 50, 100, 200, 400, 600), 1),
                 12: ((0, 100, 200, 400, 1000, 2000), 1),
             },
