@@ -114,6 +114,54 @@ def geometries_command() -> None:
                    + row[-1])
 
 
+# ---- the embedded GFlash simulator (caloforge.simulate, caloforge.spectra) -----------------------------
+@app.command("simulate")
+def simulate_command(
+    geometry: str = typer.Option(..., "--geometry", "-g",
+                                 help="Geometry preset (see 'caloforge geometries')."),
+    n: int = typer.Option(..., "--n", min=0, help="Number of showers."),
+    energy: str = typer.Option(..., "--energy", help="Incident energy spectrum in MeV: 50000, "
+                               "uniform:a,b, log-uniform:a,b, power-law:a,b,index, discrete:a,b,.., "
+                               "powers-of-two:a,b."),
+    out: str = typer.Option(..., "--out", help="Output HDF5 file (written atomically)."),
+    theta: str | None = typer.Option(None, "--theta", help="Polar angle spectrum in radians (default: "
+                                     "normal incidence pi/2, not recorded)."),
+    phi: str | None = typer.Option(None, "--phi",
+                                   help="Azimuth spectrum in radians (default 0, not recorded)."),
+    threshold_mev: float | None = typer.Option(None, "--threshold-mev", min=0.0, help="Cell readout "
+                                               "threshold in MeV (default: the material's, SiW 0.01515)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the conditions and the showers."),
+    file_format: str = typer.Option("calochallenge", "--format", help="calochallenge or par04."),
+    float16: bool = typer.Option(False, "--float16", help="Store showers as float16 (max 65504 MeV)."),
+    config: str | None = typer.Option(None, "--config", help="YAML file with GFlashConfig keys "
+                                      "(threshold_mev, max_spots, radial_scale, ...)."),
+) -> None:
+    """Simulate electron showers with the embedded GFlash parameterisation and write them to a file."""
+    import dataclasses
+    import time
+
+    from caloforge.geometry import get_geometry
+    from caloforge.simulate import GFlashConfig, simulate_to_file
+    from caloforge.spectra import parse_spectrum
+
+    g = get_geometry(geometry)
+    settings = GFlashConfig()
+    if config is not None:
+        from caloforge.config import load_yaml
+        settings = load_yaml(GFlashConfig, config)
+    if threshold_mev is not None:
+        settings = dataclasses.replace(settings, threshold_mev=threshold_mev)
+    specs = (parse_spectrum(energy, "--energy", positive=True),
+             None if theta is None else parse_spectrum(theta, "--theta"),
+             None if phi is None else parse_spectrum(phi, "--phi"))
+    start = time.perf_counter()
+    simulate_to_file(out, g, n, *specs, config=settings, seed=seed, format=file_format,
+                     dtype="float16" if float16 else "float32", progress=True)
+    seconds = time.perf_counter() - start
+    typer.echo(f"simulated {n} showers in {seconds:.2f} s ({n / max(seconds, 1e-9):.0f} showers/s), "
+               f"geometry {g.name}, wrote {out}")
+
+
 # ---- the diffusion model: train, generate, demo (caloforge.training, caloforge.generate) ---------------
 @app.command("train")
 def train_command(

@@ -5,7 +5,7 @@
 """
 
 from caloforge.simulate.materials import MATERIALS, CalorimeterMaterial, get_material
-from caloforge.simulate.simulator import GFlashConfig, simulate, simulate_chunks
+from caloforge.simulate.simulator import GFlashConfig, simulate, simulate_chunks, simulate_to_file
 
 __all__ = [
     "MATERIALS",
@@ -14,4 +14,5 @@ __all__ = [
     "get_material",
     "simulate",
     "simulate_chunks",
+    "simulate_to_file",
 ]

@@ -28,11 +28,13 @@ the highest energies are larger than GFlash's by sqrt(N_spot / max_spots).
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 from scipy.special import gammaln
 
 from caloforge.data import ShowerSet, incident_direction
@@ -46,8 +48,9 @@ from caloforge.simulate.gflash import (
     sample_shower_parameters,
 )
 from caloforge.simulate.materials import CalorimeterMaterial, get_material
+from caloforge.spectra import Spectrum, parse_spectrum
 
-__all__ = ["GFlashConfig", "simulate", "simulate_chunks"]
+__all__ = ["GFlashConfig", "simulate", "simulate_chunks", "simulate_to_file"]
 
 F64 = NDArray[np.float64]
 DEFAULT_CHUNK = 256  # showers per chunk (the output block); memory ~ chunk x n_voxels x 8 bytes
@@ -277,3 +280,74 @@ def simulate_chunks(
             out[out < threshold] = 0.0
         yield out.astype(dtype)
 
+
+
+def simulate_to_file(
+    path: str | os.PathLike[str],
+    geometry: CylindricalGeometry | str,
+    n: int,
+    energy_spec: Spectrum | str,
+    theta_spec: Spectrum | str | None = None,
+    phi_spec: Spectrum | str | None = None,
+    *,
+    config: GFlashConfig | None = None,
+    seed: int = 0,
+    format: str = "calochallenge",
+    dtype: DTypeLike = np.float32,
+    progress: bool = True,
+    chunk_size: int = DEFAULT_CHUNK,
+    compression: str | None = None,
+) -> None:
+    """Simulate ``n`` showers with conditions drawn from spectra and write them, chunk by chunk.
+
+    Memory stays at one chunk whatever ``n`` is; the file appears atomically when all are written
+    (``caloforge.io.ShowerWriter``). Each condition and the showers draw from their own stream spawned
+    from ``seed`` (``SeedSequence(seed).spawn(4)``: energy, theta, phi, showers), so the conditions do not
+    depend on ``chunk_size``.
+
+    Args:
+        path: output HDF5 file.
+        geometry: readout (or preset name).
+        n: number of showers.
+        energy_spec, theta_spec, phi_spec: spectra (``caloforge.spectra``) in MeV and radians; angles
+            left None are normal incidence and are not written.
+        config: simulator settings.
+        seed: seed of everything random.
+        format: ``"calochallenge"`` or ``"par04"``.
+        dtype: storage dtype of the showers (float16, float32, float64).
+        progress: show a tqdm bar on stderr.
+        chunk_size: showers per chunk.
+        compression: HDF5 filter for the showers (``"gzip"``, ``"lzf"`` or None).
+    """
+    from tqdm import tqdm
+
+    from caloforge.geometry import get_geometry
+    from caloforge.io import ShowerWriter
+
+    if n < 0:
+        raise InputError(None, "n", f"is {n}", "a number of showers >= 0")
+    geometry = get_geometry(geometry) if isinstance(geometry, str) else geometry
+    config = config or GFlashConfig()
+    config.material_for(geometry)  # an unknown medium fails before the file is opened
+    energy = (parse_spectrum(energy_spec, "energy", positive=True) if isinstance(energy_spec, str)
+              else energy_spec)
+    theta = parse_spectrum(theta_spec, "theta") if isinstance(theta_spec, str) else theta_spec
+    phi = parse_spectrum(phi_spec, "phi") if isinstance(phi_spec, str) else phi_spec
+    # One stream per condition and one for the showers: each is consumed in order, so the conditions do
+    # not depend on the chunking.
+    energy_rng, theta_rng, phi_rng, shower_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    )
+    conditions = ("energy",) + (("theta",) if theta else ()) + (("phi",) if phi else ())
+    with ShowerWriter(path, geometry, format=format, dtype=dtype, conditions=conditions, expected_n=n,
+                      compression=compression) as writer, tqdm(
+        total=n, unit="shower", desc="simulate", disable=not progress, file=sys.stderr, smoothing=0.1,
+    ) as bar:
+        for start in range(0, n, chunk_size):
+            size = min(chunk_size, n - start)
+            e = energy.sample(size, energy_rng)
+            th = None if theta is None else theta.sample(size, theta_rng)
+            ph = None if phi is None else phi.sample(size, phi_rng)
+            writer.append(simulate(geometry, e, th, ph, config=config, rng=shower_rng, chunk_size=size,
+                                   dtype=np.float64 if np.dtype(dtype) == np.float64 else np.float32))
+            bar.update(size)
