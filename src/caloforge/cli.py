@@ -7,6 +7,7 @@ printed as one line ``error: ...`` with exit code 2, never as a traceback.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -202,7 +203,8 @@ def train_command(
 
 @app.command("generate")
 def generate_command(
-    checkpoint: str = typer.Argument(..., help="model.ckpt written by 'caloforge train'."),
+    checkpoint: str = typer.Argument(..., help="model.ckpt written by 'caloforge train', or a .onnx "
+                                     "sampler graph written by 'caloforge export' (run by onnxruntime)."),
     n: int = typer.Option(..., "--n", min=1, help="Number of showers."),
     energy: str = typer.Option(..., "--energy", help="Incident energy spectrum in MeV, e.g. 50000 or "
                                "log-uniform:1000,1000000."),
@@ -216,8 +218,10 @@ def generate_command(
                                        "(default: the run's)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the conditions and the noise."),
     file_format: str = typer.Option("calochallenge", "--format", help="calochallenge or par04."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse conditions outside the training range "
+                                "(default: warn and generate)."),
 ) -> None:
-    """Generate showers from a checkpoint alone."""
+    """Generate showers from a checkpoint (or an exported .onnx graph) alone."""
     import numpy as np
 
     from caloforge.generate import generate_to_file, load_generator
@@ -227,15 +231,58 @@ def generate_command(
     energies = parse_spectrum(energy, "--energy", positive=True).sample(n, rng)
     thetas = None if theta is None else parse_spectrum(theta, "--theta").sample(n, rng)
     phis = None if phi is None else parse_spectrum(phi, "--phi").sample(n, rng)
-    generator = load_generator(checkpoint)
-    if sampler is not None:
+    from caloforge.safeguards import check_request, energy_response
+
+    if checkpoint.endswith(".onnx"):
+        from caloforge.onnx_runtime import load_onnx_generator
+
+        # Same generation interface as ShowerGenerator, so generate_to_file writes the same format.
+        generator: Any = load_onnx_generator(checkpoint)
+        ranges = generator.ranges
+    else:
+        generator = load_generator(checkpoint)
+        ranges = generator.content.ranges
+    if sampler is not None and not checkpoint.endswith(".onnx"):
         from caloforge.diffusion import get_sampler
         get_sampler(sampler)  # an unknown name fails before any work
-    for problem in generator.range_warnings(energies, thetas, phis):
+    for problem in check_request(ranges, energies, thetas, phis, strict=strict, source=checkpoint):
         typer.echo(f"warning: {problem}; the model extrapolates there", err=True)
     count = generate_to_file(generator, out, energies, thetas, phis, n_steps=steps, sampler=sampler, seed=seed,
                              batch_size=batch_size, file_format=file_format)
     typer.echo(f"wrote {count} showers to {out}")
+    from caloforge.io import iter_showers
+
+    typer.echo(energy_response(iter_showers(out), ranges).summary())
+
+
+# ---- deployment: ONNX export (caloforge.export; the graphs are documented in docs/onnx.md) -------------
+@app.command("export")
+def export_command(
+    checkpoint: str = typer.Argument(..., help="model.ckpt written by 'caloforge train'."),
+    out: str = typer.Option(..., "--out", help="ONNX file to write (atomically)."),
+    target: str = typer.Option("caloforge", "--target", help="caloforge: the sampler graph at OUT and the "
+                               "denoiser graph at <OUT stem>.denoiser.onnx; par04: the Geant4 Par04 "
+                               "(CaloDiT-2 contract) graph at OUT."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Sampler steps unrolled in the graph "
+                                     "(default: the run's)."),
+    sampler: str | None = typer.Option(None, "--sampler", help="heun, euler or dpmpp_2m "
+                                       "(default: the run's)."),
+    denoiser: bool = typer.Option(True, "--denoiser/--no-denoiser", help="Also write the denoiser graph "
+                                  "(target caloforge)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Run the sampler graph with onnxruntime "
+                               "and compare with PyTorch on the same noise (target caloforge)."),
+) -> None:
+    """Export a checkpoint to ONNX for onnxruntime (Python, C++, Geant4 Par04)."""
+    from caloforge.export import check_sampler_export, export_checkpoint
+
+    written = export_checkpoint(checkpoint, out, target=target, n_steps=steps, sampler=sampler,
+                                denoiser=denoiser)
+    for path in written:
+        typer.echo(f"wrote {path}")
+    if check and target == "caloforge":
+        difference = check_sampler_export(checkpoint, written[0])
+        typer.echo(f"onnxruntime vs PyTorch on the same noise: largest difference {difference:.3g} of the "
+                   "largest deposit")
 
 
 def main() -> None:

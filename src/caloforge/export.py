@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.diffusion import get_sampler
-from caloforge.errors import InputError
+from caloforge.errors import CaloforgeError, InputError
 from caloforge.generate import ShowerGenerator, load_generator
 from caloforge.io import atomic_output
 
@@ -48,6 +48,7 @@ __all__ = [
     "DenoiserGraph",
     "Par04Graph",
     "SamplerGraph",
+    "check_sampler_export",
     "export_checkpoint",
     "export_denoiser",
     "export_par04",
@@ -323,3 +324,44 @@ def export_checkpoint(
     if denoiser:
         written.append(export_denoiser(generator, out.with_name(f"{out.stem}.denoiser.onnx")))
     return written
+
+
+def check_sampler_export(
+    generator: ShowerGenerator | str | PathLike[str],
+    path: str | PathLike[str],
+    n: int = 4,
+    seed: int = 0,
+    tolerance: float = 1e-3,
+) -> float:
+    """Run an exported ``sampler`` graph with onnxruntime and its PyTorch twin on the same noise.
+
+    Returns the largest absolute difference divided by the largest deposit (MeV / MeV) over ``n``
+    showers spread over the training energy range; raises ``CaloforgeError`` above ``tolerance``.
+    """
+    from caloforge.onnx_runtime import load_onnx_generator
+
+    if not isinstance(generator, ShowerGenerator):
+        generator = load_generator(generator)
+    exported = load_onnx_generator(path, providers=["CPUExecutionProvider"])
+    graph = SamplerGraph(generator, exported.n_steps, exported.sampler).eval()
+    ranges = generator.content.ranges
+    rng = np.random.default_rng(seed)
+    energy = np.exp(rng.uniform(math.log(ranges.energy_min), math.log(ranges.energy_max), n))
+    theta = rng.uniform(ranges.theta_min, ranges.theta_max, n)
+    phi = rng.uniform(ranges.phi_min, ranges.phi_max, n)
+    detector = rng.integers(0, generator.content.spec.n_detectors, n)
+    noise = rng.standard_normal((n, generator.geometry.n_voxels), dtype=np.float32)
+    with torch.no_grad():
+        expected = graph(
+            torch.from_numpy(noise), *(torch.from_numpy(a.astype(np.float32)) for a in (energy, theta, phi)),
+            torch.from_numpy(detector.astype(np.int64)),
+        ).numpy()
+    got = exported.run(noise, energy, theta, phi, detector)
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    difference = float(np.abs(got - expected).max()) / scale
+    if not difference <= tolerance:
+        raise CaloforgeError(
+            f"{path}: onnxruntime and PyTorch differ by {difference:.3g} of the largest deposit "
+            f"(tolerance {tolerance:g}); the export is not faithful"
+        )
+    return difference
