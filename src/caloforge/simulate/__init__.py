@@ -5,7 +5,7 @@
 """
 
 from caloforge.simulate.materials import MATERIALS, CalorimeterMaterial, get_material
-from caloforge.simulate.simulator import GFlashConfig, simulate, simulate_chunks, simulate_to_file
+from caloforge.simulate.simulator import GFlashConfig, simulate, simulate_to_file
 
 __all__ = [
     "MATERIALS",
@@ -13,6 +13,5 @@ __all__ = [
     "GFlashConfig",
     "get_material",
     "simulate",
-    "simulate_chunks",
     "simulate_to_file",
 ]

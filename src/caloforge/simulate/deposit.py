@@ -75,8 +75,8 @@ def deposit(
     alpha_frac: F64,
     z: F64,
     energy: F64,
-    out: F64,
-) -> F64:
+    out: NDArray[np.floating],
+) -> NDArray[np.floating]:
     """Add spot energies to the voxels of ``out`` (in place) and return it.
 
     Args:
@@ -86,7 +86,8 @@ def deposit(
         alpha_frac: (M,) (alpha + pi) / (2 pi) in [0, 1), the angular position as a fraction of a turn.
         z: (M,) depth from the front face in mm.
         energy: (M,) energy of each spot in MeV.
-        out: (n_showers, n_voxels) float64, C-contiguous, MeV in the geometry's flat voxel order.
+        out: (n_showers, n_voxels) float32 or float64, C-contiguous, MeV in the geometry's flat voxel
+            order.
     """
     geometry = vmap.geometry
     n_vox = geometry.n_voxels
@@ -111,5 +112,5 @@ def deposit(
             flat[sel[inside]] = offsets[index] + a_bin[inside] * binning.n_radial + r_bin[inside]
         keep = flat >= 0
     # np.add.at on the flat output beats a bincount with a (n_showers x n_voxels) temporary (numpy >= 2).
-    np.add.at(out.reshape(-1), shower[keep] * n_vox + flat[keep], energy[keep])
+    np.add.at(out.reshape(-1), shower[keep] * n_vox + flat[keep], energy[keep].astype(out.dtype, copy=False))
     return out
