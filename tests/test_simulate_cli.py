@@ -10,7 +10,7 @@ import pytest
 
 from caloforge.cli import main
 from caloforge.io import read_showers
-from caloforge.simulate import simulate, simulate_to_file
+from caloforge.simulate import GFlashConfig, simulate, simulate_to_file
 from caloforge.spectra import parse_spectrum
 
 
@@ -100,3 +100,21 @@ def test_simulate_to_file_is_seeded_and_matches_simulate(tmp_path) -> None:
     direct = simulate(first.geometry, first.energy, first.theta, None, rng=shower_rng, chunk_size=7)
     assert np.allclose(direct.showers, first.showers, rtol=1e-6, atol=0.0)
     assert math.isclose(float(direct.energy[0]), float(first.energy[0]), rel_tol=1e-6)
+
+
+def test_simulate_command_reads_a_yaml_config(run, tmp_path) -> None:
+    good, bad = tmp_path / "gflash.yaml", tmp_path / "typo.yaml"
+    good.write_text("radial_scale: 1.2\nmax_spots: 500\nthreshold_mev: 0.0\n")
+    bad.write_text("radial_scael: 1.2\n")
+    out = tmp_path / "wide.h5"
+    code, _, err = run("simulate", "-g", "calochallenge-2", "--n", 4, "--energy", "20000", "--config", good,
+                       "--seed", 1, "--out", out)
+    assert code == 0, err
+    written = read_showers(out)
+    shower_rng = np.random.default_rng(np.random.SeedSequence(1).spawn(4)[3])
+    config = GFlashConfig(radial_scale=1.2, max_spots=500, threshold_mev=0.0)
+    expected = simulate(written.geometry, np.full(4, 2e4), config=config, rng=shower_rng)
+    assert np.allclose(written.showers, expected.showers, rtol=1e-6, atol=0.0)
+    code, _, err = run("simulate", "-g", "calochallenge-2", "--n", 4, "--energy", "20000", "--config", bad,
+                       "--out", tmp_path / "never.h5")
+    assert code == 2 and "radial_scael" in err and "radial_scale" in err
