@@ -54,6 +54,7 @@ __all__ = [
     "export_par04",
     "export_sampler",
     "par04_permutation",
+    "write_onnx",
 ]
 
 ONNX_OPSET = 17  # onnxruntime >= 1.14 runs it; the TorchScript exporter supports it fully
@@ -134,16 +135,22 @@ class Par04Graph(nn.Module):
     output (N, Nr * Nphi * Nz) float32 in GeV, r slowest and z fastest; noise drawn inside.
 
     The detector index is the position of the largest one-hot entry (slot k -> caloforge detector k).
+    ``fixed_noise`` (V,) replaces the random draw, only to check the graph against PyTorch.
     """
 
     def __init__(
-        self, sampler: SamplerGraph, permutation: Tensor, n_slots: int = PAR04_DETECTOR_SLOTS
+        self,
+        sampler: SamplerGraph,
+        permutation: Tensor,
+        n_slots: int = PAR04_DETECTOR_SLOTS,
+        fixed_noise: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.sampler = sampler
         self.register_buffer("permutation", permutation)
         self.n_slots = n_slots
         self.n_voxels = int(permutation.numel())
+        self.fixed_noise = fixed_noise
 
     def forward(self, features: Tensor) -> Tensor:
         energy = features[:, 0] * PAR04_GEV  # (N,) MeV
@@ -151,7 +158,10 @@ class Par04Graph(nn.Module):
         detector = torch.argmax(features[:, 3 : 3 + self.n_slots], dim=1)  # (N,) int64
         # Noise shaped like the output, drawn by the runtime (RandomNormalLike): the C++ passes none.
         template = features[:, :1].expand(-1, self.n_voxels)
-        noise = torch.randn_like(template)  # (N, V)
+        if self.fixed_noise is None:
+            noise = torch.randn_like(template)  # (N, V)
+        else:
+            noise = self.fixed_noise.expand_as(template)
         showers = self.sampler(noise, energy, theta, phi, detector)  # (N, V) MeV, caloforge order
         return showers[:, self.permutation] / PAR04_GEV  # (N, V) GeV, Par04 order
 
@@ -170,7 +180,7 @@ def _metadata(generator: ShowerGenerator, graph: str, **extra: Any) -> dict[str,
     }
 
 
-def _write(
+def write_onnx(
     module: nn.Module,
     args: tuple[Tensor, ...],
     path: str | PathLike[str],
@@ -179,7 +189,8 @@ def _write(
     dynamic_batch: bool,
     metadata: dict[str, Any],
 ) -> Path:
-    """Trace ``module`` on ``args``, attach the metadata, write atomically; returns the path."""
+    """Trace ``module`` on example ``args`` into ONNX (opset ``ONNX_OPSET``, batch axis dynamic when
+    ``dynamic_batch``), attach ``metadata`` as the ``caloforge`` entry, write atomically; returns the path."""
     import onnx
 
     module.eval()
@@ -227,7 +238,7 @@ def export_denoiser(generator: ShowerGenerator, path: str | PathLike[str]) -> Pa
         generator, "denoiser", sigmas=sigmas, sigma_data=edm.sigma_data, sigma_min=edm.sigma_min,
         sigma_max=edm.sigma_max, rho=edm.rho,
     )
-    return _write(
+    return write_onnx(
         DenoiserGraph(generator), args, path, ["x", "sigma", "energy", "theta", "phi", "detector"],
         ["denoised"], True, meta,
     )
@@ -259,7 +270,7 @@ def export_sampler(
         generator, "sampler", sampler=sampler or generator.content.config.sample.sampler,
         n_steps=len(graph.sigmas) - 1, sigmas=graph.sigmas.tolist(),
     )
-    return _write(
+    return write_onnx(
         graph, args, path, ["noise", "energy", "theta", "phi", "detector"], ["showers"], True, meta
     )
 
@@ -270,11 +281,14 @@ def export_par04(
     n_steps: int | None = None,
     sampler: str | None = None,
     n_slots: int = PAR04_DETECTOR_SLOTS,
+    fixed_noise: Tensor | None = None,
 ) -> Path:
     """Write the Geant4 Par04 ``CaloDiT-2``-compatible graph (module doc) to ``path``.
 
     Input ``input`` (1, 3 + n_slots) float32, output ``output`` (1, Nr * Nphi * Nz) float32 in GeV;
     the batch axis is dynamic, though Par04 always passes 1. Needs a regular geometry.
+    ``fixed_noise`` (V,) replaces the in-graph random draw: only for checking the graph against PyTorch
+    (the metadata records it), never for simulation.
     """
     geometry = generator.geometry
     if not geometry.is_regular:
@@ -284,7 +298,9 @@ def export_par04(
     if n_slots < max(n_detectors, 1):
         raise InputError(None, "par04 detector slots", f"is {n_slots}",
                          f"at least the model's {n_detectors} detectors")
-    graph = Par04Graph(_sampler_graph(generator, n_steps, sampler), par04_permutation(generator), n_slots)
+    graph = Par04Graph(
+        _sampler_graph(generator, n_steps, sampler), par04_permutation(generator), n_slots, fixed_noise
+    )
     energy, theta, phi, _ = _example_conditions(generator, 1)
     example = torch.zeros(1, 3 + n_slots)
     example[:, 0], example[:, 1], example[:, 2], example[:, 3] = energy / PAR04_GEV, phi, theta, 1.0
@@ -295,10 +311,10 @@ def export_par04(
         par04={
             "input": ["energy_gev", "phi", "theta", *[f"detector_{k}" for k in range(n_slots)]],
             "output_unit": "GeV", "mesh": {"n_rho": n_radial, "n_phi": n_alpha, "n_z": n_layers},
-            "model_type": "CaloDiT-2",
+            "model_type": "CaloDiT-2", "fixed_noise": fixed_noise is not None,
         },
     )
-    return _write(graph, (example,), path, ["input"], ["output"], True, meta)
+    return write_onnx(graph, (example,), path, ["input"], ["output"], True, meta)
 
 
 def export_checkpoint(

@@ -1,0 +1,233 @@
+"""ONNX export: parity with PyTorch (denoiser, whole sampler, batch 1 and > 1) and Geant4 Par04's contract.
+
+A tiny DiT trained for a few steps on toy showers, its weights then jittered (seeded) so the backbone
+contributes to every output rather than the near-zero adaLN-Zero initialisation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from caloforge.cli import app
+from caloforge.data import ShowerSet
+from caloforge.errors import InputError
+from caloforge.export import (
+    METADATA_KEY,
+    check_sampler_export,
+    export_denoiser,
+    export_par04,
+    export_sampler,
+    par04_permutation,
+)
+from caloforge.generate import ShowerGenerator, load_generator
+from caloforge.geometry import CylindricalGeometry
+from caloforge.models import DiTConfig
+from caloforge.training import RunConfig, TrainConfig, train
+
+# Every axis a different length (layers 5, alpha 4, radial 3), so a swapped axis cannot go unnoticed.
+GEOMETRY = CylindricalGeometry.regular("toy-export", 5, 4, (0.0, 2.0, 4.0, 6.0), 3.4, "SiW")
+
+
+def toy_showers(n: int = 96, seed: int = 0) -> ShowerSet:
+    rng = np.random.default_rng(seed)
+    energy = np.exp(rng.uniform(math.log(1e3), math.log(1e5), n))
+    profile = np.exp(-np.arange(GEOMETRY.n_voxels) / 15.0)
+    showers = profile * rng.gamma(2.0, 1.0, (n, GEOMETRY.n_voxels)) * energy[:, None] / 40
+    showers[showers < 0.5] = 0.0
+    return ShowerSet(
+        showers.astype(np.float32), GEOMETRY, energy, theta=rng.uniform(1.3, 1.8, n),
+        phi=rng.uniform(-0.4, 0.4, n), detector=rng.integers(0, 2, n),
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = RunConfig(model=DiTConfig(size="tiny", patch_size=(2, 2, 3)))
+    config.train = TrainConfig(batch_size=16, max_steps=4, checkpoint_every=4, accelerator="cpu", devices=1)
+    config.sample.n_steps = 4
+    return train(toy_showers(), tmp_path_factory.mktemp("run") / "run", config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def generator(checkpoint: Path) -> ShowerGenerator:
+    gen = load_generator(checkpoint)
+    noise = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in gen.denoiser.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=noise))
+    return gen
+
+
+def conditions(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "energy": np.exp(rng.uniform(math.log(2e3), math.log(8e4), n)).astype(np.float32),
+        "theta": rng.uniform(1.35, 1.75, n).astype(np.float32),
+        "phi": rng.uniform(-0.3, 0.3, n).astype(np.float32),
+        "detector": (np.arange(n) % 2).astype(np.int64),
+    }
+
+
+def assert_close_to_scale(got: np.ndarray, expected: np.ndarray, rtol: float = 1e-4) -> None:
+    """allclose with an absolute tolerance relative to the largest value (showers span decades)."""
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * float(np.abs(expected).max()))
+
+
+def test_denoiser_graph_matches_pytorch(generator: ShowerGenerator, tmp_path: Path) -> None:
+    path = export_denoiser(generator, tmp_path / "denoiser.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x", "sigma", "energy", "theta", "phi", "detector"]
+    for n in (1, 5):
+        cond = conditions(n, seed=n)
+        x = np.random.default_rng(n).standard_normal((n, GEOMETRY.n_voxels)).astype(np.float32) * 3
+        sigma = np.geomspace(0.01, 40.0, n).astype(np.float32)
+        got = session.run(["denoised"], {"x": x, "sigma": sigma, **cond})[0]
+        with torch.no_grad():
+            encoded = generator.encoder(*(torch.from_numpy(cond[k]) for k in ("energy", "theta", "phi")),
+                                        torch.from_numpy(cond["detector"]))
+            expected = generator.denoiser(torch.from_numpy(x), torch.from_numpy(sigma), encoded).numpy()
+        assert not np.allclose(expected, x, atol=1e-3)  # the backbone contributes
+        assert_close_to_scale(got, expected)
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m"])
+def test_sampler_graph_matches_generator_on_the_same_noise(
+    generator: ShowerGenerator, tmp_path: Path, sampler: str
+) -> None:
+    path = export_sampler(generator, tmp_path / "sampler.onnx", n_steps=3, sampler=sampler)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["showers"]
+    for n in (1, 6):
+        cond = conditions(n, seed=10 + n)
+        # ShowerGenerator.sample draws its noise as randn((n, V), generator seeded with seed) * sigma_max.
+        noise = torch.randn((n, GEOMETRY.n_voxels), generator=torch.Generator().manual_seed(5)).numpy()
+        got = session.run(["showers"], {"noise": noise, **cond})[0]
+        expected = generator.sample(
+            cond["energy"], cond["theta"], cond["phi"], cond["detector"], n_steps=3, sampler=sampler,
+            seed=5, batch_size=n,
+        ).showers
+        assert got.shape == (n, GEOMETRY.n_voxels) and got.dtype == np.float32
+        assert (expected > 0).any() and (got >= 0).all()
+        assert_close_to_scale(got, expected)
+
+
+def test_metadata_names_the_graph_and_its_sampling(generator: ShowerGenerator, tmp_path: Path) -> None:
+    path = export_sampler(generator, tmp_path / "s.onnx", n_steps=2, sampler="euler")
+    entries = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    meta = json.loads(entries[METADATA_KEY])
+    assert meta["graph"] == "sampler" and meta["n_steps"] == 2 and meta["sampler"] == "euler"
+    assert CylindricalGeometry.from_dict(meta["geometry"]) == GEOMETRY
+    assert meta["sigmas"] == pytest.approx(generator.sigmas(2).tolist())
+    assert meta["ranges"]["energy_min"] == pytest.approx(generator.content.ranges.energy_min)
+    assert [p.name for p in tmp_path.iterdir()] == ["s.onnx"]  # atomic write left no temporary file
+
+
+def test_stochastic_sampler_and_bad_steps_are_refused(generator: ShowerGenerator, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="deterministic"):
+        export_sampler(generator, tmp_path / "s.onnx", sampler="stochastic")
+    assert not any(tmp_path.iterdir())
+
+
+def test_par04_permutation_is_geometry_to_par04(generator: ShowerGenerator) -> None:
+    flat = np.random.default_rng(0).random((3, GEOMETRY.n_voxels))
+    expected = GEOMETRY.to_par04(flat).reshape(3, -1)  # (N, R*PHI*Z), z fastest
+    np.testing.assert_array_equal(flat[:, par04_permutation(generator).numpy()], expected)
+    # by hand: Par04 position 1 is (r 0, phi 0, z 1) = caloforge (layer 1, alpha 0, radial 0) = 4 * 3
+    assert int(par04_permutation(generator)[1]) == GEOMETRY.flat_index(1, 0, 0) == 12
+
+
+def par04_cpp_run(
+    session: ort.InferenceSession, energy_mev: float, theta: float, phi: float, slot: int
+) -> np.ndarray:
+    """What Par04's C++ does with a CaloDiT-2 ONNX model (Geant4 examples/extended/parameterisations/
+    Par04: Par04InferenceSetup.cc GetEnergies, Par04OnnxInference.cc RunInference); one session, one
+    run per particle."""
+    gen_vector = np.zeros(8, dtype=np.float32)  # genVector.assign(8, 0)
+    gen_vector[0] = energy_mev / 1000  # "convert to GeV"
+    gen_vector[1], gen_vector[2] = phi, theta
+    gen_vector[3 + slot] = 1.0
+    input_name = session.get_inputs()[-1].name  # fInames holds the last input's name
+    outputs = session.run([o.name for o in session.get_outputs()], {input_name: gen_vector.reshape(1, 8)})
+    size = GEOMETRY.n_radial * GEOMETRY.n_alpha * GEOMETRY.n_layers
+    return outputs[0].reshape(-1)[:size].astype(np.float64) * 1000  # floatarr[i], then "* 1000"
+
+
+def par04_cpp_positions() -> np.ndarray:
+    """Cell centres in the order of Par04InferenceSetup::GetPositions (r, then phi, then z fastest)."""
+    n_r, n_phi, n_z = GEOMETRY.n_radial, GEOMETRY.n_alpha, GEOMETRY.n_layers
+    d_r, d_z = 2.0, 3.4
+    positions = []
+    for i_r in range(n_r):
+        for i_phi in range(n_phi):
+            for i_z in range(n_z):
+                angle = (i_phi + 0.5) * 2 * math.pi / n_phi - math.pi
+                positions.append(((i_r + 0.5) * d_r * math.cos(angle), (i_r + 0.5) * d_r * math.sin(angle),
+                                  (i_z + 0.5) * d_z))
+    return np.asarray(positions)
+
+
+def test_par04_graph_fed_as_the_cpp_does_places_caloforge_showers(
+    generator: ShowerGenerator, tmp_path: Path
+) -> None:
+    noise = torch.randn(GEOMETRY.n_voxels, generator=torch.Generator().manual_seed(3))
+    path = export_par04(generator, tmp_path / "par04.onnx", n_steps=3, sampler="heun", fixed_noise=noise)
+    energy, theta, phi = 2.5e4, 1.45, 0.12
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    energies = par04_cpp_run(session, energy, theta, phi, slot=1)
+    # caloforge's own shower for the same noise (its first randn((1, V)) draw with seed 3) and conditions,
+    # placed at caloforge's own voxel centres
+    expected = generator.sample([energy], [theta], [phi], [1], n_steps=3, sampler="heun", seed=3).showers[0]
+    centres = GEOMETRY.voxel_centres
+    by_position = {tuple(np.round(p, 6)): k for k, p in enumerate(
+        np.stack([centres["x"], centres["y"], centres["z"]], axis=1))}
+    order = [by_position[tuple(np.round(p, 6))] for p in par04_cpp_positions()]
+    assert sorted(order) == list(range(GEOMETRY.n_voxels))
+    assert expected.sum() > 0
+    np.testing.assert_allclose(energies, expected[order], rtol=1e-4, atol=1e-4 * expected.max())
+
+
+def test_par04_graph_is_one_input_one_output_with_noise_inside(
+    generator: ShowerGenerator, tmp_path: Path
+) -> None:
+    path = export_par04(generator, tmp_path / "par04.onnx", n_steps=2)
+    model = onnx.load(str(path))
+    assert "RandomNormalLike" in {node.op_type for node in model.graph.node}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert inp.type == "tensor(float)" and inp.shape[1] == 8 and out.type == "tensor(float)"
+    a = par04_cpp_run(session, 1e4, math.pi / 2, 0.0, slot=0)
+    b = par04_cpp_run(session, 1e4, math.pi / 2, 0.0, slot=0)
+    assert a.shape == (GEOMETRY.n_voxels,) and np.isfinite(a).all() and (a >= 0).all()
+    assert not np.array_equal(a, b)  # fresh noise on every run of the session, as Geant4 needs
+
+
+def test_check_sampler_export_reports_agreement(generator: ShowerGenerator, tmp_path: Path) -> None:
+    path = export_sampler(generator, tmp_path / "s.onnx", n_steps=2, sampler="dpmpp_2m")
+    assert check_sampler_export(generator, path, n=3) < 1e-4
+
+
+def test_cli_export_writes_both_graphs_and_par04(checkpoint: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "m.onnx"),
+                                 "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "largest difference" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.denoiser.onnx", "m.onnx"]
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "p.onnx"),
+                                 "--target", "par04", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    entries = {p.key: p.value for p in onnx.load(str(tmp_path / "p.onnx")).metadata_props}
+    meta = json.loads(entries[METADATA_KEY])
+    assert meta["graph"] == "par04" and meta["par04"]["output_unit"] == "GeV"
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "x.onnx"),
+                                 "--target", "geant5"])
+    assert result.exit_code != 0 and "target" in str(result.exception)
