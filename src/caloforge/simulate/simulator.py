@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
-from scipy.special import gammaln
 
 from caloforge.data import ShowerSet, incident_direction
 from caloforge.errors import InputError
@@ -168,15 +167,14 @@ def _add_spots(
 
     # Depths from the spot profile, energies from the energy profile (importance weights).
     t = np.maximum(rng.standard_gamma(par.alpha_spot[shower]) / par.beta_spot[shower], 1e-12)
-    log_c = (par.alpha * np.log(par.beta) - gammaln(par.alpha)) - (
-        par.alpha_spot * np.log(par.beta_spot) - gammaln(par.alpha_spot)
-    )
-    log_w = (par.alpha - par.alpha_spot)[shower] * np.log(t) - (par.beta - par.beta_spot)[shower] * t
-    log_w += log_c[shower]
-    # Subtract the per-shower maximum before exponentiating, so no weight overflows.
-    peak = np.full(n, -np.inf)
-    np.maximum.at(peak, shower, log_w)
-    w = np.exp(log_w - peak[shower])
+    # w = f_energy(t) / f_spot(t) up to a per-shower constant, which the normalisation below removes:
+    # log w = (alpha - alpha_spot) ln t - (beta - beta_spot) t, taken relative to its value at the spot
+    # profile's mean depth so that exp() stays far from overflow.
+    d_alpha, d_beta = par.alpha - par.alpha_spot, par.beta - par.beta_spot
+    t_ref = par.alpha_spot / par.beta_spot
+    ref = d_alpha * np.log(t_ref) - d_beta * t_ref
+    log_w = d_alpha[shower] * np.log(t) - d_beta[shower] * t - ref[shower]
+    w = np.exp(np.minimum(log_w, 600.0))
     w_sum = np.bincount(shower, weights=w, minlength=n)
     spot_energy = w * (energy * material.sampling_fraction / w_sum)[shower]
 
