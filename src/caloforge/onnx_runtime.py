@@ -118,7 +118,10 @@ class OnnxGenerator:
         phi: NDArray[np.floating],
         detector: NDArray[np.integer],
     ) -> NDArray[np.float32]:
-        """One call of the ``sampler`` graph: noise (N, V), conditions (N,) -> showers (N, V) MeV."""
+        """One call of the ``sampler`` graph: noise (N, V), conditions (N,) -> showers (N, V) MeV.
+
+        Conditions the graph has no input for (the model does not use them) are not fed.
+        """
         feeds = {
             "noise": np.ascontiguousarray(noise, dtype=np.float32),
             "energy": np.asarray(energy, dtype=np.float32),
@@ -126,6 +129,9 @@ class OnnxGenerator:
             "phi": np.asarray(phi, dtype=np.float32),
             "detector": np.asarray(detector, dtype=np.int64),
         }
+        # The exporter drops inputs the model does not use (e.g. theta for a normal-incidence model).
+        present = {i.name for i in self.session.get_inputs()}
+        feeds = {name: value for name, value in feeds.items() if name in present}
         return np.asarray(self.session.run(["showers"], feeds)[0])
 
     def run_par04(
