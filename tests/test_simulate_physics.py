@@ -39,8 +39,9 @@ def _mean_profile(material: str, energy: float, n: int, seed: int) -> tuple[np.n
     return t, per_layer / per_layer.sum() / 0.25
 
 
-# Depth of the maximum of the average profile. PbWO4 (homogeneous): T = ln y - 0.858 (G&P sec. 3.1).
-# SiW (sampling): T = ln y - 0.812 - 0.55 / F_S - 0.69 (1 - ê) (G&P sec. 4.2, Geant4 ParsAveT1/T2), with
+# Depth of the maximum of the average profile. PbWO4 (homogeneous): T = ln y - 0.858 (G&P, homogeneous media).
+# SiW (sampling): T = ln y - 0.812 - 0.55 / F_S - 0.69 (1 - ê) (G&P, sampling calorimeters; Geant4
+# ParsAveT1/T2), with
 # F_S = X0_eff / 1.7 mm and ê = 1 / (1 + 0.007 (74 - 14)) for 1.4 mm W + 0.3 mm Si.
 def _t_max_expected(material: str, energy: float) -> float:
     if material == "PbWO4":
@@ -66,7 +67,8 @@ def test_depth_of_maximum_follows_ln_y(material: str) -> None:
 
 def test_mean_longitudinal_profile_is_the_fluctuation_averaged_gamma() -> None:
     """Mean profile of PbWO4 showers vs E[gamma(t; alpha_i, beta_i)] over the log-normal (T, alpha)
-    of G&P sec. 3.2, drawn here with the symmetric sqrt((1 +- rho) / 2) form of the correlation."""
+    of G&P (individual profiles), drawn here with the symmetric sqrt((1 +- rho) / 2) form of the
+    correlation."""
     energy = 2e4
     _, profile = _mean_profile("PbWO4", energy, n=300, seed=5)
     z, ln_y = 68.36, math.log(energy / 9.64)  # mass-weighted Z of PbWO4, E_c = 9.64 MeV
@@ -123,7 +125,8 @@ def test_homogeneous_medium_keeps_all_energy_but_leakage() -> None:
     # A 5 X0 deep block lets most of a 100 GeV shower (T ~ 8.4 X0) leak out of the back.
     shallow = CylindricalGeometry.regular("shallow", 5, 1, [0.0, 2000.0], 8.903, "PbWO4")
     front = simulate(shallow, np.full(50, 1e5), seed=2, config=NO_THRESHOLD).showers.sum(axis=1).mean()
-    expected = gamma_dist.cdf(5.0 * (5.081 - 1) / 8.389, 5.081)  # average profile alpha, T (G&P sec. 3.1)
+    # Average-profile alpha and T at 100 GeV (G&P, homogeneous media), integrated over the first 5 X0.
+    expected = gamma_dist.cdf(5.0 * (5.081 - 1) / 8.389, 5.081)
     assert front / 1e5 == pytest.approx(expected, abs=0.04)
 
 

@@ -1,8 +1,8 @@
 """The Grindhammer-Peters parameterisation of electromagnetic showers (GFlash).
 
 References: G. Grindhammer and S. Peters, "The Parameterized Simulation of Electromagnetic Showers in
-Homogeneous and Sampling Calorimeters", hep-ex/0001020 (below "G&P"), sec. 2 (ansatz
-dE(r) = E f(t) dt f(r) dr f(phi) dphi), sec. 3 (homogeneous media), sec. 4 (sampling calorimeters);
+Homogeneous and Sampling Calorimeters", hep-ex/0001020 (below "G&P"): its parameterisation ansatz
+dE(r) = E f(t) dt f(r) dr f(phi) dphi and its sections on homogeneous media and on sampling calorimeters;
 Geant4 Physics Reference Manual, "Gflash Shower Parameterizations" (below "PRM"); constants as in
 Geant4's ``GVFlashHomoShowerTuning.hh`` and ``GFlashSamplingShowerTuning.hh``.
 
@@ -35,7 +35,10 @@ F64 = NDArray[np.float64]
 
 
 def gamma_profile(t: F64, alpha: F64, beta: F64) -> F64:
-    """Longitudinal profile f(t) = (beta t)^(alpha-1) beta exp(-beta t) / Gamma(alpha) (G&P eq. of sec. 2)."""
+    """Longitudinal profile f(t) = (beta t)^(alpha-1) beta exp(-beta t) / Gamma(alpha).
+
+    G&P ansatz; PRM "Longitudinal Shower Profiles". t in X0, shapes broadcast.
+    """
     t = np.maximum(t, 1e-300)
     return np.exp((alpha - 1) * np.log(beta * t) + np.log(beta) - beta * t - gammaln(alpha))
 
@@ -49,9 +52,9 @@ def gamma_profile_integral(t0: F64, t1: F64, alpha: F64, beta: F64) -> F64:
 def mean_depth_of_maximum(material: CalorimeterMaterial, energy_mev: F64) -> F64:
     """Depth of the maximum of the average profile in X0.
 
-    Homogeneous: the fit to average profiles T_hom = ln y - 0.858 (G&P sec. 3.1; PRM "Average
-    profiles"). Sampling: the log-normal centre used for simulating, (ln y - 0.812) - 0.55 / F_S
-    - 0.69 (1 - ê) (G&P sec. 4.2; Geant4 ``GFlashSamplingShowerTuning`` ParsAveT1/T2).
+    Homogeneous: the fit to average profiles T_hom = ln y - 0.858 (G&P, homogeneous media, average
+    longitudinal profiles). Sampling: the log-normal centre used for simulating, (ln y - 0.812) - 0.55 / F_S
+    - 0.69 (1 - ê) (G&P, sampling calorimeters; Geant4 ``GFlashSamplingShowerTuning`` ParsAveT1/T2).
     """
     ln_y = np.log(np.asarray(energy_mev, dtype=np.float64) / material.ec_mev)
     if not material.sampling:
@@ -62,8 +65,8 @@ def mean_depth_of_maximum(material: CalorimeterMaterial, energy_mev: F64) -> F64
 def mean_alpha(material: CalorimeterMaterial, energy_mev: F64) -> F64:
     """Shape parameter of the average profile.
 
-    Homogeneous: alpha_hom = 0.21 + (0.492 + 2.38 / Z) ln y (G&P sec. 3.1). Sampling: the log-normal
-    centre 0.81 + (0.458 + 2.26 / Z) ln y - 0.476 / F_S (G&P sec. 4.2; Geant4 ParsAveA1).
+    Homogeneous: alpha_hom = 0.21 + (0.492 + 2.38 / Z) ln y (G&P, homogeneous media). Sampling: the log-normal
+    centre 0.81 + (0.458 + 2.26 / Z) ln y - 0.476 / F_S (G&P, sampling calorimeters; Geant4 ParsAveA1).
     """
     ln_y = np.log(np.asarray(energy_mev, dtype=np.float64) / material.ec_mev)
     if not material.sampling:
@@ -79,7 +82,7 @@ class ShowerParameters:
     Attributes:
         t_max, alpha, beta: energy profile (gamma distribution; T = (alpha - 1) / beta in X0).
         t_spot, alpha_spot, beta_spot: profile of the spot *density* along t (differs from the energy
-            profile; G&P sec. 3.3).
+            profile; G&P, energy spots).
         tau_scale: tau = t * tau_scale, the reduced depth of the radial profile (Geant4 ``ComputeTau``:
             t / T_i scaled by the individual-to-average centre of gravity ratio).
     """
@@ -100,10 +103,11 @@ class ShowerParameters:
 def _log_normal_moments(material: CalorimeterMaterial, ln_y: F64) -> tuple[F64, F64, F64, F64, F64]:
     """(<ln T>, <ln alpha>, sigma(ln T), sigma(ln alpha), rho) of the correlated log-normal fluctuations.
 
-    Homogeneous (G&P sec. 3.2; PRM "Fluctuations"): <ln T> = ln(ln y - 0.812),
+    Homogeneous (G&P, individual profiles; Geant4 ``GVFlashHomoShowerTuning``): <ln T> = ln(ln y - 0.812),
     <ln alpha> = ln(0.81 + (0.458 + 2.26 / Z) ln y), sigma(ln T) = 1 / (-1.4 + 1.26 ln y),
     sigma(ln alpha) = 1 / (-0.58 + 0.86 ln y), rho = 0.705 - 0.023 ln y.
-    Sampling (G&P sec. 4.2): <T_sam> = <T_hom> - 0.55 / F_S - 0.69 (1 - ê),
+    Sampling (G&P, sampling calorimeters; ``GFlashSamplingShowerTuning``):
+    <T_sam> = <T_hom> - 0.55 / F_S - 0.69 (1 - ê),
     <alpha_sam> = <alpha_hom> - 0.476 / F_S, sigma(ln T) = 1 / (-2.5 + 1.25 ln y),
     sigma(ln alpha) = 1 / (-0.82 + 0.79 ln y), rho = 0.784 - 0.023 ln y.
     Floors and the 0.5 cap on the sigmas keep low y finite, as Geant4's sampling code does.
@@ -130,7 +134,8 @@ def _log_normal_moments(material: CalorimeterMaterial, ln_y: F64) -> tuple[F64, 
 def sample_shower_parameters(
     material: CalorimeterMaterial, energy_mev: F64, rng: np.random.Generator
 ) -> ShowerParameters:
-    """Draw correlated (ln T, ln alpha) per shower and derive the spot profile (G&P sec. 3.2, 3.3, 4.2).
+    """Draw correlated (ln T, ln alpha) per shower and derive the spot profile (G&P, individual
+    profiles and energy spots).
 
     The pair is normal with the correlation matrix [[1, rho], [rho, 1]]; its Cholesky factor
     [[1, 0], [rho, sqrt(1 - rho^2)]] turns two independent standard normals into the correlated pair
@@ -145,7 +150,7 @@ def sample_shower_parameters(
     beta = (alpha - 1) / t_max
     z = material.z_eff
     # Spot profile: T_spot = T (0.698 + 0.00212 Z), alpha_spot = alpha (0.639 + 0.00334 Z) homogeneous
-    # (G&P sec. 3.3); sampling: (0.813 + 0.0019 Z), (0.844 + 0.0026 Z) (G&P sec. 4.3).
+    # (G&P, energy spots); sampling: (0.813 + 0.0019 Z), (0.844 + 0.0026 Z) (ParsSpotT1/T2, A1/A2).
     if material.sampling:
         t_spot = np.maximum(t_max * (0.813 + 0.0019 * z), 0.5)
         alpha_spot = alpha * (0.844 + 0.0026 * z)
@@ -164,7 +169,7 @@ def sample_shower_parameters(
 def n_spots(material: CalorimeterMaterial, energy_mev: F64) -> F64:
     """Mean number of energy spots per shower (not rounded).
 
-    Homogeneous (G&P sec. 3.3): N = 93 ln(Z) E^0.876; sampling (G&P sec. 4.3):
+    Homogeneous (G&P, energy spots): N = 93 ln(Z) E^0.876; sampling (ParsSpotN1/N2):
     N = 10.3 / a E^0.959 with a the stochastic sampling term, E in GeV.
     """
     e_gev = np.asarray(energy_mev, dtype=np.float64) / 1000.0
@@ -176,7 +181,8 @@ def n_spots(material: CalorimeterMaterial, energy_mev: F64) -> F64:
 def radial_parameters(
     material: CalorimeterMaterial, energy_mev: F64 | float, tau: F64, shower: NDArray[np.int64] | None = None
 ) -> tuple[F64, F64, F64]:
-    """(R_C, R_T, p) of the two-component radial profile at reduced depth tau (G&P sec. 3.4, 4.4).
+    """(R_C, R_T, p) of the two-component radial profile at reduced depth tau (G&P, radial profiles;
+    PRM "Radial Shower Profiles"; constants of Geant4's GFlash tuning classes).
 
     f(r) = p 2 r R_C^2 / (r^2 + R_C^2)^2 + (1 - p) 2 r R_T^2 / (r^2 + R_T^2)^2, r in Moliere radii, with
     R_C = z1 + z2 tau, z1 = 0.0251 + 0.00319 ln E, z2 = 0.1162 - 0.000381 Z;

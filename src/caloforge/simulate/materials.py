@@ -8,7 +8,7 @@ dE/dx. The Moliere radius is the PDG's R_M = X0 E_s / E_c with E_s = 21.2052 MeV
 Physics, "Passage of particles through matter", sec. on EM cascades), which reproduces the tabulated
 R_M (W: 9.327 mm, PbWO4: 19.59 mm).
 
-Sampling stacks follow Grindhammer & Peters (hep-ex/0001020, sec. 4 "Sampling calorimeters") as
+Sampling stacks follow Grindhammer & Peters (hep-ex/0001020, section on sampling calorimeters) as
 implemented in Geant4's ``GFlashSamplingShowerParameterisation::ComputeZAX0EFFetc``: mass-weighted
 effective Z, an effective X0 and E_c from the weighted inverse lengths, the sampling frequency
 F_S = X0_eff / (d_passive + d_active) and the e/mip ratio ê = 1 / (1 + 0.007 (Z_passive - Z_active)).
@@ -97,7 +97,7 @@ class CalorimeterMaterial:
         moliere_mm: (effective) Moliere radius in mm; radial profiles are in these units.
         ec_mev: (effective) critical energy in MeV; y = E / E_c.
         density: (effective) density in g/cm^3.
-        sampling: True for a sampling stack (G&P sec. 4 corrections apply).
+        sampling: True for a sampling stack (G&P sampling corrections apply).
         fs: sampling frequency F_S = X0_eff / (d_p + d_a) (sampling only; 0 for homogeneous).
         ehat: e/mip ratio ê (1 for homogeneous).
         sampling_fraction: visible fraction of the deposited energy for electrons, ê x f_mip
@@ -141,10 +141,10 @@ def sampling_stack(
     threshold_mev: float = 0.0,
     description: str = "",
 ) -> CalorimeterMaterial:
-    """Effective medium of a passive/active layer stack (G&P sec. 4; Geant4 ``ComputeZAX0EFFetc``).
+    """Effective medium of a passive/active stack (G&P, sampling calorimeters; Geant4 ``ComputeZAX0EFFetc``).
 
     The visible fraction for electrons is ê x f_mip, f_mip = d_a S_a / (d_a S_a + d_p S_p) with S the
-    minimum-ionisation loss per length (G&P sec. 4: e/mip = ê). The stochastic resolution uses the
+    minimum-ionisation loss per length (G&P: e/mip = ê). The stochastic resolution uses the
     PDG review "Calorimetry" estimate for EM sampling calorimeters, a = 2.7 % sqrt(d_a[mm] / f_mip).
     """
     mass_p, mass_a = d_passive_mm * passive.density, d_active_mm * active.density

@@ -1,6 +1,6 @@
 """The GFlash shower simulator: conditions in, ``ShowerSet`` out.
 
-One shower (G&P hep-ex/0001020 sec. 2-4; Geant4 ``GFlashShowerModel``, ``GFlashHitMaker``):
+One shower (G&P hep-ex/0001020; Geant4 ``GFlashShowerModel``, ``GFlashHitMaker``):
 
 1. draw its longitudinal parameters (T, alpha) with their correlated fluctuations
    (``gflash.sample_shower_parameters``);
@@ -12,8 +12,8 @@ One shower (G&P hep-ex/0001020 sec. 2-4; Geant4 ``GFlashShowerModel``, ``GFlashH
    (``gflash.radial_parameters``; inverse CDF r = R sqrt(u / (1 - u)) per component) and a uniform azimuth;
 4. sampling media: the visible energy is the sampling fraction times the deposit, and each spot's
    visible energy fluctuates by a Gamma factor of mean 1 whose variance is chosen so the shower's
-   visible sum has sigma/E = a / sqrt(E/GeV) (G&P sec. 4; Geant4 ``ApplySampling`` draws a Gamma per
-   step the same way);
+   visible sum has sigma/E = a / sqrt(E/GeV) (G&P, sampling calorimeters; Geant4 ``ApplySampling`` draws
+   a Gamma per step the same way);
 5. place the spots along the incident direction (theta, phi; ``caloforge.data.incident_direction``)
    starting at the readout origin, bin them (``deposit.deposit``) and zero the cells under the readout
    threshold. Whatever leaves the readout is lost.
@@ -191,7 +191,7 @@ def _add_spots(
     radius = np.where(rng.random(m) < p_core, r_core, r_tail)
     u = rng.random(m)
     r = radius * np.sqrt(u / (1.0 - u)) * (material.moliere_mm * config.radial_scale)
-    azimuth = rng.random(m)  # fraction of a turn, uniform (G&P sec. 2: f(phi) = 1 / 2 pi)
+    azimuth = rng.random(m)  # fraction of a turn, uniform (G&P ansatz: f(phi) = 1 / 2 pi)
     depth = t * (material.x0_mm * config.longitudinal_scale)
 
     if np.all(theta == math.pi / 2) and np.all(phi == 0.0):
