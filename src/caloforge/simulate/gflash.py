@@ -204,6 +204,8 @@ def radial_parameters(
     z1 = 0.0251 + 0.00319 * ln_e
     k4 = 0.3585 + 0.0412 * ln_e
     inv_p3 = 1.0 / (1.313 - 0.0686 * ln_e)
+    dtype = np.asarray(tau).dtype if np.asarray(tau).dtype == np.float32 else np.float64
+    z1, k4, inv_p3 = (np.asarray(c, dtype=dtype) for c in (z1, k4, inv_p3))
     if shower is not None:  # per-shower coefficients, gathered per spot
         z1, k4, inv_p3 = z1[shower], k4[shower], inv_p3[shower]
     k1, k2, k3 = 0.659 - 0.00309 * z, 0.645, -2.59
