@@ -49,16 +49,20 @@ class VoxelMap:
         dr = _uniform_step(geometry.r_edges_mm) if geometry.is_regular else None
         return cls(geometry, z_edges, dz, dr)
 
-    def layer_of(self, z: F64) -> I64:
+    def layer_of(self, z: NDArray[np.floating]) -> I64:
         """Layer index of depths z (mm); -1 before the front, n_layers past the back."""
         if self.dz is not None:
             return np.floor(z / self.dz).astype(np.int64).clip(-1, self.geometry.n_layers)
         return (np.searchsorted(self.z_edges, z, side="right") - 1).astype(np.int64)
 
 
-def _bins(r: F64, alpha_bin_frac: F64, edges: tuple[float, ...], n_alpha: int, dr: float | None) -> (
-    tuple[I64, I64]
-):
+def _bins(
+    r: NDArray[np.floating],
+    alpha_bin_frac: NDArray[np.floating],
+    edges: tuple[float, ...],
+    n_alpha: int,
+    dr: float | None,
+) -> tuple[I64, I64]:
     """(radial bin, alpha bin) within one binning; radial bin == n_radial marks 'outside'."""
     if dr is not None:
         r_bin = np.minimum(r / dr, len(edges) - 1).astype(np.int64)
@@ -71,9 +75,9 @@ def _bins(r: F64, alpha_bin_frac: F64, edges: tuple[float, ...], n_alpha: int, d
 def deposit(
     vmap: VoxelMap,
     shower: I64,
-    r: F64,
-    alpha_frac: F64,
-    z: F64,
+    r: NDArray[np.floating],
+    alpha_frac: NDArray[np.floating],
+    z: NDArray[np.floating],
     energy: F64,
     out: NDArray[np.floating],
 ) -> NDArray[np.floating]:

@@ -179,8 +179,11 @@ def n_spots(material: CalorimeterMaterial, energy_mev: F64) -> F64:
 
 
 def radial_parameters(
-    material: CalorimeterMaterial, energy_mev: F64 | float, tau: F64, shower: NDArray[np.int64] | None = None
-) -> tuple[F64, F64, F64]:
+    material: CalorimeterMaterial,
+    energy_mev: F64 | float,
+    tau: NDArray[np.floating],
+    shower: NDArray[np.int64] | None = None,
+) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating]]:
     """(R_C, R_T, p) of the two-component radial profile at reduced depth tau (G&P, radial profiles;
     PRM "Radial Shower Profiles"; constants of Geant4's GFlash tuning classes).
 
@@ -196,7 +199,7 @@ def radial_parameters(
         material: the medium.
         energy_mev: incident energies in MeV; (N,) per shower when ``shower`` is given, else anything
             that broadcasts against ``tau``.
-        tau: (M,) reduced depths.
+        tau: (M,) reduced depths; float32 in gives float32 out.
         shower: (M,) shower index of each tau, or None.
     """
     z = material.z_eff
