@@ -1,0 +1,148 @@
+"""Fidelity against the number of sampler steps: does DPM-Solver++(2M) keep quality at 4-8 denoiser calls?
+
+One trained model (``--checkpoint``, or a dataset-2 model trained here for ``--budget-minutes`` on
+embedded-simulator showers), one held-out simulator reference sample, and for every sampler setting a
+generated sample with the reference's incident energies; each is scored with the validation suite
+(``caloforge.evaluate``: low- and high-level classifier AUC, mean E_tot/E_inc) against the reference.
+A second independent simulator sample gives the floor (what the truth itself scores). The cost axis is
+denoiser calls per shower, which is what generation time is proportional to (``bench/generate_speed.py``).
+
+    python bench/fewstep_fidelity.py --checkpoint bench/results/fidelity-run-XXX/model.ckpt
+    python bench/fewstep_fidelity.py --budget-minutes 10 --settings dpmpp_2m:4,dpmpp_2m:8,heun:10
+
+Prints a table and writes JSON (default ``bench/results/fewstep_fidelity.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from caloforge.data import ShowerSet
+from caloforge.evaluate.classifier import ClassifierConfig
+from caloforge.evaluate.pipeline import EvaluateConfig, collect, compute_metrics, low_level_capacity
+from caloforge.generate import ShowerGenerator, load_generator
+from caloforge.geometry import get_geometry
+from caloforge.simulate import simulate
+from caloforge.training import load_run_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SETTINGS = "dpmpp_2m:2,dpmpp_2m:4,dpmpp_2m:6,dpmpp_2m:8,dpmpp_2m:12,heun:3,heun:5,heun:10,euler:8"
+
+
+def energies(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.exp(rng.uniform(math.log(1e3), math.log(1e6), n))  # CaloChallenge ds2: 1 GeV - 1 TeV
+
+
+def denoiser_calls(sampler: str, steps: int) -> int:
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def trained_model(args: argparse.Namespace) -> Path:
+    config = load_run_config(args.config)
+    config.train.max_minutes = args.budget_minutes
+    config.train.max_steps = max(config.train.max_steps, 10_000_000)  # the budget decides
+    geometry = get_geometry("calochallenge-2")
+    print(f"training {args.budget_minutes:g} min on {args.n_train} simulator showers", file=sys.stderr)
+    showers = simulate(geometry, energies(args.n_train, args.seed + 1), seed=args.seed + 1)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.run_dir or ROOT / "bench" / "results" / f"fewstep-run-{stamp}")
+    return train(showers, run_dir, config)
+
+
+def scores(generated: ShowerSet, reference: Any, config: EvaluateConfig, capacity: int) -> dict[str, Any]:
+    metrics = compute_metrics(collect([generated], "generated", config, capacity), reference, config)
+    ratio = generated.showers.sum(axis=1, dtype=np.float64) / generated.energy
+    classifier = metrics["classifier"]
+    return {"auc_low": classifier["low"]["auc"], "auc_high": classifier["high"]["auc"],
+            "fpd_x1e3": metrics["fpd_x1e3"]["value"], "mean_etot_over_einc": float(ratio.mean())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", default=None, help="trained dataset-2 model (default: train one)")
+    parser.add_argument("--budget-minutes", type=float, default=10.0,
+                        help="training budget without --checkpoint")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "ds2-cpu.yaml"))
+    parser.add_argument("--n-train", type=int, default=20_000)
+    parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--n-eval", type=int, default=2000, help="showers per generated/reference sample")
+    parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="sampler:steps,...")
+    parser.add_argument("--classifier-epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fewstep_fidelity.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else trained_model(args)
+    generator: ShowerGenerator = load_generator(checkpoint)
+    geometry = generator.geometry
+    eval_config = EvaluateConfig(
+        classifiers=("low", "high"), classifier=ClassifierConfig(epochs=args.classifier_epochs),
+        seed=args.seed, plots=False, fpd_min_samples=min(10_000, args.n_eval // 2),
+        fpd_max_samples=args.n_eval, kpd_batch_size=min(10_000, args.n_eval),
+    )
+    capacity = low_level_capacity(geometry.n_voxels, eval_config)
+    reference_set = simulate(geometry, energies(args.n_eval, args.seed + 2), seed=args.seed + 2)
+    reference = collect([reference_set], "reference", eval_config, capacity)
+    floor = simulate(geometry, energies(args.n_eval, args.seed + 3), seed=args.seed + 3)
+    floor_ratio = reference_set.showers.sum(axis=1, dtype=np.float64) / reference_set.energy
+    rows: list[dict[str, Any]] = [{"setting": "simulator (floor)", "denoiser_calls": 0,
+                                   **scores(floor, reference, eval_config, capacity)}]
+    print(f"floor: {rows[0]}", file=sys.stderr)
+    for item in args.settings.split(","):
+        sampler, steps_text = item.split(":")
+        steps = int(steps_text)
+        t0 = time.perf_counter()
+        generated = generator.sample(reference_set.energy, n_steps=steps, sampler=sampler,
+                                     seed=args.seed + 7, batch_size=args.batch_size)
+        seconds = time.perf_counter() - t0
+        row = {"setting": f"{sampler}:{steps}", "sampler": sampler, "steps": steps,
+               "denoiser_calls": denoiser_calls(sampler, steps),
+               "generate_ms_per_shower": 1e3 * seconds / args.n_eval,
+               **scores(generated, reference, eval_config, capacity)}
+        rows.append(row)
+        print(f"{row['setting']}: calls {row['denoiser_calls']}, AUC low {row['auc_low']:.3f}, "
+              f"high {row['auc_high']:.3f}, E_tot/E_inc {row['mean_etot_over_einc']:.4f}", file=sys.stderr)
+
+    result = {"benchmark": "fewstep_fidelity", "checkpoint": str(checkpoint), "geometry": geometry.name,
+              "training_steps": generator.content.step, "n_eval": args.n_eval,
+              "reference_mean_etot_over_einc": float(floor_ratio.mean()),
+              "training_mean_etot_over_einc": generator.content.ranges.mean_energy_ratio,
+              "classifier": {"epochs": args.classifier_epochs, "n_hidden": eval_config.classifier.n_hidden},
+              "torch_threads": torch.get_num_threads(), "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+
+    print(f"fidelity vs sampler steps: {geometry.name}, model {checkpoint} ({generator.content.step} "
+          f"training steps), {args.n_eval} vs {args.n_eval} showers")
+    print(f"{'setting':20s}{'calls':>6s}{'AUC low':>9s}{'AUC high':>10s}{'FPD x1e3':>10s}{'E_tot/E_inc':>13s}"
+          f"{'ms/shower':>11s}")
+    for row in rows:
+        ms = row.get("generate_ms_per_shower")
+        print(f"{row['setting']:20s}{row['denoiser_calls']:6d}{row['auc_low']:9.3f}{row['auc_high']:10.3f}"
+              f"{row['fpd_x1e3']:10.1f}{row['mean_etot_over_einc']:13.4f}"
+              + (f"{ms:11.1f}" if ms is not None else f"{'-':>11s}"))
+    print(f"reference E_tot/E_inc {result['reference_mean_etot_over_einc']:.4f}; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
