@@ -141,3 +141,16 @@ def test_radial_scale_widens_showers() -> None:
         return float(np.interp(0.5, np.cumsum(radial) / radial.sum(), centres))
 
     assert median_radius(1.2) / median_radius(1.0) == pytest.approx(1.2, rel=0.05)
+
+
+def test_longitudinal_scale_stretches_showers() -> None:
+    geometry = _depth_geometry("PbWO4")
+    t = (np.arange(geometry.n_layers) + 0.5) * 0.25
+
+    def centroid(scale: float) -> float:
+        config = GFlashConfig(threshold_mev=0.0, longitudinal_scale=scale)
+        showers = simulate(geometry, np.full(100, 1e4), seed=4, config=config).showers
+        per_layer = geometry.to_grid(showers.astype(np.float64)).sum(axis=(0, 2, 3))
+        return float((per_layer * t).sum() / per_layer.sum())
+
+    assert centroid(1.2) / centroid(1.0) == pytest.approx(1.2, rel=0.02)
