@@ -6,6 +6,7 @@ contributes to every output rather than the near-zero adaLN-Zero initialisation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -231,3 +232,11 @@ def test_cli_export_writes_both_graphs_and_par04(checkpoint: Path, tmp_path: Pat
     result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "x.onnx"),
                                  "--target", "geant5"])
     assert result.exit_code != 0 and "target" in str(result.exception)
+
+
+def test_par04_refuses_a_mesh_the_cpp_cannot_place(generator: ShowerGenerator, tmp_path: Path) -> None:
+    uneven = CylindricalGeometry.regular("uneven", 5, 4, (0.0, 1.0, 4.0, 6.0), 3.4, "SiW")
+    moved = dataclasses.replace(generator, content=dataclasses.replace(generator.content, geometry=uneven))
+    with pytest.raises(InputError, match="unequal radial bins"):
+        export_par04(moved, tmp_path / "p.onnx")
+    assert not any(tmp_path.iterdir())

@@ -236,7 +236,7 @@ def export_denoiser(generator: ShowerGenerator, path: str | PathLike[str]) -> Pa
     edm = generator.denoiser.config
     meta = _metadata(
         generator, "denoiser", sigmas=sigmas, sigma_data=edm.sigma_data, sigma_min=edm.sigma_min,
-        sigma_max=edm.sigma_max, rho=edm.rho,
+        sigma_max=edm.sigma_max, rho=edm.rho, preprocess=generator.content.preprocessor.to_dict(),
     )
     return write_onnx(
         DenoiserGraph(generator), args, path, ["x", "sigma", "energy", "theta", "phi", "detector"],
@@ -294,6 +294,12 @@ def export_par04(
     if not geometry.is_regular:
         raise InputError(None, "geometry", f"'{geometry.name}' has per-layer binning",
                          "a regular (Nr x Nphi x Nz) readout for Par04")
+    # Par04InferenceSetup::GetPositions puts cell (iR, iZ) at ((iR + 0.5) dr, (iZ + 0.5) dz): equal radial
+    # bins from r = 0 and equal layers, or the C++ would place the deposits elsewhere.
+    widths, depths = np.diff(geometry.r_edges_mm), np.asarray(geometry.layer_thickness_mm)
+    if geometry.r_edges_mm[0] != 0 or np.ptp(widths) > 1e-6 * widths[0] or np.ptp(depths) > 1e-6 * depths[0]:
+        raise InputError(None, "geometry", f"'{geometry.name}' has unequal radial bins or layers",
+                         "equal radial bins from r = 0 and equal layer depths (Par04's uniform mesh)")
     n_detectors = generator.content.spec.n_detectors
     if n_slots < max(n_detectors, 1):
         raise InputError(None, "par04 detector slots", f"is {n_slots}",
@@ -310,7 +316,10 @@ def export_par04(
         n_steps=len(graph.sampler.sigmas) - 1, sigmas=graph.sampler.sigmas.tolist(),
         par04={
             "input": ["energy_gev", "phi", "theta", *[f"detector_{k}" for k in range(n_slots)]],
-            "output_unit": "GeV", "mesh": {"n_rho": n_radial, "n_phi": n_alpha, "n_z": n_layers},
+            "output_unit": "GeV",
+            "mesh": {"n_rho": n_radial, "n_phi": n_alpha, "n_z": n_layers,
+                     "rho_cell_mm": float(geometry.r_edges_mm[1]),
+                     "z_cell_mm": geometry.layer_thickness_mm[0]},
             "model_type": "CaloDiT-2", "fixed_noise": fixed_noise is not None,
         },
     )
