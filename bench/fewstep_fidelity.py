@@ -4,8 +4,11 @@ One trained model (``--checkpoint``, or a dataset-2 model trained here for ``--b
 embedded-simulator showers), one held-out simulator reference sample, and for every sampler setting a
 generated sample with the reference's incident energies; each is scored with the validation suite
 (``caloforge.evaluate``: low- and high-level classifier AUC, mean E_tot/E_inc) against the reference.
-A second independent simulator sample gives the floor (what the truth itself scores). The cost axis is
-denoiser calls per shower, which is what generation time is proportional to (``bench/generate_speed.py``).
+A second independent simulator sample gives the floor (what the truth itself scores). Because a short
+CPU training leaves the model itself far from the simulator, every setting is also scored against the
+same model sampled with a converged solver (``--converged``, default Heun with 16 steps = 31 calls, same
+noise seed): that AUC isolates the solver's discretisation error from the training error. The cost axis
+is denoiser calls per shower, which generation time is proportional to (``bench/generate_speed.py``).
 
     python bench/fewstep_fidelity.py --checkpoint bench/results/fidelity-run-XXX/model.ckpt
     python bench/fewstep_fidelity.py --budget-minutes 10 --settings dpmpp_2m:4,dpmpp_2m:8,heun:10
@@ -60,12 +63,18 @@ def trained_model(args: argparse.Namespace) -> Path:
     return train(showers, run_dir, config)
 
 
-def scores(generated: ShowerSet, reference: Any, config: EvaluateConfig, capacity: int) -> dict[str, Any]:
-    metrics = compute_metrics(collect([generated], "generated", config, capacity), reference, config)
+def scores(generated: ShowerSet, reference: Any, config: EvaluateConfig, capacity: int,
+           converged: Any | None = None) -> dict[str, Any]:
+    sample = collect([generated], "generated", config, capacity)
+    metrics = compute_metrics(sample, reference, config)
     ratio = generated.showers.sum(axis=1, dtype=np.float64) / generated.energy
     classifier = metrics["classifier"]
-    return {"auc_low": classifier["low"]["auc"], "auc_high": classifier["high"]["auc"],
-            "fpd_x1e3": metrics["fpd_x1e3"]["value"], "mean_etot_over_einc": float(ratio.mean())}
+    row = {"auc_low": classifier["low"]["auc"], "auc_high": classifier["high"]["auc"],
+           "fpd_x1e3": metrics["fpd_x1e3"]["value"], "mean_etot_over_einc": float(ratio.mean())}
+    if converged is not None:
+        versus = compute_metrics(sample, converged, config)["classifier"]
+        row.update(auc_low_vs_converged=versus["low"]["auc"], auc_high_vs_converged=versus["high"]["auc"])
+    return row
 
 
 def main() -> None:
@@ -80,6 +89,7 @@ def main() -> None:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--n-eval", type=int, default=2000, help="showers per generated/reference sample")
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="sampler:steps,...")
+    parser.add_argument("--converged", default="heun:16", help="sampler:steps taken as the ODE's solution")
     parser.add_argument("--classifier-epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--threads", type=int, default=None)
@@ -105,6 +115,16 @@ def main() -> None:
     rows: list[dict[str, Any]] = [{"setting": "simulator (floor)", "denoiser_calls": 0,
                                    **scores(floor, reference, eval_config, capacity)}]
     print(f"floor: {rows[0]}", file=sys.stderr)
+    sampler, steps_text = args.converged.split(":")
+    t0 = time.perf_counter()
+    converged_set = generator.sample(reference_set.energy, n_steps=int(steps_text), sampler=sampler,
+                                     seed=args.seed + 7, batch_size=args.batch_size)
+    converged = collect([converged_set], "converged", eval_config, capacity)
+    rows.append({"setting": f"{args.converged} (converged)", "sampler": sampler, "steps": int(steps_text),
+                 "denoiser_calls": denoiser_calls(sampler, int(steps_text)),
+                 "generate_ms_per_shower": 1e3 * (time.perf_counter() - t0) / args.n_eval,
+                 **scores(converged_set, reference, eval_config, capacity)})
+    print(f"converged: {rows[-1]}", file=sys.stderr)
     for item in args.settings.split(","):
         sampler, steps_text = item.split(":")
         steps = int(steps_text)
@@ -115,7 +135,7 @@ def main() -> None:
         row = {"setting": f"{sampler}:{steps}", "sampler": sampler, "steps": steps,
                "denoiser_calls": denoiser_calls(sampler, steps),
                "generate_ms_per_shower": 1e3 * seconds / args.n_eval,
-               **scores(generated, reference, eval_config, capacity)}
+               **scores(generated, reference, eval_config, capacity, converged)}
         rows.append(row)
         print(f"{row['setting']}: calls {row['denoiser_calls']}, AUC low {row['auc_low']:.3f}, "
               f"high {row['auc_high']:.3f}, E_tot/E_inc {row['mean_etot_over_einc']:.4f}", file=sys.stderr)
@@ -134,12 +154,15 @@ def main() -> None:
 
     print(f"fidelity vs sampler steps: {geometry.name}, model {checkpoint} ({generator.content.step} "
           f"training steps), {args.n_eval} vs {args.n_eval} showers")
+    print(f"{'':26s}{'vs simulator':>29s}{'':13s}{'vs converged':>18s}")
     print(f"{'setting':20s}{'calls':>6s}{'AUC low':>9s}{'AUC high':>10s}{'FPD x1e3':>10s}{'E_tot/E_inc':>13s}"
-          f"{'ms/shower':>11s}")
+          f"{'AUC low':>9s}{'AUC high':>10s}{'ms/shower':>11s}")
     for row in rows:
         ms = row.get("generate_ms_per_shower")
+        low_c, high_c = row.get("auc_low_vs_converged"), row.get("auc_high_vs_converged")
         print(f"{row['setting']:20s}{row['denoiser_calls']:6d}{row['auc_low']:9.3f}{row['auc_high']:10.3f}"
               f"{row['fpd_x1e3']:10.1f}{row['mean_etot_over_einc']:13.4f}"
+              + (f"{low_c:9.3f}{high_c:10.3f}" if low_c is not None else f"{'-':>9s}{'-':>10s}")
               + (f"{ms:11.1f}" if ms is not None else f"{'-':>11s}"))
     print(f"reference E_tot/E_inc {result['reference_mean_etot_over_einc']:.4f}; wrote {out}")
 
