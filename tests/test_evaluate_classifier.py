@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
+from caloforge.config import from_dict
 from caloforge.errors import InputError
 from caloforge.evaluate.classifier import (
     OFFICIAL_CLASSIFIER,
@@ -54,8 +55,8 @@ def test_low_level_inputs_follow_official_preprocessing() -> None:
 def test_config_rejects_unknown_keys_and_official_settings() -> None:
     assert OFFICIAL_CLASSIFIER.n_hidden == 2048 and OFFICIAL_CLASSIFIER.epochs == 50
     assert OFFICIAL_CLASSIFIER.learning_rate == 2e-4 and OFFICIAL_CLASSIFIER.batch_size == 1000
-    assert ClassifierConfig.from_dict({"epochs": 3, "split": [0.5, 0.25, 0.25]}).split == (0.5, 0.25, 0.25)
+    assert from_dict(ClassifierConfig, {"epochs": 3, "split": [0.5, 0.25, 0.25]}).split == (0.5, 0.25, 0.25)
     with pytest.raises(InputError, match="epoch"):
-        ClassifierConfig.from_dict({"epoch": 3})
+        from_dict(ClassifierConfig, {"epoch": 3})
     with pytest.raises(InputError):
         classifier_test(np.zeros((5, 2)), np.zeros((5, 3)))

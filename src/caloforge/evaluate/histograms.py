@@ -3,7 +3,7 @@
 Binning (CaloChallenge ``evaluate_plotting_helper.py``, datasets 2 and 3):
 
 =================  ===========================================================================
-E_tot / E_inc      100 bins over [0.5, 1.5]
+E_tot / E_inc      100 bins over [0.5, 1.5] (times the median when that lies outside)
 E per layer        39 log bins from the voxel threshold to the reference's maximum in that layer
 centre x, y        100 bins over [-30, 30] mm
 width x, y         100 bins over [0, 30] mm
@@ -92,7 +92,12 @@ def histogram_specs(reference: Features) -> list[HistogramSpec]:
     """Every compared histogram, binned as the official code does for ``reference``'s readout."""
     s = reference.geometry.outer_radius_mm / _OFFICIAL_RADIUS_MM
     threshold = reference.threshold_mev
-    specs = [HistogramSpec("etot_einc", None, np.linspace(0.5, 1.5, 101))]
+    # The official [0.5, 1.5] assumes energies corrected for the sampling fraction (CaloChallenge files);
+    # for raw visible energies (e.g. E_tot / E_inc ~ 0.02 in SiW) the same relative range around the
+    # reference's median is used instead, so that the histogram is not empty.
+    median = float(np.median(reference.e_total / reference.energy)) if len(reference) else 1.0
+    centre = 1.0 if 0.5 < median < 1.5 or median <= 0 else median
+    specs = [HistogramSpec("etot_einc", None, np.linspace(0.5 * centre, 1.5 * centre, 101))]
     limits = {
         "centre_x": (-30 * s, 30 * s), "centre_y": (-30 * s, 30 * s), "width_x": (0.0, 30 * s),
         "width_y": (0.0, 30 * s), "centre_r": (0.0, 42 * s), "width_r": (0.0, 20 * s),
