@@ -134,3 +134,13 @@ def test_bad_conditions_raise_input_errors() -> None:
         simulate(geometry, [1e3], theta=math.pi / 2, phi=math.pi)
     with pytest.raises(InputError, match="radial_scale"):
         GFlashConfig(radial_scale=0.0)
+
+
+@pytest.mark.parametrize("name", ["calochallenge-2", "par04-pbwo4"])
+def test_energies_far_below_the_fit_range_stay_finite(name: str) -> None:
+    # A few MeV (y ~ 1) is outside G&P's fits; the guards keep the showers finite and within E x f_s.
+    geometry = PRESETS[name]
+    result = simulate(geometry, [3.0, 10.0, 30.0], seed=12, config=NO_THRESHOLD)
+    result.check()
+    f_s = 1.0 if name == "par04-pbwo4" else 0.0255
+    assert np.all(result.showers.sum(axis=1) <= np.array([3.0, 10.0, 30.0]) * f_s * 3)

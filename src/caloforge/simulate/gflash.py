@@ -159,7 +159,7 @@ def sample_shower_parameters(
         alpha_spot = alpha * (0.639 + 0.00334 * z)
     alpha_spot = np.maximum(alpha_spot, 1.05)
     beta_spot = (alpha_spot - 1) / t_spot
-    a_bar = np.exp(mu_a)
+    a_bar = np.maximum(np.exp(mu_a), 1.1)  # <alpha> -> 1 only far below the parameterisation's range
     # Geant4 ComputeTau: tau = t / T_i * (alpha_i - 1) / alpha_i * <alpha> / (<alpha> - 1), i.e. depth
     # measured in units of the shower's own centre of gravity, rescaled to the average T.
     tau_scale = (alpha - 1) / alpha / t_max * a_bar / (a_bar - 1)
