@@ -12,8 +12,8 @@ from caloforge.geometry import PRESETS, CylindricalGeometry, LayerBinning
 from caloforge.simulate import GFlashConfig, simulate
 
 NO_THRESHOLD = GFlashConfig(threshold_mev=0.0)
-# Fine readout: 1 mm rings to 120 mm, 90 angular bins, 40 layers of 1 X0 of PbWO4.
-FINE = CylindricalGeometry.regular("fine", 40, 90, np.arange(0.0, 120.5, 1.0), 8.903, "PbWO4")
+# Fine readout: 2 mm rings to 120 mm, 48 angular bins, 40 layers of 1 X0 of PbWO4.
+FINE = CylindricalGeometry.regular("fine", 40, 48, np.arange(0.0, 120.5, 2.0), 8.903, "PbWO4")
 
 
 def _centroids(showers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
