@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,17 @@ def _finite(value: float) -> float | None:
 def compute_metrics(
     generated: Sample, reference: Sample, config: EvaluateConfig, show_progress: bool = False
 ) -> dict[str, Any]:
-    """Every number of the report (JSON-ready): separation powers, FPD/KPD x 1e3, classifier results."""
+    """Every number of the report (JSON-ready): separation powers, FPD/KPD x 1e3, classifier results,
+    and the seconds each took (``timing_s``)."""
+    timing: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timing[name] = now - clock
+        clock = now
+
     gen, ref = generated.features, reference.features
     specs = histogram_specs(ref)
     powers = separation_powers(ref, gen, specs)
@@ -181,13 +192,16 @@ def compute_metrics(
     result: dict[str, Any] = {
         "separation_power": {"summary": summary, "histograms": {n: _finite(v) for n, v in powers.items()}},
     }
+    lap("separation_powers")
     x_ref, x_gen = high_level_vector(ref), high_level_vector(gen)
     fpd, fpd_error = frechet_physics_distance(
         x_ref, x_gen, seed=config.seed, min_samples=config.fpd_min_samples,
         max_samples=config.fpd_max_samples, num_batches=config.fpd_batches, num_points=config.fpd_points)
+    lap("fpd")
     kpd, kpd_error = kernel_physics_distance(
         x_ref, x_gen, seed=config.seed, num_batches=config.kpd_batches, batch_size=config.kpd_batch_size,
         degree=config.kpd_degree)
+    lap("kpd")
     result["fpd_x1e3"] = {"value": fpd * 1e3, "error": fpd_error * 1e3}
     result["kpd_x1e3"] = {"value": kpd * 1e3, "error": kpd_error * 1e3}
     columns = _condition_columns(gen, ref)
@@ -210,15 +224,20 @@ def compute_metrics(
             outcome = classifier_test(x_g, x_r, config.classifier, seed=config.seed, progress=advance)
         classifiers[kind] = {**outcome.to_dict(), "n_generated": len(x_g), "n_reference": len(x_r),
                              "inputs": x_g.shape[1], "condition_columns": ["log10 energy", *columns]}
+        lap(f"classifier_{kind}")
     result["classifier"] = classifiers
+    result["timing_s"] = timing
     return result
 
 
 def evaluate_sets(
     generated: Sample, reference: Sample, out_dir: str | os.PathLike[str],
     config: EvaluateConfig | None = None, show_progress: bool = False, files: dict[str, Any] | None = None,
+    timing: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Metrics, plots and report for two collected samples; returns the metrics.json content."""
+    """Metrics, plots and report for two collected samples; returns the metrics.json content.
+
+    ``files`` (names) and ``timing`` (seconds of earlier stages) are recorded in metrics.json."""
     from caloforge.evaluate.report import write_report  # report imports plots (matplotlib): load late
 
     config = config or EvaluateConfig()
@@ -232,6 +251,7 @@ def evaluate_sets(
                              f"has {len(sample.features)} showers in the selected condition ranges",
                              "at least 10 (widen --energy-range/--theta-range/--phi-range)")
     metrics = compute_metrics(generated, reference, config, show_progress)
+    metrics["timing_s"] = {**(timing or {}), **metrics["timing_s"]}
     metrics.update({
         "seed": config.seed,
         "geometry": reference.features.geometry.name,
@@ -265,6 +285,7 @@ def evaluate_files(
 
     config = config or EvaluateConfig()
     samples = {}
+    start = time.perf_counter()
     for role, path in (("reference", reference), ("generated", generated)):
         info = inspect_file(path)
         total = info.n_showers if config.max_showers is None else min(info.n_showers, config.max_showers)
@@ -273,4 +294,6 @@ def evaluate_files(
                 iter_showers(path, chunk_size=config.chunk_size), str(path), config,
                 low_level_capacity(info.geometry.n_voxels, config), progress=bar.update)
     files = {"generated": os.fspath(generated), "reference": os.fspath(reference)}
-    return evaluate_sets(samples["generated"], samples["reference"], out_dir, config, show_progress, files)
+    reading = {"read_and_features": time.perf_counter() - start}
+    return evaluate_sets(samples["generated"], samples["reference"], out_dir, config, show_progress, files,
+                         reading)

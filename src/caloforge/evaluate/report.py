@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,10 +215,12 @@ def write_report(
     list of plots added."""
     chosen = _plots(reference, generated, metrics["separation_power"]["histograms"]) if plots else []
     metrics = {**metrics, "plots": [{"file": p.file, "title": p.title, "group": p.group} for p in chosen]}
+    start = time.perf_counter()
     with atomic_output(out_dir) as tmp:
         tmp.mkdir()
         for plot in tqdm(chosen, desc="plots", disable=not show_progress, leave=False):
             plot.draw(tmp / plot.file)
+        metrics["timing_s"] = {**metrics.get("timing_s", {}), "plots": time.perf_counter() - start}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n")
         (tmp / "index.html").write_text(_html(metrics, chosen))
     return metrics
