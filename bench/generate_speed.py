@@ -37,7 +37,7 @@ import torch
 
 from caloforge.checkpoint import CheckpointContent
 from caloforge.conditioning import ConditionRanges, ConditionSpec
-from caloforge.export import export_sampler
+from caloforge.export import export_par04, export_sampler
 from caloforge.generate import ShowerGenerator, load_generator
 from caloforge.geometry import get_geometry
 from caloforge.onnx_runtime import load_onnx_generator
@@ -155,7 +155,8 @@ def main() -> None:
     parser.add_argument("--geometry", default="calochallenge-2")
     parser.add_argument("--batch-sizes", default="1,100,10000")
     parser.add_argument("--samplers", default="heun:20,dpmpp_2m:6", help="name:steps,...")
-    parser.add_argument("--backends", default="pytorch,onnxruntime")
+    parser.add_argument("--backends", default="pytorch,onnxruntime,par04",
+                        help="par04: the Geant4 Par04 graph, timed at batch 1 only (what Geant4 passes)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and onnxruntime")
     parser.add_argument("--min-showers", type=int, default=20, help="showers timed at small batch sizes")
     parser.add_argument("--max-seconds", type=float, default=240.0,
@@ -202,9 +203,19 @@ def main() -> None:
                 def run_ort(e: np.ndarray, b: int, g: Any = onnx_gen) -> Iterator[Any]:
                     return g.sample_batches(e, seed=args.seed, batch_size=b)
                 runners["onnxruntime-cpu"] = run_ort
+            if "par04" in backends:
+                path = export_par04(generator, Path(tmp) / f"par04-{sampler}-{steps}.onnx", steps, sampler)
+                par04_gen = load_onnx_generator(path, threads=args.threads,
+                                                providers=["CPUExecutionProvider"])
+
+                def run_par04(e: np.ndarray, b: int, g: Any = par04_gen) -> Iterator[Any]:
+                    return g.sample_batches(e, batch_size=b)
+                runners["onnxruntime-par04"] = run_par04
             for backend, run in runners.items():
                 per_shower: float | None = None
                 for batch in sorted(batch_sizes):
+                    if backend == "onnxruntime-par04" and batch != 1:
+                        continue
                     n = max(batch, args.min_showers)
                     row = {"sampler": sampler, "steps": steps, "backend": backend, "batch_size": batch,
                            "n_showers": n, "denoiser_calls": denoiser_calls(sampler, steps)}
@@ -244,7 +255,7 @@ def main() -> None:
           f"patch {tuple(model['dit']['patch_size'])}, {model['parameters']} parameters, "
           f"{args.threads} CPU thread(s) of {info['cpu']}")
     header = "".join(f"{'B=' + str(b):>12s}" for b in batch_sizes)
-    print(f"{'sampler':14s}{'calls':>6s}{'backend':>17s}{header}   (ms per shower)")
+    print(f"{'sampler':14s}{'calls':>6s}{'backend':>19s}{header}   (ms per shower)")
     keys = sorted({(r["sampler"], r["steps"], r["backend"]) for r in rows}, key=lambda k: (k[0], k[1], k[2]))
     for sampler, steps, backend in keys:
         cells = []
@@ -252,9 +263,9 @@ def main() -> None:
             match = [r for r in rows if (r["sampler"], r["steps"], r["backend"], r["batch_size"])
                      == (sampler, steps, backend, b)]
             cells.append(f"{match[0]['ms_per_shower']:12.2f}" if match and "ms_per_shower" in match[0]
-                         else f"{'skipped':>12s}")
+                         else f"{'skipped' if match else '-':>12s}")
         label = f"{sampler}:{steps}"
-        print(f"{label:14s}{denoiser_calls(sampler, steps):6d}{backend:>17s}" + "".join(cells))
+        print(f"{label:14s}{denoiser_calls(sampler, steps):6d}{backend:>19s}" + "".join(cells))
     print(f"embedded GFlash simulator: {simulator['ms_per_shower']:.3f} ms/shower "
           f"({args.simulator_n} showers)")
     shares = {k.removeprefix("share_"): v for k, v in profile.items() if k.startswith("share_")}
