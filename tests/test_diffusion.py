@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from caloforge.diffusion import EDM, EDMConfig, SAMPLERS, get_sampler
+from caloforge.diffusion import EDM, SAMPLERS, EDMConfig, get_sampler
 from caloforge.errors import UnknownNameError
 
 
@@ -31,8 +31,9 @@ def test_preconditioning_with_a_zero_backbone_is_the_skip_term() -> None:
     torch.testing.assert_close(out[:, 0], torch.tensor([0.5, 0.25 / 4.25]))
 
 
-def exact_denoiser(mean: float, std: float):  # noqa: ANN201
+def exact_denoiser(mean: float, std: float):
     """D(x; sigma) = E[x0 | x] for x0 ~ N(mean, std^2): (std^2 x + sigma^2 mean) / (std^2 + sigma^2)."""
+
     def denoise(x: Tensor, sigma: Tensor, cond: Tensor) -> Tensor:
         s2 = sigma[:, None] ** 2
         return (std**2 * x + s2 * mean) / (std**2 + s2)
@@ -57,10 +58,17 @@ def test_samplers_are_reproducible_and_call_back() -> None:
     sigmas = edm.sigmas(5)
     x = edm.prior((8, 3), 5, generator=torch.Generator().manual_seed(1))
     seen: list[int] = []
-    a = SAMPLERS["stochastic"](exact_denoiser(0.0, 1.0), x, sigmas, torch.zeros(8, 1),
-                               generator=torch.Generator().manual_seed(3), callback=lambda d: seen.append(d["i"]))
-    b = SAMPLERS["stochastic"](exact_denoiser(0.0, 1.0), x, sigmas, torch.zeros(8, 1),
-                               generator=torch.Generator().manual_seed(3))
+    a = SAMPLERS["stochastic"](
+        exact_denoiser(0.0, 1.0),
+        x,
+        sigmas,
+        torch.zeros(8, 1),
+        generator=torch.Generator().manual_seed(3),
+        callback=lambda d: seen.append(d["i"]),
+    )
+    b = SAMPLERS["stochastic"](
+        exact_denoiser(0.0, 1.0), x, sigmas, torch.zeros(8, 1), generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(a, b)
     assert seen == [0, 1, 2, 3, 4]
     with pytest.raises(UnknownNameError, match="heun"):

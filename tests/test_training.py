@@ -41,7 +41,9 @@ def tiny_config(max_steps: int = 6, every: int = 3) -> RunConfig:
 def test_config_yaml_round_trip_and_unknown_keys(tmp_path: Path) -> None:
     config = tiny_config()
     assert from_dict(RunConfig, to_dict(config)) == config
-    (tmp_path / "c.yaml").write_text("model:\n  size: tiny\n  patch_size: [1, 2, 3]\ntrain:\n  max_steps: 7\n")
+    (tmp_path / "c.yaml").write_text(
+        "model:\n  size: tiny\n  patch_size: [1, 2, 3]\ntrain:\n  max_steps: 7\n"
+    )
     loaded = load_yaml(RunConfig, tmp_path / "c.yaml")
     assert loaded.model.patch_size == (1, 2, 3)
     assert loaded.train.max_steps == 7
@@ -107,8 +109,9 @@ def test_checkpoint_carries_everything_and_resume_continues(tmp_path: Path) -> N
 
     # a longer run resumed from the last checkpoint starts at step 6, not 0
     first = FirstStep()
-    model = train(showers, run, tiny_config(max_steps=9, every=3), resume=True, progress=False,
-                  callbacks=[first])
+    model = train(
+        showers, run, tiny_config(max_steps=9, every=3), resume=True, progress=False, callbacks=[first]
+    )
     assert first.first == 6
     assert read_checkpoint(model).step == 9
 

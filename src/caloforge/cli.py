@@ -167,7 +167,8 @@ def simulate_command(
 @app.command("train")
 def train_command(
     data: str = typer.Option(..., "--data", help="HDF5 training showers (CaloChallenge or Par04 layout)."),
-    out: str = typer.Option(..., "--out", help="Run directory: config.yaml, logs/, checkpoints/, model.ckpt."),
+    out: str = typer.Option(..., "--out", help="Run directory: config.yaml, logs/, checkpoints/, "
+                            "model.ckpt."),
     config: str | None = typer.Option(None, "--config", help="YAML run config (sections model, diffusion, "
                                       "preprocess, optim, train, sample); defaults otherwise."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.ckpt."),
@@ -247,12 +248,37 @@ def generate_command(
         get_sampler(sampler)  # an unknown name fails before any work
     for problem in check_request(ranges, energies, thetas, phis, strict=strict, source=checkpoint):
         typer.echo(f"warning: {problem}; the model extrapolates there", err=True)
-    count = generate_to_file(generator, out, energies, thetas, phis, n_steps=steps, sampler=sampler, seed=seed,
-                             batch_size=batch_size, file_format=file_format)
+    count = generate_to_file(generator, out, energies, thetas, phis, n_steps=steps, sampler=sampler,
+                             seed=seed, batch_size=batch_size, file_format=file_format)
     typer.echo(f"wrote {count} showers to {out}")
     from caloforge.io import iter_showers
 
     typer.echo(energy_response(iter_showers(out), ranges).summary())
+
+
+@app.command("demo")
+def demo_command(
+    out: str = typer.Option("demo", "--out", help="Directory for the showers, the run and the report."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny sizes: the whole pipeline in under a minute "
+                               "(the model is barely trained)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the simulation, the training and the generation."),
+) -> None:
+    """Simulate showers, train a small DiT on the CPU, generate, evaluate, and write an HTML report
+    (about 15 minutes on two cores; --quick for a smoke test)."""
+    import time
+
+    from caloforge.demo import run_demo
+
+    start = time.perf_counter()
+
+    def stage(text: str) -> None:
+        typer.echo(f"[{(time.perf_counter() - start) / 60:4.1f} min] {text}", err=True)
+
+    result = run_demo(out, quick=quick, seed=seed, stage=stage)
+    numbers = ", ".join(f"{k} {v:.3g}" for k, v in result.headline.items() if v is not None)
+    typer.echo(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min: {numbers}")
+    typer.echo(f"model: {result.model}")
+    typer.echo(f"report: {result.report}")
 
 
 # ---- validation: metrics, plots and the HTML report (caloforge.evaluate) -------------------------------

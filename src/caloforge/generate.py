@@ -192,13 +192,25 @@ def generate_to_file(
     from caloforge.io import ShowerWriter
 
     n = int(np.asarray(energy_mev).size)
-    conditions = ["energy"] + [name for name, v in (("theta", theta), ("phi", phi), ("detector", detector))
-                               if v is not None]
+    conditions = ["energy"] + [
+        name for name, v in (("theta", theta), ("phi", phi), ("detector", detector)) if v is not None
+    ]
     with (
-        ShowerWriter(path, generator.geometry, format=file_format, conditions=conditions, expected_n=n) as writer,
+        ShowerWriter(
+            path, generator.geometry, format=file_format, conditions=conditions, expected_n=n
+        ) as writer,
         tqdm(total=n, desc="generating", unit="shower", file=sys.stderr, disable=not progress) as bar,
     ):
-        for batch in generator.sample_batches(energy_mev, theta, phi, detector, n_steps, sampler, seed=seed,
-                                              batch_size=batch_size, on_batch=bar.update):
+        for batch in generator.sample_batches(
+            energy_mev,
+            theta,
+            phi,
+            detector,
+            n_steps,
+            sampler,
+            seed=seed,
+            batch_size=batch_size,
+            on_batch=bar.update,
+        ):
             writer.append(batch)
     return n

@@ -1,0 +1,258 @@
+"""Fidelity benchmark: train the DiT on simulator showers for a fixed budget, then measure how well it fits.
+
+Dataset-2 geometry (45 x 16 x 9), electrons log-uniform 1 GeV - 1 TeV from the embedded GFlash simulator:
+a training sample, a held-out reference sample and a second independent sample (the floor: what two
+samples of the true distribution score). Prints and writes to JSON the low- and high-level classifier
+AUCs, FPD and KPD (x 1e3), the mean separation power, the training time, the same metrics for the floor,
+and optionally (``--curve K``) the low-level AUC at K points during training.
+
+    python bench/fidelity.py --budget-minutes 60            # the CPU benchmark
+    python bench/fidelity.py --budget-minutes 20 --config configs/ds2-gpu.yaml   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from tqdm import tqdm
+
+from caloforge.data import ShowerSet
+from caloforge.evaluate.classifier import ClassifierConfig
+from caloforge.evaluate.pipeline import EvaluateConfig, Sample, collect, compute_metrics, low_level_capacity
+from caloforge.generate import ShowerGenerator, load_generator
+from caloforge.geometry import get_geometry
+from caloforge.simulate import simulate
+from caloforge.training import load_run_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Snapshots(Callback):
+    """Saves a checkpoint at evenly spaced fractions of the training-time budget (for the AUC curve)."""
+
+    def __init__(self, directory: Path, budget_s: float, n_points: int) -> None:
+        self.directory, self.n_points = directory, n_points
+        self.times = [budget_s * (k + 1) / (n_points + 1) for k in range(n_points)]
+        self.saved: list[tuple[float, int, Path]] = []
+        self.start = 0.0
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        elapsed = time.perf_counter() - self.start
+        if self.times and elapsed >= self.times[0]:
+            self.times.pop(0)
+            path = self.directory / f"snapshot-{trainer.global_step}.ckpt"
+            trainer.save_checkpoint(path)
+            self.saved.append((elapsed, trainer.global_step, path))
+
+
+def draw_energies(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.exp(rng.uniform(math.log(1e3), math.log(1e6), n))
+
+
+def generate(
+    generator: ShowerGenerator, energy: np.ndarray, args: argparse.Namespace, desc: str
+) -> ShowerSet:
+    parts = []
+    with tqdm(total=len(energy), desc=desc, unit="shower", file=sys.stderr) as bar:
+        for part in generator.sample_batches(
+            energy,
+            n_steps=args.steps,
+            sampler=args.sampler,
+            seed=args.seed + 7,
+            batch_size=args.gen_batch_size,
+            on_batch=bar.update,
+        ):
+            parts.append(part)
+    return ShowerSet.concatenate(parts)
+
+
+def summarise(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a ``compute_metrics`` result."""
+    histograms = [v for v in metrics["separation_power"]["histograms"].values() if v is not None]
+    classifier = metrics["classifier"]
+    return {
+        "auc_low": classifier.get("low", {}).get("auc"),
+        "auc_high": classifier.get("high", {}).get("auc"),
+        "fpd_x1e3": metrics["fpd_x1e3"]["value"],
+        "fpd_error_x1e3": metrics["fpd_x1e3"]["error"],
+        "kpd_x1e3": metrics["kpd_x1e3"]["value"],
+        "kpd_error_x1e3": metrics["kpd_x1e3"]["error"],
+        "mean_separation_power": float(np.mean(histograms)) if histograms else None,
+        "separation_power_summary": {k: v["mean"] for k, v in metrics["separation_power"]["summary"].items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--budget-minutes", type=float, default=60.0, help="training wall-clock budget")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="run config YAML (default configs/ds2-cpu.yaml, or ds2-gpu.yaml with CUDA)",
+    )
+    parser.add_argument("--n-train", type=int, default=40_000, help="training showers")
+    parser.add_argument("--n-eval", type=int, default=20_000, help="generated = reference = floor showers")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the config's)")
+    parser.add_argument("--sampler", default=None, help="sampler (default: the config's)")
+    parser.add_argument("--gen-batch-size", type=int, default=500)
+    parser.add_argument("--classifier-epochs", type=int, default=15)
+    parser.add_argument(
+        "--curve", type=int, default=0, help="low-level AUC at this many points during training"
+    )
+    parser.add_argument("--curve-n", type=int, default=4000, help="showers per curve point")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--run-dir", default=None, help="training run directory (default: a new one under bench/results/)"
+    )
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fidelity.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cuda = torch.cuda.is_available()
+    config_path = args.config or str(ROOT / "configs" / ("ds2-gpu.yaml" if cuda else "ds2-cpu.yaml"))
+    config = load_run_config(config_path)
+    config.train.max_minutes = args.budget_minutes
+    config.train.max_steps = max(config.train.max_steps, 10_000_000)  # the budget decides
+    config.train.seed = args.seed
+    geometry = get_geometry("calochallenge-2")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.run_dir or ROOT / "bench" / "results" / f"fidelity-run-{stamp}")
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    train_set = simulate(geometry, draw_energies(args.n_train, args.seed + 1), seed=args.seed + 1)
+    reference = simulate(geometry, draw_energies(args.n_eval, args.seed + 2), seed=args.seed + 2)
+    floor = simulate(geometry, draw_energies(args.n_eval, args.seed + 3), seed=args.seed + 3)
+    timings["simulate_s"] = time.perf_counter() - t0
+    print(
+        f"simulated {args.n_train} + 2 x {args.n_eval} showers in {timings['simulate_s']:.0f} s",
+        file=sys.stderr,
+    )
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    snapshots = Snapshots(run_dir, 60 * args.budget_minutes, args.curve)
+    t0 = time.perf_counter()
+    model_path = train(train_set, run_dir, config, callbacks=[snapshots])
+    timings["train_s"] = time.perf_counter() - t0
+    del train_set
+    generator = load_generator(model_path)
+    steps_trained = generator.content.step
+
+    eval_config = EvaluateConfig(
+        classifier=ClassifierConfig(epochs=args.classifier_epochs),
+        seed=args.seed,
+        plots=False,
+        fpd_min_samples=min(10_000, args.n_eval // 2),
+        fpd_max_samples=args.n_eval,
+        kpd_batch_size=min(10_000, args.n_eval),
+    )
+    capacity = low_level_capacity(geometry.n_voxels, eval_config)
+
+    def sample_of(showers: ShowerSet, name: str) -> Sample:
+        return collect([showers], name, eval_config, capacity)
+
+    ref_sample = sample_of(reference, "reference")
+    t0 = time.perf_counter()
+    generated = generate(generator, reference.energy, args, "generating")
+    timings["generate_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model_metrics = compute_metrics(
+        sample_of(generated, "generated"), ref_sample, eval_config, show_progress=True
+    )
+    floor_metrics = compute_metrics(sample_of(floor, "floor"), ref_sample, eval_config, show_progress=True)
+    timings["evaluate_s"] = time.perf_counter() - t0
+
+    curve = []
+    if snapshots.saved:
+        curve_config = EvaluateConfig(
+            classifiers=("low",), classifier=eval_config.classifier, seed=args.seed, plots=False
+        )
+        small_ref = collect([reference[: args.curve_n]], "reference", curve_config, capacity)
+        points = [(e, s, p) for e, s, p in snapshots.saved] + [
+            (timings["train_s"], steps_trained, model_path)
+        ]
+        for elapsed, step, path in points:
+            shot = generate(
+                load_generator(path), reference.energy[: args.curve_n], args, f"curve step {step}"
+            )
+            metrics = compute_metrics(
+                collect([shot], "generated", curve_config, capacity), small_ref, curve_config
+            )
+            curve.append(
+                {
+                    "train_minutes": elapsed / 60,
+                    "step": step,
+                    "auc_low": metrics["classifier"]["low"]["auc"],
+                    "n_showers": args.curve_n,
+                }
+            )
+            print(
+                f"curve: {elapsed / 60:.1f} min, step {step}: low-level AUC {curve[-1]['auc_low']:.3f}",
+                file=sys.stderr,
+            )
+
+    gen_rate = args.n_eval / timings["generate_s"]
+    result = {
+        "benchmark": "fidelity",
+        "geometry": geometry.name,
+        "device": "cuda" if cuda else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "config": config_path,
+        "run_dir": str(run_dir),
+        "budget_minutes": args.budget_minutes,
+        "train_minutes": timings["train_s"] / 60,
+        "steps_trained": steps_trained,
+        "n_train": args.n_train,
+        "n_eval": args.n_eval,
+        "sampler": args.sampler or config.sample.sampler,
+        "sampler_steps": args.steps or config.sample.n_steps,
+        "generation_showers_per_s": gen_rate,
+        "model": summarise(model_metrics),
+        "floor": summarise(floor_metrics),
+        "curve": curve,
+        "timings_s": timings,
+        "host_cpus": os.cpu_count(),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+
+    m, f = result["model"], result["floor"]
+    print(
+        f"fidelity (dataset-2 geometry, {args.budget_minutes:g}-minute budget, {steps_trained} steps, "
+        f"{result['device']}):"
+    )
+    print(f"{'':28s}{'model':>10s}{'floor':>10s}")
+    for key in ("auc_low", "auc_high", "fpd_x1e3", "kpd_x1e3", "mean_separation_power"):
+        print(f"{key:28s}{m[key]:10.4f}{f[key]:10.4f}")
+    print(
+        f"training {timings['train_s'] / 60:.1f} min; generation {gen_rate:.1f} showers/s "
+        f"({result['sampler']}, {result['sampler_steps']} steps)"
+    )
+    for point in curve:
+        print(f"  AUC(low) at {point['train_minutes']:.1f} min: {point['auc_low']:.3f}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

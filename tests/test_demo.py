@@ -1,0 +1,39 @@
+"""The demo end to end at its --quick size: every artefact written, the report path printed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from caloforge.cli import app
+from caloforge.demo import DEMO, QUICK_DEMO
+from caloforge.io import read_showers
+
+
+def test_demo_quick_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = out / "report" / "index.html"
+    assert f"report: {report}" in result.stdout
+    assert report.stat().st_size > 1000
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert 0.0 <= metrics["classifier"]["low"]["auc"] <= 1.0
+    generated = read_showers(out / "generated.h5")
+    reference = read_showers(out / "reference.h5")
+    assert len(generated) == len(reference) == QUICK_DEMO.n_eval
+    assert generated.energy == pytest.approx(reference.energy)
+    assert (out / "run" / "model.ckpt").exists()
+
+    # a second demo into the same directory is refused, not overwritten
+    again = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert again.exit_code != 0
+
+
+def test_full_demo_is_sized_for_two_cores() -> None:
+    # the full demo trains for a fixed wall-clock budget, so its run time is bounded by construction
+    assert DEMO.train_minutes is not None and DEMO.train_minutes <= 8
+    assert DEMO.run_config().model.resolved().hidden == DEMO.hidden
