@@ -42,6 +42,7 @@ from caloforge.io import atomic_output
 
 __all__ = [
     "DETERMINISTIC_SAMPLERS",
+    "METADATA_FORMAT",
     "METADATA_KEY",
     "ONNX_OPSET",
     "PAR04_DETECTOR_SLOTS",
