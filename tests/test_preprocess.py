@@ -11,7 +11,7 @@ import torch
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
 from caloforge.geometry import CylindricalGeometry
-from caloforge.preprocess import PreprocessConfig, ShowerPreprocessor
+from caloforge.preprocess import EnergyRatio, PreprocessConfig, ShowerPreprocessor, fit_energy_ratio
 
 GEOMETRY = CylindricalGeometry.regular("toy", 3, 4, (0.0, 1.0, 2.0), 3.4, "SiW")
 
@@ -81,3 +81,42 @@ def test_all_zero_showers_are_refused() -> None:
     empty = ShowerSet(np.zeros((4, GEOMETRY.n_voxels), np.float32), GEOMETRY, np.full(4, 1e3))
     with pytest.raises(InputError, match="all zero"):
         ShowerPreprocessor.fit(empty)
+
+
+def test_energy_ratio_model_reproduces_the_conditional_distribution() -> None:
+    rng = np.random.default_rng(1)
+    energy = np.exp(rng.uniform(math.log(1e3), math.log(1e6), 20_000))
+    # r = E_tot / E_inc: mean rising with ln E, width falling with it (worked-out truth below)
+    mean = 0.02 + 0.001 * np.log(energy / 1e3)
+    width = 0.002 / np.sqrt(np.log(energy))
+    ratio = mean + width * rng.standard_normal(energy.size)
+    table, lo, hi = fit_energy_ratio(ratio, energy, n_bins=24, n_quantiles=129)
+    assert table.shape == (24, 129) and lo == pytest.approx(np.log(energy).min())
+    model = EnergyRatio(torch.from_numpy(table), lo, hi, threshold_mev=0.01)
+    gen = torch.Generator().manual_seed(0)
+    for e in (2e3, 3e4, 5e5):
+        r = model(torch.full((20_000,), e), torch.rand(20_000, generator=gen)).numpy()
+        assert r.mean() == pytest.approx(0.02 + 0.001 * math.log(e / 1e3), rel=0.01)
+        assert r.std() == pytest.approx(0.002 / math.sqrt(math.log(e)), rel=0.1)
+    # u = 0.5 is the median of the bin; the extremes stay inside the data
+    r = model(torch.tensor([3e4, 3e4]), torch.tensor([0.0, 1.0])).numpy()
+    assert ratio.min() <= r[0] < r[1] <= ratio.max()
+
+
+def test_energy_ratio_rescale_sets_the_total_and_is_saved() -> None:
+    showers = toy_showers()
+    pre = ShowerPreprocessor.fit(showers, PreprocessConfig(energy_ratio=True, ratio_bins=4))
+    model = pre.energy_ratio()
+    assert model is not None and model.table.shape[0] == 1  # 200 showers: one bin of >= 200
+    x = torch.from_numpy(showers.showers)
+    energy = torch.from_numpy(showers.energy).float()
+    u = torch.rand(len(showers), generator=torch.Generator().manual_seed(2))
+    scaled = model.rescale(x, energy, u)
+    target = model(energy, u) * energy
+    kept = (scaled > 0).sum() / (x > 0).sum()
+    assert kept > 0.95  # only cells pushed below the threshold vanish
+    np.testing.assert_allclose(scaled.sum(dim=1).numpy(), target.numpy(), rtol=0.02)
+    again = ShowerPreprocessor.from_dict(pre.to_dict())
+    assert again.energy_ratio() is not None
+    torch.testing.assert_close(again.energy_ratio()(energy, u), model(energy, u))
+    assert ShowerPreprocessor.fit(showers).energy_ratio() is None  # off by default

@@ -24,7 +24,7 @@ from caloforge.conditioning import ConditionEncoder
 from caloforge.data import CONDITION_DEFAULTS, ShowerSet
 from caloforge.diffusion import EDM, get_sampler
 from caloforge.errors import InputError
-from caloforge.preprocess import PreprocessTransform
+from caloforge.preprocess import EnergyRatio, PreprocessTransform
 from caloforge.training import build_denoiser
 
 __all__ = ["ShowerGenerator", "generate_to_file", "load_generator"]
@@ -54,12 +54,16 @@ class ShowerGenerator:
         denoiser: the EMA-weight EDM module, ``denoiser(x, sigma, cond)`` -> D(x; sigma), eval mode.
         encoder: conditions (energy MeV, theta, phi radians, detector index) -> condition vector.
         transform: preprocessing in torch (``forward`` MeV -> model space, ``inverse`` back).
+        energy_ratio: the E_tot / E_inc model (``caloforge.preprocess.EnergyRatio``) that rescales each
+            generated shower, drawing one uniform number per shower after the sampler's noise; ``None``
+            when the run was trained without it.
     """
 
     content: CheckpointContent
     denoiser: EDM
     encoder: ConditionEncoder
     transform: PreprocessTransform
+    energy_ratio: EnergyRatio | None = None
 
     @property
     def geometry(self) -> Any:
@@ -112,7 +116,11 @@ class ShowerGenerator:
             x = torch.randn((stop - start, n_voxels), generator=generator) * sigmas[0]
             with torch.no_grad():
                 z = run(self.denoiser, x, sigmas, cond, generator=generator)
-                showers = self.transform.inverse(z, torch.from_numpy(energy[start:stop]).float())
+                e_inc = torch.from_numpy(energy[start:stop]).float()
+                showers = self.transform.inverse(z, e_inc)
+                if self.energy_ratio is not None:
+                    u = torch.rand(stop - start, generator=generator)
+                    showers = self.energy_ratio.rescale(showers, e_inc, u)
             yield ShowerSet(
                 showers=showers.numpy(),
                 geometry=self.content.geometry,
@@ -165,7 +173,8 @@ def load_generator(path: str | PathLike[str]) -> ShowerGenerator:
             "EMA weights of the configured DiT",
         )
     denoiser.eval().requires_grad_(False)
-    return ShowerGenerator(content, denoiser, content.spec.encoder(), content.preprocessor.module())
+    pre = content.preprocessor
+    return ShowerGenerator(content, denoiser, content.spec.encoder(), pre.module(), pre.energy_ratio())
 
 
 def generate_to_file(

@@ -14,6 +14,14 @@ is half the smallest nonzero deposit in the training set and ``eps = threshold``
 ln(eps / E_inc), the faintest deposit d_min to ln(3 eps / E_inc), and the cut sits at E = d_min / 2, so
 the round trip of training showers is exact up to float precision and zeros come back as zeros.
 
+E_tot / E_inc, the first thing physicists look at, is a sum over thousands of voxels that a voxel-level
+model only gets right on average. With ``energy_ratio`` (off by default; on in the dataset-2 configs
+and the demo), preprocessing also fits the conditional distribution of r = E_tot / E_inc given ln E_inc
+as a table of quantiles in bins of ln E_inc (``EnergyRatio``); generation draws r from it (inverse CDF
+of a uniform, interpolated linearly between quantiles and between neighbouring energy bins) and
+rescales each generated shower to E_tot = r E_inc, so the energy response is modelled explicitly (the
+idea of CaloDREAM's and CaloDiffusion's energy-first stages, here with a non-parametric 1D model).
+
 ``ln(...)`` is clamped above at ``log_max`` (the largest value in training plus ln 2) before exp, so a
 sample far out in a tail cannot overflow. ``PreprocessTransform`` is the torch version (ONNX-traceable).
 """
@@ -21,7 +29,7 @@ sample far out in a tail cannot overflow. ``PreprocessTransform`` is the torch v
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +40,7 @@ from torch import Tensor, nn
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
 
-__all__ = ["PreprocessConfig", "PreprocessTransform", "ShowerPreprocessor"]
+__all__ = ["EnergyRatio", "PreprocessConfig", "PreprocessTransform", "ShowerPreprocessor", "fit_energy_ratio"]
 
 _CHUNK = 4096  # showers per chunk when transforming: bounds memory on large sets
 
@@ -47,12 +55,18 @@ class PreprocessConfig:
             nonzero deposit in the training set.
         eps_mev: offset inside the log (MeV); ``None`` = the zero threshold.
         std_floor: smallest std used, so voxels that never fire do not divide by zero.
+        energy_ratio: fit the E_tot / E_inc model and rescale generated showers with it (module doc).
+        ratio_bins: bins in ln E_inc of that model (fewer when the training set is small).
+        ratio_quantiles: quantiles per bin.
     """
 
     standardize: str = "voxel"
     zero_threshold_mev: float | None = None
     eps_mev: float | None = None
     std_floor: float = 1e-3
+    energy_ratio: bool = False
+    ratio_bins: int = 24
+    ratio_quantiles: int = 129
 
     def __post_init__(self) -> None:
         if self.standardize not in ("voxel", "global"):
@@ -91,6 +105,70 @@ class PreprocessTransform(nn.Module):
         return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
 
 
+class EnergyRatio(nn.Module):
+    """Conditional model of r = E_tot / E_inc given E_inc: quantile table (n_bins, n_quantiles) over equal
+    bins of ln E_inc in [log_lo, log_hi]. Torch ops only (ONNX-traceable).
+
+    ``forward(energy, u)``: energy (N,) MeV, u (N,) uniform in [0, 1) -> r (N,).
+    ``rescale(showers, energy, u)``: showers (N, V) MeV scaled so that each sums to r * E_inc.
+    """
+
+    table: Tensor
+
+    def __init__(self, table: Tensor, log_lo: float, log_hi: float, threshold_mev: float) -> None:
+        super().__init__()
+        self.register_buffer("table", table.float())
+        self.log_lo, self.log_hi = float(log_lo), float(log_hi)
+        self.threshold_mev = float(threshold_mev)
+
+    def forward(self, energy: Tensor, u: Tensor) -> Tensor:
+        n_bins, n_q = self.table.shape
+        # position between bin centres, clamped to the first/last centre (no extrapolation)
+        pos = (torch.log(energy) - self.log_lo) / (self.log_hi - self.log_lo) * n_bins - 0.5
+        pos = torch.clamp(pos, 0.0, float(n_bins - 1))
+        b0 = torch.clamp(torch.floor(pos), max=float(max(n_bins - 2, 0))).long()
+        b1 = torch.clamp(b0 + 1, max=n_bins - 1)
+        wb = (pos - b0.to(pos.dtype))[:, None]
+        q = torch.clamp(u, 0.0, 1.0) * (n_q - 1)
+        q0 = torch.clamp(torch.floor(q), max=float(n_q - 2)).long()[:, None]
+        wq = q[:, None] - q0.to(q.dtype)
+
+        def quantile(rows: Tensor) -> Tensor:  # inverse CDF of each shower's bin, (N, 1)
+            table = self.table[rows]  # (N, n_q)
+            return torch.gather(table, 1, q0) * (1 - wq) + torch.gather(table, 1, q0 + 1) * wq
+
+        return ((1 - wb) * quantile(b0) + wb * quantile(b1))[:, 0]
+
+    def rescale(self, showers: Tensor, energy: Tensor, u: Tensor) -> Tensor:
+        target = self(energy, u) * energy  # (N,) MeV
+        total = showers.sum(dim=1)
+        scale = torch.where(total > 0, target / torch.clamp(total, min=1e-30), torch.ones_like(total))
+        scaled = showers * scale[:, None]
+        return torch.where(scaled < self.threshold_mev, torch.zeros_like(scaled), scaled)
+
+
+def fit_energy_ratio(
+    ratio: NDArray[np.floating], energy: NDArray[np.floating], n_bins: int, n_quantiles: int
+) -> tuple[NDArray[np.float64], float, float]:
+    """Quantile table (n_bins', n_quantiles) of ``ratio`` in equal bins of ln ``energy``, and the bin range.
+
+    Uses fewer bins when there are fewer than 200 showers per bin, so each quantile function is
+    estimated from enough showers.
+    """
+    log_e = np.log(np.asarray(energy, dtype=np.float64))
+    lo, hi = float(log_e.min()), float(log_e.max())
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    n_bins = int(max(1, min(n_bins, len(log_e) // 200)))
+    index = np.clip(((log_e - lo) / (hi - lo) * n_bins).astype(np.int64), 0, n_bins - 1)
+    levels = np.linspace(0.0, 1.0, n_quantiles)
+    table = np.empty((n_bins, n_quantiles))
+    for b in range(n_bins):
+        values = ratio[index == b]
+        table[b] = np.quantile(values, levels) if values.size else np.quantile(ratio, levels)
+    return table, lo, hi
+
+
 @dataclass
 class ShowerPreprocessor:
     """A fitted transform (see module doc); build with ``fit``, save with ``to_dict``.
@@ -105,6 +183,8 @@ class ShowerPreprocessor:
     mean: NDArray[np.float64]
     std: NDArray[np.float64]
     log_max: float
+    ratio_table: NDArray[np.float64] | None = None
+    ratio_log_range: tuple[float, float] = (0.0, 1.0)
 
     @classmethod
     def fit(cls, showers: ShowerSet, config: PreprocessConfig | None = None) -> ShowerPreprocessor:
@@ -139,7 +219,27 @@ class ShowerPreprocessor:
             total, total_sq, n = total.sum(keepdims=True), total_sq.sum(keepdims=True), n * n_voxels
         mean = total / n
         std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
-        return cls(config, threshold, eps, mean, np.maximum(std, config.std_floor), log_max + math.log(2.0))
+        table, log_range = None, (0.0, 1.0)
+        if config.energy_ratio:
+            ratio = showers.showers.sum(axis=1, dtype=np.float64) / energy
+            table, lo, hi = fit_energy_ratio(ratio, energy, config.ratio_bins, config.ratio_quantiles)
+            log_range = (lo, hi)
+        return cls(
+            config,
+            threshold,
+            eps,
+            mean,
+            np.maximum(std, config.std_floor),
+            log_max + math.log(2.0),
+            table,
+            log_range,
+        )
+
+    def energy_ratio(self) -> EnergyRatio | None:
+        """The torch E_tot / E_inc model, or ``None`` when not fitted (``config.energy_ratio`` off)."""
+        if self.ratio_table is None:
+            return None
+        return EnergyRatio(torch.from_numpy(self.ratio_table), *self.ratio_log_range, self.threshold_mev)
 
     def module(self) -> PreprocessTransform:
         """The torch form (buffers on CPU, float32)."""
@@ -179,17 +279,14 @@ class ShowerPreprocessor:
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists of floats), for checkpoints and JSON."""
         return {
-            "config": {
-                "standardize": self.config.standardize,
-                "zero_threshold_mev": self.config.zero_threshold_mev,
-                "eps_mev": self.config.eps_mev,
-                "std_floor": self.config.std_floor,
-            },
+            "config": asdict(self.config),
             "threshold_mev": self.threshold_mev,
             "eps_mev": self.eps_mev,
             "log_max": self.log_max,
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),
+            "ratio_table": None if self.ratio_table is None else self.ratio_table.tolist(),
+            "ratio_log_range": list(self.ratio_log_range),
         }
 
     @classmethod
@@ -201,4 +298,6 @@ class ShowerPreprocessor:
             np.asarray(data["mean"], dtype=np.float64),
             np.asarray(data["std"], dtype=np.float64),
             float(data["log_max"]),
+            None if data.get("ratio_table") is None else np.asarray(data["ratio_table"], dtype=np.float64),
+            tuple(map(float, data.get("ratio_log_range", (0.0, 1.0)))),  # type: ignore[arg-type]
         )
