@@ -27,6 +27,7 @@ Prints the side-by-side numbers and writes bench/results/crosscheck_official.jso
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -131,7 +132,9 @@ sys.modules.update({"torch": torch, "torch.utils": utils, "torch.utils.data": da
                     "energyflow.emd": emd, "jetnet": jn, "jetnet.utils": jn_utils,
                     "jetnet.datasets": jn_data})
 spec = importlib.util.spec_from_file_location("gen_metrics", jetnet_dir + "/jetnet/evaluation/gen_metrics.py")
-gm = importlib.util.module_from_spec(spec); spec.loader.exec_module(gm)
+gm = importlib.util.module_from_spec(spec)
+sys.modules["gen_metrics"] = gm
+spec.loader.exec_module(gm)
 ref = np.load(arrays + "/high_reference.npy"); gen = np.load(arrays + "/high_generated.npy")
 fpd, fpd_err = gm.fpd(ref, gen, min_samples=10000)
 kpd, kpd_err = gm.kpd(ref, gen, batch_size=10000)
@@ -181,6 +184,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=3, help="hidden layers (official: 3)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every voxel energy by this when "
+                        "writing the compared files, e.g. 1 / sampling fraction so that raw visible energies "
+                        "look like the CaloChallenge's (E_tot / E_inc ~ 1, inside the official [0.5, 1.5])")
     parser.add_argument("--skip-classifier", action="store_true")
     parser.add_argument("--jetnet-python", type=Path, help="Python with numpy<2, scipy and numba")
     parser.add_argument("--jetnet-dir", type=Path, help="unpacked jetnet 0.2.5 wheel (holds jetnet/)")
@@ -199,9 +205,11 @@ def main() -> None:
     (work / "official_hist").mkdir(parents=True, exist_ok=True)
     files = {}
     for role, path in (("generated", args.generated), ("reference", args.reference)):
-        files[role] = work / f"{role}_{args.n}.h5"
+        files[role] = work / f"{role}_{args.n}_x{args.scale:g}.h5"
         if not files[role].exists():
-            write_showers(files[role], read_showers(path)[: args.n])
+            part = read_showers(path)[: args.n]
+            scaled = dataclasses.replace(part, showers=part.showers * np.float32(args.scale))
+            write_showers(files[role], scaled)
 
     # ---- caloforge ----------------------------------------------------------------------------------
     network = ClassifierConfig(n_hidden=args.hidden, n_layers=args.layers, epochs=args.epochs,
@@ -264,8 +272,8 @@ def main() -> None:
             note = f"errors {row['official_error']:.3g} / {row['caloforge_error']:.3g}"
         print(f"{row['metric']:44s} {row['official']:14.6g} {row['caloforge']:14.6g}  {note}")
     result = {
-        "n_showers_each": args.n, "files": {k: str(v) for k, v in (("generated", args.generated),
-                                                                   ("reference", args.reference))},
+        "n_showers_each": args.n, "voxel_scale": args.scale,
+        "files": {"generated": str(args.generated), "reference": str(args.reference)},
         "classifier_settings": {"hidden": args.hidden, "layers": args.layers, "epochs": args.epochs,
                                 "lr": args.lr, "batch_size": 1000, "split": [0.6, 0.2, 0.2],
                                 "seed": args.seed},

@@ -88,6 +88,14 @@ def rebin_voxel_counts(features: Features, edges: NDArray[np.float64]) -> NDArra
     return counts.astype(np.float64)
 
 
+def _log_edges(low: float, high: float, n_edges: int) -> NDArray[np.float64]:
+    """``n_edges`` log-spaced edges from ``low`` to ``high``; the ends are set exactly, because 10**log10(x)
+    can round below x and would drop the maximum (the one entry that defines the top edge)."""
+    edges = np.logspace(np.log10(low), np.log10(high), n_edges)
+    edges[0], edges[-1] = low, high
+    return edges
+
+
 def histogram_specs(reference: Features) -> list[HistogramSpec]:
     """Every compared histogram, binned as the official code does for ``reference``'s readout."""
     s = reference.geometry.outer_radius_mm / _OFFICIAL_RADIUS_MM
@@ -110,14 +118,14 @@ def histogram_specs(reference: Features) -> list[HistogramSpec]:
                 top = float(reference.e_layer[:, layer].max()) if len(reference) else 0.0
                 if top <= threshold:  # the official binning is undefined for a layer that is always empty
                     continue
-                edges = np.logspace(np.log10(threshold), np.log10(top), 40)
+                edges = _log_edges(threshold, top, 40)
                 specs.append(HistogramSpec(kind, layer, edges, log_x=True))
             elif kind == "sparsity":
                 specs.append(HistogramSpec(kind, layer, np.linspace(0.0, 1.0, 21)))
             else:
                 specs.append(HistogramSpec(kind, layer, np.linspace(*limits[kind], 101)))
     if reference.max_voxel > threshold:
-        edges = np.logspace(np.log10(threshold), np.log10(reference.max_voxel), 50)
+        edges = _log_edges(threshold, reference.max_voxel, 50)
         specs.append(HistogramSpec("voxel_energy", None, edges, log_x=True))
     return specs
 
