@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from caloforge.checkpoint import read_checkpoint
 from caloforge.cli import app
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
@@ -98,6 +99,12 @@ def test_cli_train_then_generate(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     model = tmp_path / "run" / "model.ckpt"
     assert str(model) in result.stdout
+
+    # --resume continues the saved run; --max-steps overrides the saved config instead of being ignored
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--resume",
+                                 "--max-steps", "6"])
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint(model).step == 6
 
     out = tmp_path / "gen.h5"
     result = runner.invoke(

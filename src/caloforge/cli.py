@@ -7,6 +7,7 @@ printed as one line ``error: ...`` with exit code 2, never as a traceback.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -184,7 +185,13 @@ def train_command(
     from caloforge.io import read_showers
     from caloforge.training import load_run_config, train
 
-    run_config = load_run_config(config) if config or not resume else None
+    last = Path(out) / "checkpoints" / "last.ckpt"
+    if resume and config is None and last.exists():
+        from caloforge.checkpoint import read_checkpoint
+
+        run_config = read_checkpoint(last, weights=False).config  # the overrides below apply to it
+    else:
+        run_config = load_run_config(config)
     if run_config is not None:
         if model is not None:
             from caloforge.models import DIT_SIZES

@@ -20,6 +20,7 @@ import numpy as np
 
 from caloforge.errors import InputError
 from caloforge.models import DiTConfig
+from caloforge.preprocess import PreprocessConfig
 from caloforge.training import OptimConfig, RunConfig, SampleConfig, TrainConfig
 
 __all__ = ["DEMO", "QUICK_DEMO", "DemoConfig", "DemoResult", "run_demo"]
@@ -59,6 +60,7 @@ class DemoConfig:
             model=DiTConfig(
                 size="tiny", patch_size=(5, 4, 9), hidden=self.hidden, depth=self.depth, n_heads=4
             ),
+            preprocess=PreprocessConfig(energy_ratio=True),
             optim=OptimConfig(lr=2e-3, warmup_steps=min(100, self.train_steps // 5 + 1)),
             train=TrainConfig(
                 batch_size=128,
