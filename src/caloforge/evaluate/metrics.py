@@ -70,10 +70,18 @@ def gaussian_frechet_distance(
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt)
 
 
+def _mean_cov(sample: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Mean and unbiased covariance of (N, D) rows; centres in place (the caller passes a fresh copy)."""
+    mean = sample.mean(axis=0)
+    sample -= mean
+    return mean, (sample.T @ sample) / (len(sample) - 1)
+
+
 def frechet_distance(x: ArrayLike, y: ArrayLike) -> float:
     """Frechet distance between Gaussians fitted to samples x (N, D) and y (M, D) (no extrapolation)."""
-    a, b = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    return gaussian_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    mu1, s1 = _mean_cov(np.array(x, dtype=np.float64))
+    mu2, s2 = _mean_cov(np.array(y, dtype=np.float64))
+    return gaussian_frechet_distance(mu1, s1, mu2, s2)
 
 
 def _normalise(reference: NDArray[np.float64], generated: NDArray[np.float64]) -> tuple[
@@ -108,8 +116,11 @@ def frechet_physics_distance(
     sizes = (1.0 / np.linspace(1.0 / min_samples, 1.0 / max_samples, num_points)).astype(np.int64)
     values = []
     for size in sizes:
-        batch = [frechet_distance(x[rng.choice(len(x), size)], y[rng.choice(len(y), size)])
-                 for _ in range(num_batches)]
+        batch = []
+        for _ in range(num_batches):
+            mu1, s1 = _mean_cov(x[rng.choice(len(x), size)])  # fancy indexing copies: safe to centre
+            mu2, s2 = _mean_cov(y[rng.choice(len(y), size)])
+            batch.append(gaussian_frechet_distance(mu1, s1, mu2, s2))
         values.append(np.mean(batch))
     params, cov = curve_fit(
         lambda inv_n, intercept, slope: intercept + slope * inv_n,
@@ -123,24 +134,35 @@ def mmd_polynomial_unbiased(
 ) -> float:
     """Unbiased quadratic MMD^2 of x (m, D) and y (n, D) with k(a, b) = (a.b / D + 1)^degree.
 
-    The kernel matrices are summed in blocks of ``block`` rows, so memory stays O(block x max(m, n)).
+    The kernel matrices are summed in blocks of ``block`` rows, so memory stays O(block x max(m, n));
+    for the symmetric x-x and y-y sums only the blocks on and above the diagonal are computed.
     """
     d = x.shape[1]
 
-    def kernel_sum(a: NDArray[np.float64], b: NDArray[np.float64]) -> tuple[float, float]:
-        total, diagonal = 0.0, 0.0
+    def kernel(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
+        k = a @ b.T
+        k /= d
+        k += 1.0
+        result = k.copy()
+        for _ in range(degree - 1):  # repeated products: much faster than the float power ``** degree``
+            result *= k
+        return result
+
+    def off_diagonal_sum(a: NDArray[np.float64]) -> float:
+        total = 0.0
         for start in range(0, len(a), block):
-            k = (a[start:start + block] @ b.T / d + 1.0) ** degree
-            total += float(k.sum())
-            if a is b:
-                diagonal += float(np.trace(k[:, start:start + block]))
-        return total, diagonal
+            k = kernel(a[start:start + block], a[start:])  # rows of this block, columns from its diagonal on
+            width = min(block, len(a) - start)
+            diagonal_block = k[:, :width]
+            total += float(diagonal_block.sum() - np.trace(diagonal_block)) + 2.0 * float(k[:, width:].sum())
+        return total
+
+    def cross_sum(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
+        return sum(float(kernel(a[s:s + block], b).sum()) for s in range(0, len(a), block))
 
     m, n = len(x), len(y)
-    xx, xx_diag = kernel_sum(x, x)
-    yy, yy_diag = kernel_sum(y, y)
-    xy, _ = kernel_sum(x, y)
-    return (xx - xx_diag) / (m * (m - 1)) + (yy - yy_diag) / (n * (n - 1)) - 2.0 * xy / (m * n)
+    within = off_diagonal_sum(x) / (m * (m - 1)) + off_diagonal_sum(y) / (n * (n - 1))
+    return within - 2.0 * cross_sum(x, y) / (m * n)
 
 
 def kernel_physics_distance(

@@ -171,12 +171,18 @@ def compute_metrics(
     and the seconds each took (``timing_s``)."""
     timing: dict[str, float] = {}
     clock = time.perf_counter()
+    stages = ["separation powers", "FPD", "KPD", *(f"classifier ({k})" for k in config.classifiers)]
+    bar = tqdm(stages, desc="metrics", disable=not show_progress, leave=False)
+    bar.set_postfix(now=stages[0])
 
     def lap(name: str) -> None:
         nonlocal clock
         now = time.perf_counter()
         timing[name] = now - clock
         clock = now
+        bar.update(1)
+        if bar.n < len(stages):
+            bar.set_postfix(now=stages[bar.n])
 
     gen, ref = generated.features, reference.features
     specs = histogram_specs(ref)
@@ -225,6 +231,7 @@ def compute_metrics(
         classifiers[kind] = {**outcome.to_dict(), "n_generated": len(x_g), "n_reference": len(x_r),
                              "inputs": x_g.shape[1], "condition_columns": ["log10 energy", *columns]}
         lap(f"classifier_{kind}")
+    bar.close()
     result["classifier"] = classifiers
     result["timing_s"] = timing
     return result

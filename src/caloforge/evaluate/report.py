@@ -68,6 +68,7 @@ td.num { text-align: right; font-family: monospace; }
 .green { background: #c8efc8; } .amber { background: #ffe2a8; } .red { background: #f7b9b9; }
 .grey { background: #e4e4e4; }
 figure { margin: 1em 0 2em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figure.half { display: inline-block; width: 48%; vertical-align: top; margin-right: 1%; }
 figcaption { color: #444; margin-top: 0.3em; }
 """
 
@@ -91,8 +92,12 @@ def _plots(reference: Features, generated: Features, powers: dict[str, float | N
                    "E_tot/E_inc and voxel-energy spectrum. Lower is better; 0 = identical histograms.",
                    lambda p: plot_separation_summary(finite, n_layers, p))]
     if "etot_einc" in by_name:
+        edges = by_name["etot_einc"].edges
+        binning = ("official binning" if abs(edges[0] - 0.5) < 1e-12 else
+                   f"the official [0.5, 1.5] times the reference's median {edges[0] / 0.5:.4g}, as these are "
+                   "visible energies, not corrected for the sampling fraction")
         plots.append(_Plot("Overview", "etot_einc.png", "Total deposited energy / incident energy",
-                           "Distribution of E_tot / E_inc (official binning), normalised, with the ratio.",
+                           f"Distribution of E_tot / E_inc ({binning}), normalised, with the ratio.",
                            lambda p: plot_single_histogram(reference, generated, by_name["etot_einc"],
                                                            "E_tot / E_inc", p, finite.get("etot_einc"))))
     if "voxel_energy" in by_name:
@@ -200,7 +205,8 @@ def _html(metrics: dict[str, Any], plots: list[_Plot]) -> str:
         if plot.group != group:
             group = plot.group
             parts.append(f"<h2>{html.escape(group)}</h2>")
-        parts.append(f"<figure><img src='{html.escape(plot.file)}' alt='{html.escape(plot.title)}'>"
+        size = " class='half'" if plot.group in ("Overview", "Profiles") else ""
+        parts.append(f"<figure{size}><img src='{html.escape(plot.file)}' alt='{html.escape(plot.title)}'>"
                      f"<figcaption><b>{html.escape(plot.title)}.</b> {html.escape(plot.description)}"
                      "</figcaption></figure>")
     parts.append("</body></html>")
