@@ -68,7 +68,7 @@ PAR04_GEV = 1000.0  # MeV per GeV: the C++ multiplies the output by 1000 (GeV ->
 
 
 # A sampler that draws noise per step cannot be reproduced by a graph fed only the initial noise.
-DETERMINISTIC_SAMPLERS: tuple[str, ...] = ("heun", "euler", "dpmpp_2m")
+DETERMINISTIC_SAMPLERS: tuple[str, ...] = ("heun", "euler", "dpmpp_2m", "dpmpp_2m_logsnr")
 
 
 def _sampler(name: str) -> Callable[..., Tensor]:

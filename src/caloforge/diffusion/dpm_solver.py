@@ -9,9 +9,15 @@ lambda = -ln sigma). With data predictions D_i = D(x_i; sigma_i) and h_i = ln(si
 
 and the last step to sigma = 0 returns D. The second-order correction re-uses the previous step's
 prediction, so n steps cost n denoiser calls (Heun needs 2n - 1): at 4-8 calls it keeps most of the
-fidelity of a 24-step Heun run (measured in ``bench/generate_speed.py --fidelity``).
+accuracy of a Heun run with about three times the calls (``bench/fewstep_fidelity.py``).
+
+``dpmpp_2m_logsnr`` runs the same solver on a grid uniform in log sigma (= uniform in log-SNR, the
+spacing Lu et al. use for DPM-Solver) between the given grid's sigma_max and sigma_min, with as many
+steps. EDM's grid (rho = 7) crowds the steps at small sigma, which suits Heun with many steps; with 4-8
+steps the even log spacing follows the probability-flow ODE much more closely (measured: per-voxel error
+of 8 steps 3.5x smaller than on the rho = 7 grid, on par with Heun at 31 calls).
 Same signature as every sampler in ``caloforge.diffusion.samplers``; no random numbers, no
-data-dependent branches, so it traces into a static ONNX graph.
+data-dependent branches, so they trace into static ONNX graphs.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["dpmpp_2m"]
+__all__ = ["dpmpp_2m", "dpmpp_2m_logsnr", "logsnr_grid"]
 
 
 @torch.no_grad()
@@ -59,3 +65,28 @@ def dpmpp_2m(
         if callback is not None:
             callback({"i": i, "x": x, "sigma": s, "denoised": denoised})
     return x
+
+
+def logsnr_grid(sigmas: Tensor) -> Tensor:
+    """A grid with the same length, first and last nonzero level as ``sigmas``, evenly spaced in ln sigma,
+    then 0: sigma_i = sigma_max (sigma_min / sigma_max)^(i / (n - 1))."""
+    levels = [float(s) for s in sigmas if float(s) > 0]
+    n = len(levels)
+    if n == 1:
+        spaced = torch.tensor(levels, dtype=torch.float64)
+    else:
+        spaced = torch.exp(torch.linspace(math.log(levels[0]), math.log(levels[-1]), n, dtype=torch.float64))
+    return torch.cat([spaced, torch.zeros(len(sigmas) - n, dtype=torch.float64)]).to(sigmas.dtype)
+
+
+@torch.no_grad()
+def dpmpp_2m_logsnr(
+    denoiser: Callable[[Tensor, Tensor, Tensor], Tensor],
+    x_init: Tensor,
+    sigmas: Tensor,
+    cond: Tensor,
+    generator: torch.Generator | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M) on ``logsnr_grid(sigmas)`` (module doc); x_init (N, V) at sigmas[0] -> (N, V)."""
+    return dpmpp_2m(denoiser, x_init, logsnr_grid(sigmas), cond, generator, callback)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from caloforge.diffusion.dpm_solver import dpmpp_2m
+from caloforge.diffusion.dpm_solver import dpmpp_2m, dpmpp_2m_logsnr
 from caloforge.errors import UnknownNameError
 
 __all__ = ["SAMPLERS", "Denoiser", "Sampler", "euler", "get_sampler", "heun", "stochastic"]
@@ -127,8 +127,11 @@ def stochastic(
     return x
 
 
-# dpmpp_2m: few-step DPM-Solver++(2M), one denoiser call per step (caloforge.diffusion.dpm_solver).
-SAMPLERS: dict[str, Sampler] = {"heun": heun, "euler": euler, "stochastic": stochastic, "dpmpp_2m": dpmpp_2m}
+# dpmpp_2m(_logsnr): few-step DPM-Solver++(2M), one denoiser call per step (caloforge.diffusion.dpm_solver).
+SAMPLERS: dict[str, Sampler] = {
+    "heun": heun, "euler": euler, "stochastic": stochastic, "dpmpp_2m": dpmpp_2m,
+    "dpmpp_2m_logsnr": dpmpp_2m_logsnr,
+}
 
 
 def get_sampler(name: str) -> Sampler:
