@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from caloforge.diffusion import EDM, get_sampler
-from caloforge.diffusion.dpm_solver import dpmpp_2m
+from caloforge.diffusion.dpm_solver import dpmpp_2m, dpmpp_2m_logsnr, logsnr_grid
 
 
 def exact_denoiser(std: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
@@ -66,3 +66,18 @@ def test_very_few_steps_stay_finite(n: int) -> None:
     sigmas = EDM(torch.nn.Identity()).sigmas(n)
     out = dpmpp_2m(exact_denoiser(1.0), torch.ones(4, 2) * 80, sigmas, torch.zeros(4, 1))
     assert torch.isfinite(out).all()
+
+
+def test_logsnr_grid_is_even_in_log_sigma() -> None:
+    sigmas = EDM(torch.nn.Identity()).sigmas(4)  # 80, ..., 0.002, then 0
+    grid = logsnr_grid(sigmas)
+    # by hand: 80 * (0.002 / 80)^(i / 3) = 80, 2.3392, 0.068399, 0.002, then 0
+    torch.testing.assert_close(grid, torch.tensor([80.0, 2.3392, 0.068399, 0.002, 0.0]), rtol=1e-4, atol=0)
+
+
+def test_dpmpp_2m_logsnr_is_registered_and_solves_the_ode() -> None:
+    assert get_sampler("dpmpp_2m_logsnr") is dpmpp_2m_logsnr
+    edm, std = EDM(torch.nn.Identity()), 0.5
+    x_init = torch.randn((256, 3), generator=torch.Generator().manual_seed(0)) * 80.0
+    out = dpmpp_2m_logsnr(exact_denoiser(std), x_init, edm.sigmas(64), torch.zeros(256, 1))
+    assert float((out - ode_end_point(x_init, 80.0, std)).abs().max()) < 0.01

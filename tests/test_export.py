@@ -100,7 +100,7 @@ def test_denoiser_graph_matches_pytorch(generator: ShowerGenerator, tmp_path: Pa
         assert_close_to_scale(got, expected)
 
 
-@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m"])
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m", "dpmpp_2m_logsnr"])
 def test_sampler_graph_matches_generator_on_the_same_noise(
     generator: ShowerGenerator, tmp_path: Path, sampler: str
 ) -> None:
