@@ -222,8 +222,8 @@ def generate_command(
     phi: str | None = typer.Option(None, "--phi", help="Azimuth spectrum in radians."),
     batch_size: int = typer.Option(1000, "--batch-size", min=1, help="Showers per model call."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the run's)."),
-    sampler: str | None = typer.Option(None, "--sampler", help="heun, euler or stochastic "
-                                       "(default: the run's)."),
+    sampler: str | None = typer.Option(None, "--sampler", help="heun, euler, stochastic, dpmpp_2m or "
+                                       "dpmpp_2m_logsnr (few steps) (default: the run's)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the conditions and the noise."),
     file_format: str = typer.Option("calochallenge", "--format", help="calochallenge or par04."),
     strict: bool = typer.Option(False, "--strict", help="Refuse conditions outside the training range "
@@ -385,8 +385,8 @@ def export_command(
                                "(CaloDiT-2 contract) graph at OUT."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Sampler steps unrolled in the graph "
                                      "(default: the run's)."),
-    sampler: str | None = typer.Option(None, "--sampler", help="heun, euler or dpmpp_2m "
-                                       "(default: the run's)."),
+    sampler: str | None = typer.Option(None, "--sampler", help="heun, euler, dpmpp_2m or dpmpp_2m_logsnr "
+                                       "(few steps; default: the run's)."),
     denoiser: bool = typer.Option(True, "--denoiser/--no-denoiser", help="Also write the denoiser graph "
                                   "(target caloforge)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Run the sampler graph with onnxruntime "
