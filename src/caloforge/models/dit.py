@@ -230,7 +230,9 @@ class DiT(nn.Module):
         """(N, n_voxels) -> tokens (N, T, patch_dim), zero padding up to whole patches."""
         (gl, ga, gr), (pl, pa, pr), (tl, ta, tr) = self.grid, self.patch, self.tokens
         x = x.reshape(-1, gl, ga, gr)
-        x = F.pad(x, (0, tr * pr - gr, 0, ta * pa - ga, 0, tl * pl - gl))  # (N, tl*pl, ta*pa, tr*pr)
+        padding = (0, tr * pr - gr, 0, ta * pa - ga, 0, tl * pl - gl)
+        if any(padding):  # static (from the config): skips a copy when the patches tile the grid
+            x = F.pad(x, padding)  # (N, tl*pl, ta*pa, tr*pr)
         x = x.reshape(-1, tl, pl, ta, pa, tr, pr).permute(0, 1, 3, 5, 2, 4, 6)
         return x.reshape(-1, tl * ta * tr, pl * pa * pr)
 
