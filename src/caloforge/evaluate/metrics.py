@@ -63,18 +63,27 @@ def gaussian_frechet_distance(
     m1, m2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     # Tr (S1 S2)^(1/2) = sum of square roots of the eigenvalues of S1 S2, which are real and >= 0 because
-    # S1 S2 is similar to the PSD matrix S1^(1/2) S2 S1^(1/2); cheaper and steadier than scipy's sqrtm.
-    eigenvalues = np.linalg.eigvals(s1 @ s2).real
+    # S1 S2 is similar to the PSD matrix L^T S2 L (S1 = L L^T); a symmetric eigensolver on that is cheaper
+    # and steadier than scipy's sqrtm. A singular S1 (a constant feature) has no Cholesky factor: then the
+    # general eigensolver on S1 S2.
+    eigenvalues: NDArray[np.floating]
+    try:
+        chol = np.linalg.cholesky(s1)
+        eigenvalues = np.linalg.eigvalsh(chol.T @ s2 @ chol)
+    except np.linalg.LinAlgError:
+        eigenvalues = np.linalg.eigvals(s1 @ s2).real
     trace_sqrt = float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
     diff = m1 - m2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt)
 
 
-def _mean_cov(sample: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Mean and unbiased covariance of (N, D) rows; centres in place (the caller passes a fresh copy)."""
-    mean = sample.mean(axis=0)
-    sample -= mean
-    return mean, (sample.T @ sample) / (len(sample) - 1)
+def _mean_cov(sample: NDArray[np.floating]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Mean and unbiased covariance of (N, D) rows in float64; centres ``sample`` in place (the caller
+    passes a fresh copy). A float32 sample keeps float32 products (2x faster, relative error ~1e-6,
+    far below the statistical error of a Frechet distance)."""
+    mean = sample.mean(axis=0, dtype=np.float64)
+    sample -= mean.astype(sample.dtype)
+    return mean, (sample.T @ sample).astype(np.float64) / (len(sample) - 1)
 
 
 def frechet_distance(x: ArrayLike, y: ArrayLike) -> float:
@@ -112,14 +121,23 @@ def frechet_physics_distance(
     x, y = np.asarray(reference, np.float64), np.asarray(generated, np.float64)
     if normalise:
         x, y = _normalise(x, y)
+    # Covariances of the resampled batches in float32: halves the memory traffic of the gathers and the
+    # time of the products, the dominant cost (200 batches of up to 50k showers).
+    x, y = x.astype(np.float32), y.astype(np.float32)
     rng = np.random.default_rng(seed)
     sizes = (1.0 / np.linspace(1.0 / min_samples, 1.0 / max_samples, num_points)).astype(np.int64)
+    buffer_x = np.empty((int(sizes.max()), x.shape[1]), dtype=np.float32)
+    buffer_y = np.empty_like(buffer_x)
     values = []
     for size in sizes:
         batch = []
         for _ in range(num_batches):
-            mu1, s1 = _mean_cov(x[rng.choice(len(x), size)])  # fancy indexing copies: safe to centre
-            mu2, s2 = _mean_cov(y[rng.choice(len(y), size)])
+            # Gather into reused buffers: fresh 50k-row arrays would page-fault on every batch.
+            sample_x, sample_y = buffer_x[:size], buffer_y[:size]
+            np.take(x, rng.choice(len(x), size), axis=0, out=sample_x)
+            np.take(y, rng.choice(len(y), size), axis=0, out=sample_y)
+            mu1, s1 = _mean_cov(sample_x)
+            mu2, s2 = _mean_cov(sample_y)
             batch.append(gaussian_frechet_distance(mu1, s1, mu2, s2))
         values.append(np.mean(batch))
     params, cov = curve_fit(
