@@ -8,11 +8,12 @@ Forward, for voxel energy E (MeV) of a shower with incident energy E_inc (MeV):
 Inverse: E = E_inc * exp(z * std + mean) - eps, then every E below ``threshold`` (MeV) is set to 0.
 
 Why an offset in MeV rather than in the fraction: calorimeter cells read out above a threshold in MeV
-(15.15 keV in Par04/CaloChallenge), so eps ~ threshold puts empty cells one constant step (ln 3 with
-the defaults) below the faintest real cell at every incident energy. With the defaults, ``threshold``
-is half the smallest nonzero deposit in the training set and ``eps = threshold``: a zero maps to
-ln(eps / E_inc), the faintest deposit d_min to ln(3 eps / E_inc), and the cut sits at E = d_min / 2, so
-the round trip of training showers is exact up to float precision and zeros come back as zeros.
+(15.15 keV in Par04/CaloChallenge), so eps ~ that threshold puts empty cells one constant step (ln 3
+with the defaults) below the faintest real cell at every incident energy. With the defaults, for d_min
+the smallest nonzero deposit in the training set, ``eps = d_min / 2`` and ``threshold = 0.999 d_min``
+(the readout threshold the data show, less a margin for float rounding): a zero maps to
+ln(eps / E_inc), the faintest deposit to ln(3 eps / E_inc), generated cells fainter than any real one
+read zero as in the detector, and the round trip of training showers is exact up to float precision.
 
 E_tot / E_inc, the first thing physicists look at, is a sum over thousands of voxels that a voxel-level
 model only gets right on average. With ``energy_ratio`` (off by default; on in the dataset-2 configs
@@ -51,9 +52,10 @@ class PreprocessConfig:
 
     Args:
         standardize: "voxel" (a mean and std per voxel) or "global" (one of each).
-        zero_threshold_mev: deposits below this (MeV) come back as 0; ``None`` = half the smallest
+        zero_threshold_mev: deposits below this (MeV) come back as 0; ``None`` = 0.999 x the smallest
             nonzero deposit in the training set.
-        eps_mev: offset inside the log (MeV); ``None`` = the zero threshold.
+        eps_mev: offset inside the log (MeV); ``None`` = half the smallest nonzero deposit (or half the
+            zero threshold when that is given).
         std_floor: smallest std used, so voxels that never fire do not divide by zero.
         energy_ratio: fit the E_tot / E_inc model and rescale generated showers with it (module doc).
         ratio_bins: bins in ln E_inc of that model (fewer when the training set is small).
@@ -110,7 +112,8 @@ class EnergyRatio(nn.Module):
     bins of ln E_inc in [log_lo, log_hi]. Torch ops only (ONNX-traceable).
 
     ``forward(energy, u)``: energy (N,) MeV, u (N,) uniform in [0, 1) -> r (N,).
-    ``rescale(showers, energy, u)``: showers (N, V) MeV scaled so that each sums to r * E_inc.
+    ``rescale(showers, energy, u)``: showers (N, V) MeV scaled so that each sums to r * E_inc; cells
+    pushed below ``threshold_mev`` read zero.
     """
 
     table: Tensor
@@ -144,7 +147,12 @@ class EnergyRatio(nn.Module):
         total = showers.sum(dim=1)
         scale = torch.where(total > 0, target / torch.clamp(total, min=1e-30), torch.ones_like(total))
         scaled = showers * scale[:, None]
-        return torch.where(scaled < self.threshold_mev, torch.zeros_like(scaled), scaled)
+        scaled = torch.where(scaled < self.threshold_mev, torch.zeros_like(scaled), scaled)
+        # Cells scaled below the threshold vanish; scaling the survivors once more restores the total
+        # (that factor is >= 1, so no survivor falls below the threshold).
+        kept = scaled.sum(dim=1)
+        again = torch.where(kept > 0, target / torch.clamp(kept, min=1e-30), torch.ones_like(kept))
+        return scaled * again[:, None]
 
 
 def fit_energy_ratio(
@@ -194,11 +202,13 @@ class ShowerPreprocessor:
         nonzero = showers.showers[showers.showers > 0]
         if config.zero_threshold_mev is not None:
             threshold = float(config.zero_threshold_mev)
+            d_min = threshold
         elif nonzero.size:
-            threshold = 0.5 * float(nonzero.min())
+            d_min = float(nonzero.min())
+            threshold = 0.999 * d_min
         else:
             raise InputError(showers.source, "showers", "are all zero", "some nonzero deposits to fit on")
-        eps = float(config.eps_mev) if config.eps_mev is not None else threshold
+        eps = float(config.eps_mev) if config.eps_mev is not None else 0.5 * d_min
         if eps <= 0 or threshold <= 0:
             raise InputError(
                 None, "preprocess", f"eps_mev={eps}, zero_threshold_mev={threshold}", "values > 0"
