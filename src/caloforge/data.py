@@ -8,7 +8,11 @@ name          unit     meaning
 energy        MeV      incident particle energy (required, > 0)
 theta         radians  polar angle of the incident direction from the beam axis; pi/2 = normal
                        incidence on the readout (CaloChallenge datasets are all at pi/2)
-phi           radians  azimuth of the incident direction; 0 = normal incidence on the readout
+phi           radians  azimuth of the incident direction about the readout axis; 0 = normal
+                       incidence on the readout. Par04/LEMURS files store the direction's global
+                       azimuth instead (for a barrel hit from the interaction point that is no tilt
+                       at all); models treat it as a label either way, but the embedded simulator
+                       reads phi as a tilt, so simulate LEMURS-like samples with phi = 0
 detector      index    which detector (geometry/material) the shower comes from, for multi-detector
                        models; 0 when there is only one
 ============  =======  ==========================================================================
