@@ -240,3 +240,27 @@ def test_par04_refuses_a_mesh_the_cpp_cannot_place(generator: ShowerGenerator, t
     with pytest.raises(InputError, match="unequal radial bins"):
         export_par04(moved, tmp_path / "p.onnx")
     assert not any(tmp_path.iterdir())
+
+
+def test_sampler_graph_applies_the_energy_ratio_model(tmp_path: Path) -> None:
+    config = RunConfig(model=DiTConfig(size="tiny", patch_size=(2, 2, 3)))
+    config.preprocess.energy_ratio = True  # rescale each shower to a drawn E_tot / E_inc
+    config.train = TrainConfig(batch_size=16, max_steps=2, checkpoint_every=2, accelerator="cpu", devices=1)
+    gen = load_generator(train(toy_showers(), tmp_path / "run", config, progress=False))
+    assert gen.energy_ratio is not None
+    path = export_sampler(gen, tmp_path / "s.onnx", n_steps=2, sampler="dpmpp_2m")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert "u" in [i.name for i in session.get_inputs()]
+    cond = conditions(4, seed=3)
+    # ShowerGenerator.sample draws the noise, then u, from its generator
+    draws = torch.Generator().manual_seed(9)
+    noise = torch.randn((4, GEOMETRY.n_voxels), generator=draws).numpy()
+    u = torch.rand(4, generator=draws).numpy()
+    got = session.run(["showers"], {"noise": noise, "u": u, **cond})[0]
+    expected = gen.sample(cond["energy"], cond["theta"], cond["phi"], cond["detector"], n_steps=2,
+                          sampler="dpmpp_2m", seed=9, batch_size=4).showers
+    assert_close_to_scale(got, expected)
+    ratio = got.sum(axis=1) / cond["energy"]
+    np.testing.assert_allclose(ratio, gen.energy_ratio(torch.from_numpy(cond["energy"]),
+                                                       torch.from_numpy(u)).numpy(), rtol=1e-4)
+    assert check_sampler_export(gen, path, n=3) < 1e-4

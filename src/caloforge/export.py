@@ -99,10 +99,12 @@ class DenoiserGraph(nn.Module):
 
 class SamplerGraph(nn.Module):
     """Noise -> showers: noise (N, V) standard normal, energy (N,) MeV, theta/phi (N,) radians,
-    detector (N,) int64 -> showers (N, V) MeV in caloforge's flat voxel order.
+    detector (N,) int64, u (N,) uniform in [0, 1) -> showers (N, V) MeV in caloforge's flat voxel order.
 
-    Runs ``sampler`` over ``generator.sigmas(n_steps)`` starting at ``noise * sigmas[0]``: the same
-    arithmetic as ``ShowerGenerator.sample`` given the same noise.
+    Runs ``sampler`` over ``generator.sigmas(n_steps)`` starting at ``noise * sigmas[0]``, inverts the
+    preprocessing and, when the run models E_tot / E_inc (``generator.energy_ratio``), rescales each
+    shower to the ratio drawn at quantile ``u``: the same arithmetic as ``ShowerGenerator.sample`` given
+    the same noise and u (``u`` is unused, and absent from the exported graph, otherwise).
     """
 
     def __init__(self, generator: ShowerGenerator, n_steps: int, sampler: str) -> None:
@@ -110,14 +112,20 @@ class SamplerGraph(nn.Module):
         self.denoiser = generator.denoiser
         self.encoder = generator.encoder
         self.transform = generator.transform
+        self.energy_ratio = getattr(generator, "energy_ratio", None)
         self.sampler = _sampler(sampler)
         # A plain attribute, not a buffer: the grid is a constant the tracer folds into the graph.
         self.sigmas = generator.sigmas(n_steps).detach().clone()
 
-    def forward(self, noise: Tensor, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor) -> Tensor:
+    def forward(
+        self, noise: Tensor, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, u: Tensor
+    ) -> Tensor:
         cond = self.encoder(energy, theta, phi, detector)  # (N, C)
         z = self.sampler(self.denoiser, noise * float(self.sigmas[0]), self.sigmas, cond)  # (N, V)
-        return self.transform.inverse(z, energy)  # (N, V) MeV
+        showers = self.transform.inverse(z, energy)  # (N, V) MeV
+        if self.energy_ratio is not None:
+            showers = self.energy_ratio.rescale(showers, energy, u)
+        return showers
 
 
 def par04_permutation(generator: ShowerGenerator) -> Tensor:
@@ -161,9 +169,10 @@ class Par04Graph(nn.Module):
         template = features[:, :1].expand(-1, self.n_voxels)
         if self.fixed_noise is None:
             noise = torch.randn_like(template)  # (N, V)
+            u = torch.rand_like(energy)  # (N,) quantile of E_tot / E_inc (RandomUniformLike)
         else:
-            noise = self.fixed_noise.expand_as(template)
-        showers = self.sampler(noise, energy, theta, phi, detector)  # (N, V) MeV, caloforge order
+            noise, u = self.fixed_noise.expand_as(template), torch.full_like(energy, 0.5)
+        showers = self.sampler(noise, energy, theta, phi, detector, u)  # (N, V) MeV, caloforge order
         return showers[:, self.permutation] / PAR04_GEV  # (N, V) GeV, Par04 order
 
 
@@ -266,13 +275,13 @@ def export_sampler(
     """
     graph = _sampler_graph(generator, n_steps, sampler)
     n_voxels = generator.geometry.n_voxels
-    args = (torch.zeros(2, n_voxels), *_example_conditions(generator, 2))
+    args = (torch.zeros(2, n_voxels), *_example_conditions(generator, 2), torch.full((2,), 0.5))
     meta = _metadata(
         generator, "sampler", sampler=sampler or generator.content.config.sample.sampler,
         n_steps=len(graph.sigmas) - 1, sigmas=graph.sigmas.tolist(),
     )
     return write_onnx(
-        graph, args, path, ["noise", "energy", "theta", "phi", "detector"], ["showers"], True, meta
+        graph, args, path, ["noise", "energy", "theta", "phi", "detector", "u"], ["showers"], True, meta
     )
 
 
@@ -377,12 +386,13 @@ def check_sampler_export(
     phi = rng.uniform(ranges.phi_min, ranges.phi_max, n)
     detector = rng.integers(0, generator.content.spec.n_detectors, n)
     noise = rng.standard_normal((n, generator.geometry.n_voxels), dtype=np.float32)
+    u = rng.random(n, dtype=np.float32)
     with torch.no_grad():
         expected = graph(
             torch.from_numpy(noise), *(torch.from_numpy(a.astype(np.float32)) for a in (energy, theta, phi)),
-            torch.from_numpy(detector.astype(np.int64)),
+            torch.from_numpy(detector.astype(np.int64)), torch.from_numpy(u),
         ).numpy()
-    got = exported.run(noise, energy, theta, phi, detector)
+    got = exported.run(noise, energy, theta, phi, detector, u)
     scale = max(float(np.abs(expected).max()), 1e-30)
     difference = float(np.abs(got - expected).max()) / scale
     if not difference <= tolerance:

@@ -117,8 +117,10 @@ class OnnxGenerator:
         theta: NDArray[np.floating],
         phi: NDArray[np.floating],
         detector: NDArray[np.integer],
+        u: NDArray[np.floating] | None = None,
     ) -> NDArray[np.float32]:
-        """One call of the ``sampler`` graph: noise (N, V), conditions (N,) -> showers (N, V) MeV.
+        """One call of the ``sampler`` graph: noise (N, V), conditions (N,), u (N,) uniform in [0, 1)
+        (the E_tot / E_inc quantile; default 0.5) -> showers (N, V) MeV.
 
         Conditions the graph has no input for (the model does not use them) are not fed.
         """
@@ -128,6 +130,7 @@ class OnnxGenerator:
             "theta": np.asarray(theta, dtype=np.float32),
             "phi": np.asarray(phi, dtype=np.float32),
             "detector": np.asarray(detector, dtype=np.int64),
+            "u": np.full(len(noise), 0.5, np.float32) if u is None else np.asarray(u, dtype=np.float32),
         }
         # The exporter drops inputs the model does not use (e.g. theta for a normal-incidence model).
         present = {i.name for i in self.session.get_inputs()}
@@ -184,6 +187,7 @@ class OnnxGenerator:
             log.warning("%s; the model extrapolates there", problem)
         rng = generator if generator is not None else np.random.default_rng(0 if seed is None else int(seed))
         n_voxels = self.geometry.n_voxels
+        needs_u = "u" in {i.name for i in self.session.get_inputs()}
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             part = slice(start, stop)
@@ -191,7 +195,10 @@ class OnnxGenerator:
                 showers = self.run_par04(energy[part], theta_a[part], phi_a[part], detector_a[part])
             else:
                 noise = rng.standard_normal((stop - start, n_voxels), dtype=np.float32)
-                showers = self.run(noise, energy[part], theta_a[part], phi_a[part], detector_a[part])
+                # Draw u only for graphs that rescale E_tot (as the PyTorch path), so that without it
+                # the showers do not depend on the batch size.
+                u = rng.random(stop - start, dtype=np.float32) if needs_u else None
+                showers = self.run(noise, energy[part], theta_a[part], phi_a[part], detector_a[part], u)
             yield ShowerSet(
                 showers=showers, geometry=self.geometry, energy=energy[part],
                 theta=theta_a[part] if theta is not None else None,
