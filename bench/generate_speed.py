@@ -80,7 +80,9 @@ def untrained_generator(config_path: str, geometry_name: str, seed: int) -> Show
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         denoiser = build_denoiser(config, geometry, spec.dim).eval().requires_grad_(False)
-    return ShowerGenerator(content, denoiser, spec.encoder(), preprocessor.module())
+    return ShowerGenerator(
+        content, denoiser, spec.encoder(), preprocessor.module(), preprocessor.energy_ratio()
+    )
 
 
 def time_generation(
