@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
-from caloforge.data import ShowerSet
+from caloforge.data import CONDITION_DEFAULTS, ShowerSet
 from caloforge.errors import InputError
 
-__all__ = ["ConditionEncoder", "ConditionRanges", "ConditionSpec"]
+__all__ = ["ConditionEncoder", "ConditionRanges", "ConditionRequest", "ConditionSpec"]
 
 
 @dataclass(frozen=True)
@@ -201,3 +202,71 @@ class ConditionRanges:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConditionRanges:
         return cls(**{k: float(v) for k, v in data.items()})
+
+
+def _per_shower(name: str, values: ArrayLike | None, n: int) -> NDArray[np.float64]:
+    """One value per shower from ``None`` (the default of ``caloforge.data``), one value, or N values."""
+    if values is None:
+        return np.full(n, CONDITION_DEFAULTS[name], dtype=np.float64)
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    if array.size == 1:
+        return np.full(n, float(array[0]))
+    if array.size != n:
+        raise InputError(
+            None, name, f"has {array.size} values for {n} showers", "one value, or one per shower"
+        )
+    return array
+
+
+@dataclass(frozen=True)
+class ConditionRequest:
+    """The conditions a generator is asked for, one value per shower.
+
+    Build with ``ConditionRequest.of``; ``given`` names the optional conditions the caller set, which are
+    the ones recorded with the generated showers.
+    """
+
+    energy: NDArray[np.float64]  # (N,) MeV
+    theta: NDArray[np.float64]  # (N,) radians
+    phi: NDArray[np.float64]  # (N,) radians
+    detector: NDArray[np.int64]  # (N,)
+    given: frozenset[str]
+
+    @classmethod
+    def of(
+        cls,
+        energy_mev: ArrayLike,
+        theta: ArrayLike | None = None,
+        phi: ArrayLike | None = None,
+        detector: ArrayLike | None = None,
+    ) -> ConditionRequest:
+        """Energies (N,) MeV; theta, phi (radians) and detector as one value, N values or ``None``."""
+        energy = np.asarray(energy_mev, dtype=np.float64).reshape(-1)
+        if energy.size == 0 or np.any(~np.isfinite(energy)) or np.any(energy <= 0):
+            raise InputError(
+                None, "energy", "has no values, or values <= 0 or not finite", "energies > 0 MeV"
+            )
+        n = energy.size
+        optional = {"theta": theta, "phi": phi, "detector": detector}
+        given = frozenset(name for name, values in optional.items() if values is not None)
+        return cls(
+            energy, _per_shower("theta", theta, n), _per_shower("phi", phi, n),
+            _per_shower("detector", detector, n).astype(np.int64), given,
+        )
+
+    def __len__(self) -> int:
+        return int(self.energy.size)
+
+    def outside(self, ranges: ConditionRanges) -> list[str]:
+        """Sentences naming the requested conditions outside ``ranges`` (empty when all inside)."""
+        return ranges.outside(self.energy, self.theta, self.phi)
+
+    def showers(self, showers: NDArray[np.floating], part: slice, geometry: Any, source: str) -> ShowerSet:
+        """Generated ``showers`` (n, V) MeV for the requests ``part``, with the conditions that were given."""
+        def kept(name: str) -> NDArray[Any] | None:
+            return getattr(self, name)[part] if name in self.given else None
+
+        return ShowerSet(
+            showers=showers, geometry=geometry, energy=self.energy[part], theta=kept("theta"),
+            phi=kept("phi"), detector=kept("detector"), source=source,
+        )

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 from torch import Tensor
 
 from caloforge.checkpoint import CheckpointContent, read_checkpoint
-from caloforge.conditioning import ConditionEncoder
-from caloforge.data import CONDITION_DEFAULTS, ShowerSet
+from caloforge.conditioning import ConditionEncoder, ConditionRequest
+from caloforge.data import ShowerSet
 from caloforge.diffusion import EDM, get_sampler
 from caloforge.errors import InputError
 from caloforge.preprocess import EnergyRatio, PreprocessTransform
@@ -30,19 +30,6 @@ from caloforge.training import build_denoiser
 __all__ = ["ShowerGenerator", "generate_to_file", "load_generator"]
 
 log = logging.getLogger(__name__)
-
-
-def _broadcast(name: str, values: ArrayLike | None, n: int) -> NDArray[np.float64]:
-    if values is None:
-        return np.full(n, CONDITION_DEFAULTS[name], dtype=np.float64)
-    array = np.asarray(values, dtype=np.float64).reshape(-1)
-    if array.size == 1:
-        return np.full(n, float(array[0]))
-    if array.size != n:
-        raise InputError(
-            None, name, f"has {array.size} values for {n} showers", "one value, or one per shower"
-        )
-    return array
 
 
 @dataclass
@@ -77,8 +64,7 @@ class ShowerGenerator:
         self, energy: ArrayLike, theta: ArrayLike | None = None, phi: ArrayLike | None = None
     ) -> list[str]:
         """Sentences about requested conditions outside the training span (empty when all inside)."""
-        n = np.asarray(energy).size
-        return self.content.ranges.outside(energy, _broadcast("theta", theta, n), _broadcast("phi", phi, n))
+        return ConditionRequest.of(energy, theta, phi).outside(self.content.ranges)
 
     def sample_batches(
         self,
@@ -94,42 +80,29 @@ class ShowerGenerator:
         on_batch: Callable[[int], None] | None = None,
     ) -> Iterator[ShowerSet]:
         """Like ``sample``, yielding one ``ShowerSet`` per batch (for streaming to a file)."""
-        energy = np.asarray(energy_mev, dtype=np.float64).reshape(-1)
-        n = energy.size
-        if n == 0 or np.any(~np.isfinite(energy)) or np.any(energy <= 0):
-            raise InputError(
-                None, "energy", "has no values, or values <= 0 or not finite", "energies > 0 MeV"
-            )
-        theta_a, phi_a = _broadcast("theta", theta, n), _broadcast("phi", phi, n)
-        detector_a = _broadcast("detector", detector, n).astype(np.int64)
-        for problem in self.range_warnings(energy, theta_a, phi_a):
+        request = ConditionRequest.of(energy_mev, theta, phi, detector)
+        for problem in request.outside(self.content.ranges):
             log.warning("%s; the model extrapolates there", problem)
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
         run = get_sampler(sampler or self.content.config.sample.sampler)
         sigmas = self.sigmas(n_steps)
-        cond_all = self.content.spec.encode_arrays(energy, theta_a, phi_a, detector_a)
-        n_voxels = self.content.geometry.n_voxels
+        cond_all = self.content.spec.encode_arrays(
+            request.energy, request.theta, request.phi, request.detector
+        )
+        n_voxels, n = self.content.geometry.n_voxels, len(request)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             cond = cond_all[start:stop]
             x = torch.randn((stop - start, n_voxels), generator=generator) * sigmas[0]
             with torch.no_grad():
                 z = run(self.denoiser, x, sigmas, cond, generator=generator)
-                e_inc = torch.from_numpy(energy[start:stop]).float()
+                e_inc = torch.from_numpy(request.energy[start:stop]).float()
                 showers = self.transform.inverse(z, e_inc)
                 if self.energy_ratio is not None:
                     u = torch.rand(stop - start, generator=generator)
                     showers = self.energy_ratio.rescale(showers, e_inc, u)
-            yield ShowerSet(
-                showers=showers.numpy(),
-                geometry=self.content.geometry,
-                energy=energy[start:stop],
-                theta=theta_a[start:stop] if theta is not None else None,
-                phi=phi_a[start:stop] if phi is not None else None,
-                detector=detector_a[start:stop] if detector is not None else None,
-                source="generated",
-            )
+            yield request.showers(showers.numpy(), slice(start, stop), self.content.geometry, "generated")
             if on_batch is not None:
                 on_batch(stop - start)
 

@@ -21,11 +21,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from caloforge.conditioning import ConditionRanges, ConditionSpec
+from caloforge.conditioning import ConditionRanges, ConditionRequest, ConditionSpec
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
 from caloforge.export import METADATA_FORMAT, METADATA_KEY, PAR04_GEV
-from caloforge.generate import _broadcast  # the one rule for "one value, or one per shower"
 from caloforge.geometry import CylindricalGeometry
 
 __all__ = ["OnnxGenerator", "load_onnx_generator", "read_metadata"]
@@ -98,8 +97,7 @@ class OnnxGenerator:
         self, energy: ArrayLike, theta: ArrayLike | None = None, phi: ArrayLike | None = None
     ) -> list[str]:
         """Sentences about requested conditions outside the training span (empty when all inside)."""
-        n = np.asarray(energy).size
-        return self.ranges.outside(energy, _broadcast("theta", theta, n), _broadcast("phi", phi, n))
+        return ConditionRequest.of(energy, theta, phi).outside(self.ranges)
 
     def _check_fixed(self, n_steps: int | None, sampler: str | None) -> None:
         # Steps and sampler are baked into the graph; asking for others must not pass silently.
@@ -171,19 +169,15 @@ class OnnxGenerator:
         (or a fresh ``numpy.random.default_rng(seed)``, seed default 0).
         """
         self._check_fixed(n_steps, sampler)
-        energy = np.asarray(energy_mev, dtype=np.float64).reshape(-1)
-        n = energy.size
-        if n == 0 or np.any(~np.isfinite(energy)) or np.any(energy <= 0):
-            raise InputError(
-                None, "energy", "has no values, or values <= 0 or not finite", "energies > 0 MeV"
-            )
-        theta_a, phi_a = _broadcast("theta", theta, n), _broadcast("phi", phi, n)
-        detector_a = _broadcast("detector", detector, n).astype(np.int64)
+        request = ConditionRequest.of(energy_mev, theta, phi, detector)
+        energy, theta_a, phi_a, detector_a, n = (
+            request.energy, request.theta, request.phi, request.detector, len(request)
+        )
         n_detectors = self.spec.n_detectors
         if detector_a.min() < 0 or detector_a.max() >= n_detectors:
             raise InputError(None, "detector", f"has indices {detector_a.min()}..{detector_a.max()}",
                              f"indices 0..{n_detectors - 1} (the detectors the model was trained on)")
-        for problem in self.range_warnings(energy, theta_a, phi_a):
+        for problem in request.outside(self.ranges):
             log.warning("%s; the model extrapolates there", problem)
         rng = generator if generator is not None else np.random.default_rng(0 if seed is None else int(seed))
         n_voxels = self.geometry.n_voxels
@@ -199,13 +193,7 @@ class OnnxGenerator:
                 # the showers do not depend on the batch size.
                 u = rng.random(stop - start, dtype=np.float32) if needs_u else None
                 showers = self.run(noise, energy[part], theta_a[part], phi_a[part], detector_a[part], u)
-            yield ShowerSet(
-                showers=showers, geometry=self.geometry, energy=energy[part],
-                theta=theta_a[part] if theta is not None else None,
-                phi=phi_a[part] if phi is not None else None,
-                detector=detector_a[part] if detector is not None else None,
-                source=str(self.path),
-            )
+            yield request.showers(showers, part, self.geometry, str(self.path))
             if on_batch is not None:
                 on_batch(stop - start)
 

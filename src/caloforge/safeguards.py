@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from caloforge.conditioning import ConditionRanges
+from caloforge.conditioning import ConditionRanges, ConditionRequest
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
-from caloforge.generate import _broadcast  # the one rule for "one value, or one per shower"
 
 __all__ = ["EnergyResponse", "OutOfRangeError", "check_request", "energy_response"]
 
@@ -40,8 +39,7 @@ def check_request(
 
     With ``strict``, raises ``OutOfRangeError`` instead of returning a non-empty list.
     """
-    n = np.asarray(energy).size
-    problems = ranges.outside(energy, _broadcast("theta", theta, n), _broadcast("phi", phi, n))
+    problems = ConditionRequest.of(energy, theta, phi).outside(ranges)
     if problems and strict:
         raise OutOfRangeError(
             source, "conditions", "; ".join(problems),
