@@ -196,7 +196,8 @@ def classifier_test(
     (x_train, y_train), (x_test, y_test), (x_val, y_val) = tensors(0), tensors(1), tensors(2)
     if config.standardise:
         mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-8)
-        x_train, x_test, x_val = (x_train - mean) / std, (x_test - mean) / std, (x_val - mean) / std
+        for x in (x_train, x_test, x_val):  # in place: the low-level inputs are GBs for 50k showers
+            x.sub_(mean).div_(std)
     model = _network(x_train.shape[1], config, generator).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss_fn = torch.nn.BCEWithLogitsLoss()
