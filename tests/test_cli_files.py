@@ -1,30 +1,13 @@
 """The info, convert and geometries commands, run through the console-script entry point."""
 
-import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from caloforge.cli import main
 from caloforge.data import ShowerSet
 from caloforge.geometry import get_geometry
 from caloforge.io import read_showers, write_showers
-
-
-@pytest.fixture
-def run(monkeypatch, capsys):
-    """Run ``caloforge ARGS`` in-process through ``main()``; returns (exit code, stdout, stderr)."""
-
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["caloforge", *map(str, args)])
-        with pytest.raises(SystemExit) as leaving:
-            main()
-        captured = capsys.readouterr()
-        code = leaving.value.code
-        return (0 if code is None else code), captured.out, captured.err
-
-    return invoke
 
 
 @pytest.fixture

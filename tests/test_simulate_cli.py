@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pytest
 
-from caloforge.cli import main
 from caloforge.io import read_showers
 from caloforge.simulate import GFlashConfig, simulate, simulate_to_file
 from caloforge.spectra import parse_spectrum
-
-
-@pytest.fixture
-def run(monkeypatch, capsys):
-    """Run ``caloforge ARGS`` through ``main()``; returns (exit code, stdout, stderr)."""
-
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["caloforge", *map(str, args)])
-        with pytest.raises(SystemExit) as leaving:
-            main()
-        captured = capsys.readouterr()
-        code = leaving.value.code
-        return (0 if code is None else code), captured.out, captured.err
-
-    return invoke
 
 
 def test_simulate_command_writes_a_file_info_reads(run, tmp_path) -> None:
