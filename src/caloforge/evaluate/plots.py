@@ -141,22 +141,32 @@ def plot_layer_grid(
         _save(fig, path)
 
 
-def plot_longitudinal_profile(reference: Features, generated: Features, path: Path) -> None:
-    """Mean energy per layer against depth, with ratio."""
-    z = np.concatenate([[0.0], np.cumsum(reference.geometry.layer_thickness_mm)])
-    ref, gen = reference.e_layer.mean(0), generated.e_layer.mean(0)
+def _profile_with_ratio(
+    ref: NDArray[np.float64], gen: NDArray[np.float64], edges: NDArray[np.float64],
+    ylabel: str, xlabel: str, path: Path,
+) -> None:
+    """Reference and generated means as stairs over ``edges`` (log y), with the gen/ref ratio below."""
     with _style():
         fig = Figure(figsize=(7, 6.5))
         top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05})
-        top.stairs(ref, z, **REFERENCE_STYLE)
-        top.stairs(gen, z, **GENERATED_STYLE)
+        top.stairs(ref, edges, **REFERENCE_STYLE)
+        top.stairs(gen, edges, **GENERATED_STYLE)
         top.set_yscale("log")
-        top.set_ylabel("mean energy per layer [MeV]")
+        top.set_ylabel(ylabel)
         top.legend()
-        _ratio(bottom, z, ref, gen, log_x=False)
-        bottom.set_xlabel("depth z [mm]")
+        _ratio(bottom, edges, ref, gen, log_x=False)
+        bottom.set_xlabel(xlabel)
         fig.align_ylabels()
         _save(fig, path)
+
+
+def plot_longitudinal_profile(reference: Features, generated: Features, path: Path) -> None:
+    """Mean energy per layer against depth, with ratio."""
+    z = np.concatenate([[0.0], np.cumsum(reference.geometry.layer_thickness_mm)])
+    _profile_with_ratio(
+        reference.e_layer.mean(0), generated.e_layer.mean(0), z,
+        "mean energy per layer [MeV]", "depth z [mm]", path,
+    )
 
 
 def plot_radial_profile(reference: Features, generated: Features, path: Path) -> None:
@@ -165,19 +175,10 @@ def plot_radial_profile(reference: Features, generated: Features, path: Path) ->
     # Edges between the radial positions (the bins of a regular readout).
     last = r[-1] + 0.5 * (r[-1] - (r[-2] if len(r) > 1 else 0.0))
     edges = np.concatenate([[0.0], 0.5 * (r[1:] + r[:-1]), [last]])
-    ref, gen = reference.e_radial.mean(0), generated.e_radial.mean(0)
-    with _style():
-        fig = Figure(figsize=(7, 6.5))
-        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05})
-        top.stairs(ref, edges, **REFERENCE_STYLE)
-        top.stairs(gen, edges, **GENERATED_STYLE)
-        top.set_yscale("log")
-        top.set_ylabel("mean energy per radial bin [MeV]")
-        top.legend()
-        _ratio(bottom, edges, ref, gen, log_x=False)
-        bottom.set_xlabel("r [mm]")
-        fig.align_ylabels()
-        _save(fig, path)
+    _profile_with_ratio(
+        reference.e_radial.mean(0), generated.e_radial.mean(0), edges,
+        "mean energy per radial bin [MeV]", "r [mm]", path,
+    )
 
 
 def _polar_image(
