@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from toys import TOY_GEOMETRY as GEOMETRY
+from toys import toy_showers
 from typer.testing import CliRunner
 
 from caloforge.checkpoint import read_checkpoint
 from caloforge.cli import app
-from caloforge.data import ShowerSet
 from caloforge.errors import InputError
 from caloforge.generate import load_generator
-from caloforge.geometry import CylindricalGeometry
 from caloforge.io import read_showers, write_showers
 from caloforge.models import DiTConfig
 from caloforge.training import RunConfig, TrainConfig, train
-
-GEOMETRY = CylindricalGeometry.regular("toy", 4, 4, (0.0, 1.0, 2.0), 3.4, "SiW")
-
-
-def toy_showers(n: int = 96, seed: int = 0) -> ShowerSet:
-    rng = np.random.default_rng(seed)
-    energy = np.exp(rng.uniform(math.log(1e3), math.log(1e5), n))
-    profile = np.exp(-np.arange(GEOMETRY.n_voxels) / 10.0)
-    showers = profile * rng.gamma(2.0, 1.0, (n, GEOMETRY.n_voxels)) * energy[:, None] / 40
-    showers[showers < 0.5] = 0.0
-    return ShowerSet(showers.astype(np.float32), GEOMETRY, energy)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +25,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = RunConfig(model=DiTConfig(size="tiny", patch_size=(2, 2, 2)))
     config.train = TrainConfig(batch_size=16, max_steps=8, checkpoint_every=4)
     config.sample.n_steps = 4
-    return train(toy_showers(), tmp_path_factory.mktemp("run") / "run", config, progress=False)
+    return train(toy_showers(96), tmp_path_factory.mktemp("run") / "run", config, progress=False)
 
 
 def test_same_seed_same_showers_across_reloads(checkpoint: Path) -> None:

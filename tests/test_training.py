@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
+from toys import TOY_GEOMETRY as GEOMETRY
+from toys import toy_showers
 
 from caloforge.checkpoint import read_checkpoint
 from caloforge.config import from_dict, load_yaml, to_dict
-from caloforge.data import ShowerSet
 from caloforge.errors import InputError
-from caloforge.geometry import CylindricalGeometry
 from caloforge.models import DiTConfig
 from caloforge.training import DiffusionModule, RunConfig, TrainConfig, train
-
-GEOMETRY = CylindricalGeometry.regular("toy", 4, 4, (0.0, 1.0, 2.0), 3.4, "SiW")
-
-
-def toy_showers(n: int = 128, seed: int = 0) -> ShowerSet:
-    rng = np.random.default_rng(seed)
-    energy = np.exp(rng.uniform(math.log(1e3), math.log(1e5), n))
-    profile = np.exp(-np.arange(GEOMETRY.n_voxels) / 10.0)
-    showers = profile * rng.gamma(2.0, 1.0, (n, GEOMETRY.n_voxels)) * energy[:, None] / 40
-    showers[showers < 0.5] = 0.0
-    return ShowerSet(showers.astype(np.float32), GEOMETRY, energy)
 
 
 def tiny_config(max_steps: int = 6, every: int = 3) -> RunConfig:
@@ -90,7 +77,7 @@ class FirstStep(L.Callback):
 
 
 def test_checkpoint_carries_everything_and_resume_continues(tmp_path: Path) -> None:
-    showers = toy_showers()
+    showers = toy_showers(128)
     run = tmp_path / "run"
     model = train(showers, run, tiny_config(max_steps=6, every=3), progress=False)
     content = read_checkpoint(model)
