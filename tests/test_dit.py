@@ -47,7 +47,7 @@ def test_patchify_pads_and_unpatchify_inverts() -> None:
     # first token = layers 0-2, alpha 0-1, radial 0-1 of the (z, alpha, r) grid
     grid = x.reshape(2, 7, 5, 3)
     assert torch.equal(tokens[0, 0], grid[0, :3, :2, :2].reshape(-1))
-    assert torch.equal(net.unpatchify(tokens), x)
+    assert torch.equal(net.unpatchify(tokens)[..., 0], x)
 
 
 def test_alpha_embedding_is_periodic() -> None:
@@ -68,3 +68,22 @@ def test_adaln_zero_starts_at_zero_output_and_sizes_are_named() -> None:
     with pytest.raises(UnknownNameError, match="tiny"):
         DiTConfig(size="tinny").resolved()
     assert DiTConfig(size="tiny", hidden=48).resolved().hidden == 48
+
+
+def test_voxel_head_maps_each_voxel_from_its_own_value() -> None:
+    geometry = PRESETS["calochallenge-2"]
+    torch.manual_seed(0)
+    net = DiT(DiTConfig(size="tiny", patch_size=(5, 4, 9), head_channels=3, head_width=8), geometry, 2)
+    assert net.head is not None
+    torch.nn.init.normal_(net.head.mlp[-1].weight, std=0.5)
+    # the output layer is still zero, so each voxel's features are its embedding alone: voxel i's output
+    # must change with x_i and with nothing else
+    x = torch.randn(1, geometry.n_voxels)
+    moved = x.clone()
+    moved[0, 100] += 1.0
+    c_noise, cond = torch.zeros(1), torch.zeros(1, 2)
+    before, after = net(x, c_noise, cond), net(moved, c_noise, cond)
+    changed = torch.nonzero(before != after)[:, 1].tolist()
+    assert changed == [100]
+    plain = DiT(DiTConfig(size="tiny", patch_size=(5, 4, 9), head_channels=0), geometry, 2)
+    assert plain.head is None and plain(x, c_noise, cond).shape == (1, geometry.n_voxels)

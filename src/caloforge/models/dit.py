@@ -119,7 +119,8 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN-modulated LayerNorm and a linear map from tokens back to patch values."""
+    """adaLN-modulated LayerNorm and a linear map from tokens back to patch values (or, with a voxel
+    head, to ``channels`` features per voxel of the patch)."""
 
     def __init__(self, hidden: int, patch_dim: int) -> None:
         super().__init__()
@@ -130,6 +131,28 @@ class FinalLayer(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.ada(c).chunk(2, dim=1)
         return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class VoxelHead(nn.Module):
+    """A small MLP shared by all voxels: a voxel's output from its features (decoded from its token),
+    a learned per-voxel embedding and the voxel's own input value.
+
+    A linear patch decoder maps D token features to every voxel of the patch at once; denoising a voxel
+    whose value is bimodal (empty, or a hit spread over decades) needs a nonlinear function of that
+    voxel's own noisy value, which this adds at a small cost per voxel. The last layer starts at zero, so
+    the untrained head outputs 0 as the adaLN-Zero backbone does.
+
+    ``forward(features, x)``: features (N, V, C), x (N, V) -> (N, V).
+    """
+
+    def __init__(self, n_voxels: int, channels: int, width: int) -> None:
+        super().__init__()
+        self.embed = nn.Parameter(torch.zeros(n_voxels, channels))
+        self.mlp = nn.Sequential(nn.Linear(channels + 1, width), nn.SiLU(), nn.Linear(width, 1))
+
+    def forward(self, features: Tensor, x: Tensor) -> Tensor:
+        h = torch.cat([features + self.embed, x[..., None]], dim=-1)  # (N, V, C + 1)
+        return self.mlp(h)[..., 0]
 
 
 # ---- the model --------------------------------------------------------------------------------------------
@@ -152,6 +175,9 @@ class DiTConfig:
         patch_size: voxels per patch along (layer, alpha, radial); dimensions that do not divide are
             zero-padded.
         hidden, depth, n_heads: override the named size when set.
+        head_channels: features per voxel fed to the per-voxel MLP head (``VoxelHead``); 0 = decode
+            the patches linearly (the plain DiT).
+        head_width: hidden width of that MLP.
     """
 
     size: str = "small"
@@ -159,6 +185,8 @@ class DiTConfig:
     hidden: int | None = None
     depth: int | None = None
     n_heads: int | None = None
+    head_channels: int = 4
+    head_width: int = 16
 
     def resolved(self) -> DiTSize:
         """The size after overrides."""
@@ -206,7 +234,13 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(
             [DiTBlock(hidden, size.n_heads, size.mlp_ratio) for _ in range(size.depth)]
         )
-        self.final = FinalLayer(hidden, patch_dim)
+        channels = max(config.head_channels, 1)
+        self.final = FinalLayer(hidden, patch_dim * channels)
+        self.head = (
+            VoxelHead(geometry.n_voxels, config.head_channels, config.head_width)
+            if config.head_channels > 0
+            else None
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -225,6 +259,10 @@ class DiT(nn.Module):
             nn.init.zeros_(block.ada[-1].bias)
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)
+        if self.head is not None:
+            nn.init.normal_(self.head.embed, std=0.02)
+            nn.init.zeros_(self.head.mlp[-1].weight)
+            nn.init.zeros_(self.head.mlp[-1].bias)
 
     def patchify(self, x: Tensor) -> Tensor:
         """(N, n_voxels) -> tokens (N, T, patch_dim), zero padding up to whole patches."""
@@ -237,18 +275,20 @@ class DiT(nn.Module):
         return x.reshape(-1, tl * ta * tr, pl * pa * pr)
 
     def unpatchify(self, tokens: Tensor) -> Tensor:
-        """tokens (N, T, patch_dim) -> (N, n_voxels), dropping the padding."""
+        """tokens (N, T, patch_dim * C) -> (N, n_voxels, C), dropping the padding."""
         (gl, ga, gr), (pl, pa, pr), (tl, ta, tr) = self.grid, self.patch, self.tokens
-        x = tokens.reshape(-1, tl, ta, tr, pl, pa, pr).permute(0, 1, 4, 2, 5, 3, 6)
-        x = x.reshape(-1, tl * pl, ta * pa, tr * pr)[:, :gl, :ga, :gr]
-        return x.reshape(-1, gl * ga * gr)
+        c = tokens.shape[-1] // (pl * pa * pr)
+        x = tokens.reshape(-1, tl, ta, tr, pl, pa, pr, c).permute(0, 1, 4, 2, 5, 3, 6, 7)
+        x = x.reshape(-1, tl * pl, ta * pa, tr * pr, c)[:, :gl, :ga, :gr]
+        return x.reshape(-1, gl * ga * gr, c)
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor) -> Tensor:
         h = self.x_embed(self.patchify(x)) + self.pos_embed  # (N, T, D)
         c = self.noise_embed(c_noise) + self.cond_embed(cond)  # (N, D)
         for block in self.blocks:
             h = block(h, c)  # (N, T, D)
-        return self.unpatchify(self.final(h, c))  # (N, n_voxels)
+        out = self.unpatchify(self.final(h, c))  # (N, n_voxels, C)
+        return out[..., 0] if self.head is None else self.head(out, x)  # (N, n_voxels)
 
 
 # ---- named sizes (also what the CLI accepts) -------------------------------------------------------------
