@@ -62,14 +62,14 @@ class DemoConfig:
                 size="tiny", patch_size=(5, 4, 9), hidden=self.hidden, depth=self.depth, n_heads=4
             ),
             preprocess=PreprocessConfig(energy_ratio=True),
-            optim=OptimConfig(lr=2e-3, warmup_steps=min(100, self.train_steps // 5 + 1)),
+            optim=OptimConfig(lr=1e-3, warmup_steps=min(200, self.train_steps // 5 + 1)),
             train=TrainConfig(
-                batch_size=128,
+                batch_size=32,  # more optimiser steps in the budget (docs/decisions.md, Backbone)
                 max_steps=self.train_steps,
                 max_minutes=self.train_minutes,
-                ema_decay=0.995,
-                checkpoint_every=250,
-                log_every=25,
+                ema_decay=0.999,
+                checkpoint_every=1000,
+                log_every=50,
             ),
             sample=SampleConfig(n_steps=self.sampler_steps, sampler="heun"),
         )
