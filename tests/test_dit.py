@@ -75,7 +75,7 @@ def test_voxel_head_maps_each_voxel_from_its_own_value() -> None:
     torch.manual_seed(0)
     net = DiT(DiTConfig(size="tiny", patch_size=(5, 4, 9), head_channels=3, head_width=8), geometry, 2)
     assert net.head is not None
-    torch.nn.init.normal_(net.head.mlp[-1].weight, std=0.5)
+    torch.nn.init.normal_(net.head.out.weight, std=0.5)
     # the output layer is still zero, so each voxel's features are its embedding alone: voxel i's output
     # must change with x_i and with nothing else
     x = torch.randn(1, geometry.n_voxels)

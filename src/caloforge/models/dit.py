@@ -148,11 +148,12 @@ class VoxelHead(nn.Module):
     def __init__(self, n_voxels: int, channels: int, width: int) -> None:
         super().__init__()
         self.embed = nn.Parameter(torch.zeros(n_voxels, channels))
-        self.mlp = nn.Sequential(nn.Linear(channels + 1, width), nn.SiLU(), nn.Linear(width, 1))
+        self.mlp = nn.Sequential(nn.Linear(channels + 1, width), nn.SiLU())
+        self.out = nn.Linear(width, 1)
 
     def forward(self, features: Tensor, x: Tensor) -> Tensor:
         h = torch.cat([features + self.embed, x[..., None]], dim=-1)  # (N, V, C + 1)
-        return self.mlp(h)[..., 0]
+        return self.out(self.mlp(h))[..., 0]
 
 
 # ---- the model --------------------------------------------------------------------------------------------
@@ -261,8 +262,8 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final.linear.bias)
         if self.head is not None:
             nn.init.normal_(self.head.embed, std=0.02)
-            nn.init.zeros_(self.head.mlp[-1].weight)
-            nn.init.zeros_(self.head.mlp[-1].bias)
+            nn.init.zeros_(self.head.out.weight)
+            nn.init.zeros_(self.head.out.bias)
 
     def patchify(self, x: Tensor) -> Tensor:
         """(N, n_voxels) -> tokens (N, T, patch_dim), zero padding up to whole patches."""
