@@ -58,13 +58,14 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch() -> None:
         return module.edm.loss(x, cond, generator=torch.Generator().manual_seed(0))
 
     losses = [fixed_loss().item()]
-    for _ in range(10):
+    # the per-voxel head's output layer starts at zero, so the first few steps move the loss little
+    for _ in range(25):
         optimizer.zero_grad()
         fixed_loss().backward()
         optimizer.step()
         losses.append(fixed_loss().item())
     assert losses[1] < losses[0]  # one step already helps
-    assert losses[-1] < 0.95 * losses[0]
+    assert losses[-1] < 0.9 * losses[0]
 
 
 class FirstStep(L.Callback):
