@@ -21,12 +21,14 @@ def test_output_shape_on_every_regular_preset(name: str) -> None:
     geometry = PRESETS[name]
     torch.manual_seed(0)
     net = DiT(DiTConfig(size="tiny", patch_size=(5, 4, 3)), geometry, cond_dim=3)
-    # perturb the zero-initialised output layer so the check covers a non-trivial map
+    # perturb the zero-initialised output layers so the check covers a non-trivial map
     torch.nn.init.normal_(net.final.linear.weight, std=0.1)
+    assert net.head is not None
+    torch.nn.init.normal_(net.head.out.weight, std=0.1)
     x = torch.randn(2, geometry.n_voxels)
     out = net(x, torch.zeros(2), torch.randn(2, 3))
     assert out.shape == (2, geometry.n_voxels)
-    assert torch.isfinite(out).all()
+    assert torch.isfinite(out).all() and torch.count_nonzero(out) > 0
 
 
 def test_irregular_geometry_raises_a_clear_error() -> None:
