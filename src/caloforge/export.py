@@ -112,7 +112,7 @@ class SamplerGraph(nn.Module):
         self.denoiser = generator.denoiser
         self.encoder = generator.encoder
         self.transform = generator.transform
-        self.energy_ratio = getattr(generator, "energy_ratio", None)
+        self.energy_ratio = generator.energy_ratio
         self.sampler = _sampler(sampler)
         # A plain attribute, not a buffer: the grid is a constant the tracer folds into the graph.
         self.sigmas = generator.sigmas(n_steps).detach().clone()
