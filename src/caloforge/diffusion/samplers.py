@@ -113,7 +113,9 @@ def stochastic(
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s <= s_tmax else 0.0
         s_hat = s * (1 + gamma)
         if gamma > 0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            # drawn where the generator lives, so one seed gives the same noise on every device
+            where = generator.device if generator is not None else x.device
+            noise = torch.randn(x.shape, generator=generator, device=where, dtype=x.dtype).to(x.device)
             x = x + math.sqrt(s_hat**2 - s**2) * s_noise * noise
         denoised = denoiser(x, s_hat * ones, cond)
         d = (x - denoised) / s_hat

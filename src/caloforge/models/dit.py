@@ -35,14 +35,15 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 def sinusoidal(positions: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Transformer sinusoidal features (Vaswani et al. 2017): positions (...,) -> (..., dim), dim even."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    k = torch.arange(half, dtype=torch.float32, device=positions.device)
+    freqs = torch.exp(-math.log(max_period) * k / half)
     args = positions.float()[..., None] * freqs
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 def periodic(angles: Tensor, dim: int) -> Tensor:
     """Features periodic in 2 pi: cos and sin of k * angle, k = 1 .. dim/2; angles (...,) -> (..., dim)."""
-    k = torch.arange(1, dim // 2 + 1, dtype=torch.float32)
+    k = torch.arange(1, dim // 2 + 1, dtype=torch.float32, device=angles.device)
     args = angles.float()[..., None] * k
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
