@@ -26,7 +26,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tqdm import tqdm
 
+from caloforge.conditioning import ConditionRequest
 from caloforge.data import ShowerSet
+from caloforge.diffusion import get_sampler
 from caloforge.evaluate.classifier import ClassifierConfig
 from caloforge.evaluate.pipeline import EvaluateConfig, Sample, collect, compute_metrics, low_level_capacity
 from caloforge.generate import ShowerGenerator, load_generator
@@ -78,6 +80,36 @@ def generate(
         ):
             parts.append(part)
     return ShowerSet.concatenate(parts)
+
+
+def apply_energy_stage(generator: ShowerGenerator, showers: ShowerSet, args: argparse.Namespace) -> ShowerSet:
+    """Rescale showers generated without the energy stage with it: the layer-energy stage when the run
+    has one (its sampler over fresh noise), else the E_tot/E_inc model (fresh uniforms)."""
+    noise = torch.Generator().manual_seed(args.seed + 11)
+    device = generator.device
+    energy = torch.from_numpy(showers.energy).float()
+    out = np.empty_like(showers.showers)
+    for start in range(0, len(showers), args.gen_batch_size):
+        part = slice(start, start + args.gen_batch_size)
+        e_inc, batch = energy[part].to(device), torch.from_numpy(showers.showers[part]).to(device)
+        with torch.no_grad():
+            if generator.layer_denoiser is not None and generator.layer_energies is not None:
+                request = ConditionRequest.of(showers.energy[part])
+                cond = generator.content.spec.encode_arrays(
+                    request.energy, request.theta, request.phi, request.detector
+                ).to(device)
+                sigmas = generator.sigmas(args.steps)
+                y = torch.randn((len(e_inc), generator.layer_energies.dim), generator=noise) * sigmas[0]
+                y = get_sampler(args.sampler or generator.content.config.sample.sampler)(
+                    generator.layer_denoiser, y.to(device), sigmas, cond
+                )
+                rescaled = generator.layer_energies.rescale(batch, e_inc, y)
+            else:
+                assert generator.energy_ratio is not None
+                u = torch.rand(len(e_inc), generator=noise).to(device)
+                rescaled = generator.energy_ratio.rescale(batch, e_inc, u)
+        out[part] = rescaled.cpu().numpy()
+    return ShowerSet(out, showers.geometry, showers.energy, source="generated")
 
 
 def summarise(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +185,8 @@ def main() -> None:
     model_path = train(train_set, run_dir, config, callbacks=[snapshots])
     timings["train_s"] = time.perf_counter() - t0
     del train_set
-    generator = load_generator(model_path)
+    device = "cuda" if cuda else "cpu"
+    generator = load_generator(model_path, device)
     steps_trained = generator.content.step
 
     eval_config = EvaluateConfig(
@@ -170,22 +203,20 @@ def main() -> None:
         return collect([showers], name, eval_config, capacity)
 
     ref_sample = sample_of(reference, "reference")
-    # Generate without the E_tot/E_inc model, then apply it, so one sampling run gives both the model's
-    # numbers and the ablation (same arithmetic as ShowerGenerator.sample, with the uniforms drawn here).
-    energy_ratio, generator.energy_ratio = generator.energy_ratio, None
+    # Generate without the energy stage (the layer-energy stage, or else the E_tot/E_inc model), then
+    # apply it, so one sampling run gives both the model's numbers and the ablation (the same arithmetic
+    # as ShowerGenerator.sample, with the stage's random numbers drawn here).
+    stage = (generator.layer_denoiser, generator.layer_energies, generator.energy_ratio)
+    generator.layer_denoiser, generator.layer_energies, generator.energy_ratio = None, None, None
     t0 = time.perf_counter()
     generated = generate(generator, reference.energy, args, "generating")
     timings["generate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ablation = None
-    if energy_ratio is not None:
+    if any(part is not None for part in stage):
         ablation = summarise(compute_metrics(sample_of(generated, "raw"), ref_sample, eval_config))
-        u = torch.rand(len(generated), generator=torch.Generator().manual_seed(args.seed + 11))
-        with torch.no_grad():
-            rescaled = energy_ratio.rescale(
-                torch.from_numpy(generated.showers), torch.from_numpy(generated.energy).float(), u
-            )
-        generated = ShowerSet(rescaled.numpy(), generated.geometry, generated.energy, source="generated")
+        generator.layer_denoiser, generator.layer_energies, generator.energy_ratio = stage
+        generated = apply_energy_stage(generator, generated, args)
     model_metrics = compute_metrics(
         sample_of(generated, "generated"), ref_sample, eval_config, show_progress=True
     )
@@ -212,7 +243,10 @@ def main() -> None:
         ]
         for elapsed, step, path in points:
             shot = generate(
-                load_generator(path), reference.energy[: args.curve_n], args, f"curve step {step}"
+                load_generator(path, device),
+                reference.energy[: args.curve_n],
+                args,
+                f"curve step {step}",
             )
             metrics = compute_metrics(
                 collect([shot], "generated", curve_config, capacity), small_ref, curve_config
@@ -247,7 +281,7 @@ def main() -> None:
         "sampler_steps": args.steps or config.sample.n_steps,
         "generation_showers_per_s": gen_rate,
         "model": summarise(model_metrics),
-        "model_without_energy_ratio": ablation,
+        "model_without_energy_stage": ablation,
         "floor": summarise(floor_metrics),
         "curve": curve,
         "timings_s": timings,
@@ -273,7 +307,7 @@ def main() -> None:
     )
     if ablation is not None:
         numbers = ", ".join(f"{k} {ablation[k]:.4f}" for k in ("auc_low", "auc_high", "fpd_x1e3", "kpd_x1e3"))
-        print(f"without the E_tot/E_inc model: {numbers}")
+        print(f"without the energy stage: {numbers}")
     for point in curve:
         print(f"  AUC(low) at {point['train_minutes']:.1f} min: {point['auc_low']:.3f}")
     print(f"wrote {out}")

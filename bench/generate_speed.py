@@ -19,6 +19,7 @@ description (CPU model, cores, load average, library versions, threads).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -43,7 +44,7 @@ from caloforge.geometry import get_geometry
 from caloforge.onnx_runtime import load_onnx_generator
 from caloforge.preprocess import ShowerPreprocessor
 from caloforge.simulate import simulate
-from caloforge.training import build_denoiser, load_run_config
+from caloforge.training import build_denoiser, build_layer_denoiser, load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,8 +81,14 @@ def untrained_generator(config_path: str, geometry_name: str, seed: int) -> Show
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         denoiser = build_denoiser(config, geometry, spec.dim).eval().requires_grad_(False)
+        layer_energies = preprocessor.layer_energies(geometry)
+        layer_denoiser = None
+        if layer_energies is not None:
+            layer_denoiser = build_layer_denoiser(config, geometry.n_layers, spec.dim)
+            layer_denoiser.eval().requires_grad_(False)
     return ShowerGenerator(
-        content, denoiser, spec.encoder(), preprocessor.module(), preprocessor.energy_ratio()
+        content, denoiser, spec.encoder(), preprocessor.module(), preprocessor.energy_ratio(), layer_denoiser,
+        layer_energies,
     )
 
 
@@ -166,6 +173,8 @@ def main() -> None:
     parser.add_argument("--simulator-n", type=int, default=2000, help="showers for the simulator's timing")
     parser.add_argument("--profile-batch", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu",
+                        help="where the pytorch backend runs (cuda: a copy of the model on the GPU)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "generate_speed.json"))
     args = parser.parse_args()
 
@@ -175,6 +184,8 @@ def main() -> None:
     generator = (load_generator(args.checkpoint) if args.checkpoint
                  else untrained_generator(args.config, args.geometry, args.seed))
     geometry = generator.geometry
+    # the exports and the profile trace the CPU model; the pytorch backend times a copy on --device
+    on_device = copy.deepcopy(generator).to(args.device) if args.device != "cpu" else generator
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     backends = args.backends.split(",")
     rng = np.random.default_rng(args.seed)
@@ -194,8 +205,8 @@ def main() -> None:
             export_s = None
             if "pytorch" in backends:
                 def run_torch(e: np.ndarray, b: int, s: str = sampler, k: int = steps) -> Iterator[Any]:
-                    return generator.sample_batches(e, n_steps=k, sampler=s, seed=args.seed, batch_size=b)
-                runners["pytorch-cpu"] = run_torch
+                    return on_device.sample_batches(e, n_steps=k, sampler=s, seed=args.seed, batch_size=b)
+                runners[f"pytorch-{args.device}"] = run_torch
             if "onnxruntime" in backends:
                 t0 = time.perf_counter()
                 path = export_sampler(generator, Path(tmp) / f"{sampler}-{steps}.onnx", steps, sampler)

@@ -264,3 +264,35 @@ def test_sampler_graph_applies_the_energy_ratio_model(tmp_path: Path) -> None:
     np.testing.assert_allclose(ratio, gen.energy_ratio(torch.from_numpy(cond["energy"]),
                                                        torch.from_numpy(u)).numpy(), rtol=1e-4)
     assert check_sampler_export(gen, path, n=3) < 1e-4
+
+
+def test_sampler_graph_runs_the_layer_energy_stage(tmp_path: Path) -> None:
+    config = RunConfig(model=DiTConfig(size="tiny", patch_size=(2, 2, 3)))
+    config.preprocess.layer_energies = True  # draw each shower's layer energies first
+    config.layers.width, config.layers.depth = 16, 1
+    config.train = TrainConfig(batch_size=16, max_steps=2, checkpoint_every=2, accelerator="cpu", devices=1)
+    gen = load_generator(train(toy_showers(), tmp_path / "run", config, progress=False))
+    assert gen.layer_denoiser is not None and gen.layer_energies is not None
+    noise_gen = torch.Generator().manual_seed(12)
+    with torch.no_grad():  # make the stage's draw depend on its noise (its output layer starts at zero)
+        for p in gen.layer_denoiser.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=noise_gen))
+    path = export_sampler(gen, tmp_path / "s.onnx", n_steps=2, sampler="dpmpp_2m")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    assert inputs["layer_noise"][1] == 1 + GEOMETRY.n_layers and "u" not in inputs
+    cond = conditions(4, seed=3)
+    # ShowerGenerator.sample draws the DiT's noise, then the layer stage's, from its generator
+    draws = torch.Generator().manual_seed(9)
+    noise = torch.randn((4, GEOMETRY.n_voxels), generator=draws).numpy()
+    layer_noise = torch.randn((4, 1 + GEOMETRY.n_layers), generator=draws).numpy()
+    got = session.run(["showers"], {"noise": noise, "layer_noise": layer_noise, **cond})[0]
+    expected = gen.sample(cond["energy"], cond["theta"], cond["phi"], cond["detector"], n_steps=2,
+                          sampler="dpmpp_2m", seed=9, batch_size=4).showers
+    assert_close_to_scale(got, expected)
+    other = session.run(["showers"], {"noise": noise, "layer_noise": -layer_noise, **cond})[0]
+    assert not np.allclose(other, got)  # the layer noise reaches the showers
+    assert check_sampler_export(gen, path, n=3) < 1e-4
+    par04 = export_par04(gen, tmp_path / "par04.onnx", n_steps=2)
+    a = par04_cpp_run(ort.InferenceSession(str(par04), providers=["CPUExecutionProvider"]), 1e4, 1.5, 0.0, 0)
+    assert np.isfinite(a).all() and (a >= 0).all() and a.sum() > 0

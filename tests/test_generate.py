@@ -151,3 +151,25 @@ def test_cli_train_then_generate(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code != 0 and not (tmp_path / "x.h5").exists()
+
+
+def test_generator_moves_between_devices_with_the_same_showers(checkpoint: Path) -> None:
+    generator = load_generator(checkpoint, device="cpu")
+    assert generator.device.type == "cpu"
+    energy = np.array([3e3, 3e4])
+    a = generator.sample(energy, seed=2, n_steps=2).showers
+    # the same seed gives the same showers after a move: every random number is drawn on the CPU
+    assert generator.to("cpu") is generator
+    np.testing.assert_array_equal(generator.sample(energy, seed=2, n_steps=2).showers, a)
+    if torch.cuda.is_available():
+        b = load_generator(checkpoint, device="cuda").sample(energy, seed=2, n_steps=2).showers
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3 * a.max())
+
+
+def test_cli_refuses_a_device_this_machine_lacks(checkpoint: Path, tmp_path: Path, run) -> None:
+    bad = ["gpu9"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        code, _, err = run("generate", checkpoint, "--n", 2, "--energy", 1e4, "--out", tmp_path / "g.h5",
+                           "--device", device)
+        assert code == 2 and "--device" in err and device in err
+    assert not (tmp_path / "g.h5").exists()

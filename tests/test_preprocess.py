@@ -11,7 +11,13 @@ import torch
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
 from caloforge.geometry import CylindricalGeometry
-from caloforge.preprocess import EnergyRatio, PreprocessConfig, ShowerPreprocessor, fit_energy_ratio
+from caloforge.preprocess import (
+    EnergyRatio,
+    PreprocessConfig,
+    ShowerPreprocessor,
+    fit_energy_ratio,
+    layer_matrix,
+)
 
 GEOMETRY = CylindricalGeometry.regular("toy", 3, 4, (0.0, 1.0, 2.0), 3.4, "SiW")
 
@@ -121,3 +127,59 @@ def test_energy_ratio_rescale_sets_the_total_and_is_saved() -> None:
     assert again.energy_ratio() is not None
     torch.testing.assert_close(again.energy_ratio()(energy, u), model(energy, u))
     assert ShowerPreprocessor.fit(showers).energy_ratio() is None  # off by default
+
+
+def irregular_geometry() -> CylindricalGeometry:
+    from caloforge.geometry import LayerBinning
+
+    layers = (LayerBinning((0.0, 5.0), 1), LayerBinning((0.0, 1.0, 2.0), 4), LayerBinning((0.0, 3.0), 2))
+    return CylindricalGeometry("uneven", layers, (3.4, 3.4, 3.4), "SiW")
+
+
+def test_layer_matrix_follows_the_layer_offsets() -> None:
+    geometry = irregular_geometry()  # 1, 8 and 2 voxels per layer
+    matrix = layer_matrix(geometry)
+    assert matrix.shape == (11, 3)
+    np.testing.assert_array_equal(matrix.sum(axis=0), [1, 8, 2])
+    np.testing.assert_array_equal(matrix.argmax(axis=1), [0] + [1] * 8 + [2] * 2)
+
+
+def test_layer_vector_round_trip_gives_ratio_and_fractions() -> None:
+    showers = toy_showers()
+    showers.showers[:5, 8:16] = 0.0  # layer 1 empty in five showers
+    pre = ShowerPreprocessor.fit(showers, PreprocessConfig(layer_energies=True))
+    stage = pre.layer_energies(GEOMETRY)
+    assert stage is not None and stage.dim == 1 + GEOMETRY.n_layers
+    z = torch.from_numpy(pre.layer_targets(showers))
+    assert z.shape == (len(showers), 4)
+    np.testing.assert_allclose(z.mean(dim=0).numpy(), 0.0, atol=1e-4)  # standardised
+    ratio, fraction = stage.inverse(z)
+    layers = showers.showers.reshape(len(showers), 3, 8).sum(axis=2).astype(np.float64)
+    total = layers.sum(axis=1)
+    np.testing.assert_allclose(ratio.numpy(), total / showers.energy, rtol=1e-4)
+    np.testing.assert_allclose(fraction.numpy(), layers / total[:, None], rtol=1e-3, atol=1e-7)
+    assert (fraction[:5, 1] == 0).all()  # an empty layer comes back empty
+    again = ShowerPreprocessor.from_dict(pre.to_dict()).layer_energies(GEOMETRY)
+    assert again is not None
+    torch.testing.assert_close(again.inverse(z)[1], fraction)
+    assert ShowerPreprocessor.fit(showers).layer_energies(GEOMETRY) is None  # off by default
+
+
+def test_layer_rescale_puts_the_drawn_energy_in_each_layer() -> None:
+    showers = toy_showers(50)
+    pre = ShowerPreprocessor.fit(showers, PreprocessConfig(layer_energies=True))
+    stage = pre.layer_energies(GEOMETRY)
+    assert stage is not None
+    energy = torch.from_numpy(showers.energy).float()
+    # draw: the layer vectors of other showers of the set, rescaled onto these
+    target = torch.from_numpy(pre.layer_targets(showers)).roll(7, dims=0)
+    x = torch.from_numpy(showers.showers)
+    x[0, 8:16] = 0.0  # shower 0 has no cells in layer 1: its share goes to the others
+    scaled = stage.rescale(x, energy, target).numpy()
+    ratio, fraction = (t.numpy() for t in stage.inverse(target))
+    layers = scaled.reshape(50, 3, 8).sum(axis=2)
+    drawn = fraction * ratio[:, None] * showers.energy[:, None]  # (N, L) MeV
+    np.testing.assert_allclose(layers[1:], drawn[1:], rtol=1e-4)
+    np.testing.assert_allclose(layers[0].sum(), ratio[0] * showers.energy[0], rtol=1e-4)
+    assert layers[0, 1] == 0
+    assert float(scaled[scaled > 0].min()) >= stage.threshold_mev

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from toys import TOY_GEOMETRY as GEOMETRY
@@ -107,3 +108,32 @@ def test_checkpoint_carries_everything_and_resume_continues(tmp_path: Path) -> N
 def test_resume_without_a_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="nothing to resume"):
         train(toy_showers(16), tmp_path / "none", tiny_config(), resume=True, progress=False)
+
+
+def test_layer_energy_stage_trains_beside_the_dit_and_is_saved(tmp_path: Path) -> None:
+    from caloforge.generate import load_generator
+
+    config = tiny_config(max_steps=4, every=4)
+    config.preprocess.layer_energies = True
+    config.layers.width, config.layers.depth = 16, 1
+    showers = toy_showers(64)
+    model = train(showers, tmp_path / "run", config, progress=False)
+    content = read_checkpoint(model)
+    assert content.layer_weights is not None and any(k.startswith("backbone.") for k in content.layer_weights)
+    assert content.weights is not None and "backbone.inp.weight" not in content.weights  # kept apart
+    assert "backbone.inp.weight" in content.layer_weights
+    metrics = (tmp_path / "run" / "logs" / "metrics.csv").read_text()
+    assert "train/layer_loss" in metrics
+    generator = load_generator(model)
+    assert generator.layer_denoiser is not None and generator.layer_energies is not None
+    a = generator.sample(showers.energy[:5], seed=3, n_steps=2).showers
+    b = load_generator(model).sample(showers.energy[:5], seed=3, n_steps=2).showers
+    np.testing.assert_array_equal(a, b)
+    # each shower's layers hold what the stage drew: E_tot / E_inc stays below 1
+    assert np.all(a.sum(axis=1) <= showers.energy[:5] * (1 + 1e-5))
+    # a checkpoint without the stage's weights while its preprocessing says it has one is refused
+    state = torch.load(model, weights_only=True)
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items() if not k.startswith("layer_")}
+    torch.save(state, tmp_path / "broken.ckpt")
+    with pytest.raises(InputError, match="layer_ema"):
+        load_generator(tmp_path / "broken.ckpt")

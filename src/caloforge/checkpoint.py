@@ -1,7 +1,8 @@
 """The one checkpoint format: a Lightning checkpoint with a ``caloforge`` entry.
 
 Besides Lightning's own keys (``state_dict`` with the trained weights under ``edm.`` and their moving
-average under ``ema.``, optimiser and loop state for resuming), every checkpoint holds::
+average under ``ema.``, the layer-energy stage's under ``layer_edm.`` and ``layer_ema.`` when the run has
+one, optimiser and loop state for resuming), every checkpoint holds::
 
     checkpoint["caloforge"] = {
         "format": 1,
@@ -46,7 +47,8 @@ class CheckpointContent:
     """What a checkpoint holds for generation.
 
     ``weights`` is the EMA state dict of the ``EDM`` module (keys as ``EDM.state_dict()``), ``None`` when
-    read with ``weights=False``; ``step`` the optimiser steps trained.
+    read with ``weights=False``; ``layer_weights`` likewise for the layer-energy stage (``None`` also when
+    the run has none); ``step`` the optimiser steps trained.
     """
 
     config: RunConfig
@@ -56,6 +58,7 @@ class CheckpointContent:
     ranges: ConditionRanges
     weights: dict[str, Tensor] | None = None
     step: int = 0
+    layer_weights: dict[str, Tensor] | None = None
 
     def payload(self) -> dict[str, Any]:
         """The ``caloforge`` checkpoint entry (plain types)."""
@@ -108,4 +111,6 @@ def read_checkpoint(path: str | PathLike[str], weights: bool = True) -> Checkpoi
             raise InputError(
                 path, "state_dict", "holds no 'ema.' weights", "a checkpoint of a DiffusionModule"
             )
+        layer = {k.removeprefix("layer_ema."): v for k, v in state.items() if k.startswith("layer_ema.")}
+        content.layer_weights = layer or None
     return content

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from caloforge.errors import CaloforgeError
+from caloforge.errors import CaloforgeError, InputError
 from caloforge.geometry import CylindricalGeometry
 
 app = typer.Typer(
@@ -228,6 +228,8 @@ def generate_command(
     file_format: str = typer.Option("calochallenge", "--format", help="calochallenge or par04."),
     strict: bool = typer.Option(False, "--strict", help="Refuse conditions outside the training range "
                                 "(default: warn and generate)."),
+    device: str = typer.Option("cpu", "--device", help="Where a checkpoint's model runs: cpu, cuda, "
+                               "cuda:1, ... (the same seed gives the same showers up to float rounding)."),
 ) -> None:
     """Generate showers from a checkpoint (or an exported .onnx graph) alone."""
     import numpy as np
@@ -248,7 +250,15 @@ def generate_command(
         generator: Any = load_onnx_generator(checkpoint)
         ranges = generator.ranges
     else:
-        generator = load_generator(checkpoint)
+        import torch
+
+        try:
+            where = torch.device(device)
+            torch.empty(0, device=where)  # fails now, not mid-run, where there is no such device
+        except (RuntimeError, AssertionError) as error:
+            raise InputError(None, "--device", f"is '{device}' ({error})",
+                             "cpu, or a CUDA device this machine has") from None
+        generator = load_generator(checkpoint, device=where)
         ranges = generator.content.ranges
     if sampler is not None and not checkpoint.endswith(".onnx"):
         from caloforge.diffusion import get_sampler

@@ -61,7 +61,7 @@ class DemoConfig:
             model=DiTConfig(
                 size="tiny", patch_size=(5, 4, 9), hidden=self.hidden, depth=self.depth, n_heads=4
             ),
-            preprocess=PreprocessConfig(energy_ratio=True),
+            preprocess=PreprocessConfig(layer_energies=True),
             optim=OptimConfig(lr=1e-3, warmup_steps=min(200, self.train_steps // 5 + 1)),
             train=TrainConfig(
                 batch_size=32,  # more optimiser steps in the budget (docs/decisions.md, Backbone)

@@ -99,12 +99,15 @@ class DenoiserGraph(nn.Module):
 
 class SamplerGraph(nn.Module):
     """Noise -> showers: noise (N, V) standard normal, energy (N,) MeV, theta/phi (N,) radians,
-    detector (N,) int64, u (N,) uniform in [0, 1) -> showers (N, V) MeV in caloforge's flat voxel order.
+    detector (N,) int64, u (N,) uniform in [0, 1), layer_noise (N, 1 + L) standard normal -> showers
+    (N, V) MeV in caloforge's flat voxel order.
 
-    Runs ``sampler`` over ``generator.sigmas(n_steps)`` starting at ``noise * sigmas[0]``, inverts the
-    preprocessing and, when the run models E_tot / E_inc (``generator.energy_ratio``), rescales each
-    shower to the ratio drawn at quantile ``u``: the same arithmetic as ``ShowerGenerator.sample`` given
-    the same noise and u (``u`` is unused, and absent from the exported graph, otherwise).
+    Runs ``sampler`` over ``generator.sigmas(n_steps)`` starting at ``noise * sigmas[0]`` and inverts the
+    preprocessing. With a layer-energy stage (``generator.layer_denoiser``) it first runs the same sampler
+    over that stage from ``layer_noise * sigmas[0]`` and rescales each shower's layers to the draw;
+    otherwise, when the run models E_tot / E_inc (``generator.energy_ratio``), it rescales each shower to
+    the ratio drawn at quantile ``u``. The same arithmetic as ``ShowerGenerator.sample`` given the same
+    noise; the inputs a run does not use are absent from the exported graph.
     """
 
     def __init__(self, generator: ShowerGenerator, n_steps: int, sampler: str) -> None:
@@ -113,17 +116,29 @@ class SamplerGraph(nn.Module):
         self.encoder = generator.encoder
         self.transform = generator.transform
         self.energy_ratio = generator.energy_ratio
+        self.layer_denoiser = generator.layer_denoiser
+        self.layer_energies = generator.layer_energies
         self.sampler = _sampler(sampler)
         # A plain attribute, not a buffer: the grid is a constant the tracer folds into the graph.
         self.sigmas = generator.sigmas(n_steps).detach().clone()
 
+    @property
+    def layer_dim(self) -> int:
+        """1 + L with a layer-energy stage, else 1 (the size of the unused ``layer_noise``)."""
+        return 1 if self.layer_energies is None else self.layer_energies.dim
+
     def forward(
-        self, noise: Tensor, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, u: Tensor
+        self, noise: Tensor, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, u: Tensor,
+        layer_noise: Tensor,
     ) -> Tensor:
         cond = self.encoder(energy, theta, phi, detector)  # (N, C)
-        z = self.sampler(self.denoiser, noise * float(self.sigmas[0]), self.sigmas, cond)  # (N, V)
+        start = float(self.sigmas[0])
+        z = self.sampler(self.denoiser, noise * start, self.sigmas, cond)  # (N, V)
         showers = self.transform.inverse(z, energy)  # (N, V) MeV
-        if self.energy_ratio is not None:
+        if self.layer_denoiser is not None and self.layer_energies is not None:
+            y = self.sampler(self.layer_denoiser, layer_noise * start, self.sigmas, cond)  # (N, 1 + L)
+            showers = self.layer_energies.rescale(showers, energy, y)
+        elif self.energy_ratio is not None:
             showers = self.energy_ratio.rescale(showers, energy, u)
         return showers
 
@@ -167,12 +182,15 @@ class Par04Graph(nn.Module):
         detector = torch.argmax(features[:, 3 : 3 + self.n_slots], dim=1)  # (N,) int64
         # Noise shaped like the output, drawn by the runtime (RandomNormalLike): the C++ passes none.
         template = features[:, :1].expand(-1, self.n_voxels)
+        layer_template = features[:, :1].expand(-1, self.sampler.layer_dim)
         if self.fixed_noise is None:
             noise = torch.randn_like(template)  # (N, V)
             u = torch.rand_like(energy)  # (N,) quantile of E_tot / E_inc (RandomUniformLike)
+            layer_noise = torch.randn_like(layer_template)  # (N, 1 + L)
         else:
             noise, u = self.fixed_noise.expand_as(template), torch.full_like(energy, 0.5)
-        showers = self.sampler(noise, energy, theta, phi, detector, u)  # (N, V) MeV, caloforge order
+            layer_noise = torch.zeros_like(layer_template)
+        showers = self.sampler(noise, energy, theta, phi, detector, u, layer_noise)  # (N, V) MeV
         return showers[:, self.permutation] / PAR04_GEV  # (N, V) GeV, Par04 order
 
 
@@ -275,13 +293,17 @@ def export_sampler(
     """
     graph = _sampler_graph(generator, n_steps, sampler)
     n_voxels = generator.geometry.n_voxels
-    args = (torch.zeros(2, n_voxels), *_example_conditions(generator, 2), torch.full((2,), 0.5))
+    args = (
+        torch.zeros(2, n_voxels), *_example_conditions(generator, 2), torch.full((2,), 0.5),
+        torch.zeros(2, graph.layer_dim),
+    )
     meta = _metadata(
         generator, "sampler", sampler=sampler or generator.content.config.sample.sampler,
         n_steps=len(graph.sigmas) - 1, sigmas=graph.sigmas.tolist(),
     )
     return write_onnx(
-        graph, args, path, ["noise", "energy", "theta", "phi", "detector", "u"], ["showers"], True, meta
+        graph, args, path, ["noise", "energy", "theta", "phi", "detector", "u", "layer_noise"], ["showers"],
+        True, meta,
     )
 
 
@@ -387,12 +409,13 @@ def check_sampler_export(
     detector = rng.integers(0, generator.content.spec.n_detectors, n)
     noise = rng.standard_normal((n, generator.geometry.n_voxels), dtype=np.float32)
     u = rng.random(n, dtype=np.float32)
+    layer_noise = rng.standard_normal((n, graph.layer_dim), dtype=np.float32)
     with torch.no_grad():
         expected = graph(
             torch.from_numpy(noise), *(torch.from_numpy(a.astype(np.float32)) for a in (energy, theta, phi)),
-            torch.from_numpy(detector.astype(np.int64)), torch.from_numpy(u),
+            torch.from_numpy(detector.astype(np.int64)), torch.from_numpy(u), torch.from_numpy(layer_noise),
         ).numpy()
-    got = exported.run(noise, energy, theta, phi, detector, u)
+    got = exported.run(noise, energy, theta, phi, detector, u, layer_noise)
     scale = max(float(np.abs(expected).max()), 1e-30)
     difference = float(np.abs(got - expected).max()) / scale
     if not difference <= tolerance:

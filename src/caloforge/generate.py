@@ -24,8 +24,8 @@ from caloforge.conditioning import ConditionEncoder, ConditionRequest
 from caloforge.data import ShowerSet
 from caloforge.diffusion import EDM, get_sampler
 from caloforge.errors import InputError
-from caloforge.preprocess import EnergyRatio, PreprocessTransform
-from caloforge.training import build_denoiser
+from caloforge.preprocess import EnergyRatio, LayerEnergies, PreprocessTransform
+from caloforge.training import build_denoiser, build_layer_denoiser
 
 __all__ = ["ShowerGenerator", "generate_to_file", "load_generator"]
 
@@ -43,7 +43,10 @@ class ShowerGenerator:
         transform: preprocessing in torch (``forward`` MeV -> model space, ``inverse`` back).
         energy_ratio: the E_tot / E_inc model (``caloforge.preprocess.EnergyRatio``) that rescales each
             generated shower, drawing one uniform number per shower after the sampler's noise; ``None``
-            when the run was trained without it.
+            when the run was trained without it, and unused when the run has a layer-energy stage.
+        layer_denoiser: the layer-energy stage's EMA EDM module (``None`` when the run has none). Its
+            sampler runs first, from noise drawn right after the DiT's; the DiT's shower is then rescaled
+            layer by layer to its draw with ``layer_energies`` (``caloforge.preprocess.LayerEnergies``).
     """
 
     content: CheckpointContent
@@ -51,10 +54,27 @@ class ShowerGenerator:
     encoder: ConditionEncoder
     transform: PreprocessTransform
     energy_ratio: EnergyRatio | None = None
+    layer_denoiser: EDM | None = None
+    layer_energies: LayerEnergies | None = None
 
     @property
     def geometry(self) -> Any:
         return self.content.geometry
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (``load_generator``'s ``device``)."""
+        return next(self.denoiser.parameters()).device
+
+    def to(self, device: torch.device | str) -> ShowerGenerator:
+        """Moves the model to ``device`` ("cpu", "cuda", ...); returns self. Seeds give the same showers
+        on every device up to float arithmetic, because all random numbers are drawn on the CPU."""
+        modules = (self.denoiser, self.encoder, self.transform, self.energy_ratio, self.layer_denoiser,
+                   self.layer_energies)
+        for module in modules:
+            if module is not None:
+                module.to(device)
+        return self
 
     def sigmas(self, n_steps: int | None = None) -> Tensor:
         """The sampler's noise-level grid (n_steps + 1,), ending in 0."""
@@ -91,18 +111,26 @@ class ShowerGenerator:
             request.energy, request.theta, request.phi, request.detector
         )
         n_voxels, n = self.content.geometry.n_voxels, len(request)
+        device = self.device
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            cond = cond_all[start:stop]
+            cond = cond_all[start:stop].to(device)
             x = torch.randn((stop - start, n_voxels), generator=generator) * sigmas[0]
             with torch.no_grad():
-                z = run(self.denoiser, x, sigmas, cond, generator=generator)
-                e_inc = torch.from_numpy(request.energy[start:stop]).float()
+                e_inc = torch.from_numpy(request.energy[start:stop]).float().to(device)
+                if self.layer_denoiser is not None and self.layer_energies is not None:
+                    y = torch.randn((stop - start, self.layer_energies.dim), generator=generator) * sigmas[0]
+                    y = run(self.layer_denoiser, y.to(device), sigmas, cond, generator=generator)
+                z = run(self.denoiser, x.to(device), sigmas, cond, generator=generator)
                 showers = self.transform.inverse(z, e_inc)
-                if self.energy_ratio is not None:
+                if self.layer_denoiser is not None and self.layer_energies is not None:
+                    showers = self.layer_energies.rescale(showers, e_inc, y)
+                elif self.energy_ratio is not None:
                     u = torch.rand(stop - start, generator=generator)
-                    showers = self.energy_ratio.rescale(showers, e_inc, u)
-            yield request.showers(showers.numpy(), slice(start, stop), self.content.geometry, "generated")
+                    showers = self.energy_ratio.rescale(showers, e_inc, u.to(device))
+            yield request.showers(
+                showers.cpu().numpy(), slice(start, stop), self.content.geometry, "generated"
+            )
             if on_batch is not None:
                 on_batch(stop - start)
 
@@ -132,8 +160,8 @@ class ShowerGenerator:
         return ShowerSet.concatenate(parts)
 
 
-def load_generator(path: str | PathLike[str]) -> ShowerGenerator:
-    """A ``ShowerGenerator`` from a checkpoint written by ``caloforge train`` (CPU, eval mode)."""
+def load_generator(path: str | PathLike[str], device: torch.device | str = "cpu") -> ShowerGenerator:
+    """A ``ShowerGenerator`` from a checkpoint written by ``caloforge train``, in eval mode on ``device``."""
     content = read_checkpoint(path)
     denoiser = build_denoiser(content.config, content.geometry, content.spec.dim)
     assert content.weights is not None
@@ -147,7 +175,19 @@ def load_generator(path: str | PathLike[str]) -> ShowerGenerator:
         )
     denoiser.eval().requires_grad_(False)
     pre = content.preprocessor
-    return ShowerGenerator(content, denoiser, content.spec.encoder(), pre.module(), pre.energy_ratio())
+    layer_denoiser, layer_energies = None, pre.layer_energies(content.geometry)
+    if layer_energies is not None:
+        layer_denoiser = build_layer_denoiser(content.config, content.geometry.n_layers, content.spec.dim)
+        if content.layer_weights is None:
+            raise InputError(path, "state_dict", "holds no 'layer_ema.' weights",
+                             "the layer-energy stage its preprocessing says the run has")
+        layer_denoiser.load_state_dict(content.layer_weights)
+        layer_denoiser.eval().requires_grad_(False)
+    generator = ShowerGenerator(
+        content, denoiser, content.spec.encoder(), pre.module(), pre.energy_ratio(), layer_denoiser,
+        layer_energies,
+    )
+    return generator.to(device)
 
 
 def generate_to_file(

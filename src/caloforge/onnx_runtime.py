@@ -93,6 +93,14 @@ class OnnxGenerator:
     def sampler(self) -> str:
         return str(self.metadata["sampler"])
 
+    @property
+    def layer_dim(self) -> int:
+        """Width 1 + L of the ``layer_noise`` input (the layer-energy stage's); 1 when the graph has none."""
+        for graph_input in self.session.get_inputs():
+            if graph_input.name == "layer_noise":
+                return int(graph_input.shape[1])
+        return 1
+
     def range_warnings(
         self, energy: ArrayLike, theta: ArrayLike | None = None, phi: ArrayLike | None = None
     ) -> list[str]:
@@ -116,9 +124,11 @@ class OnnxGenerator:
         phi: NDArray[np.floating],
         detector: NDArray[np.integer],
         u: NDArray[np.floating] | None = None,
+        layer_noise: NDArray[np.floating] | None = None,
     ) -> NDArray[np.float32]:
         """One call of the ``sampler`` graph: noise (N, V), conditions (N,), u (N,) uniform in [0, 1)
-        (the E_tot / E_inc quantile; default 0.5) -> showers (N, V) MeV.
+        (the E_tot / E_inc quantile; default 0.5), layer_noise (N, 1 + L) (the layer-energy stage's
+        noise; default zeros) -> showers (N, V) MeV.
 
         Conditions the graph has no input for (the model does not use them) are not fed.
         """
@@ -129,6 +139,9 @@ class OnnxGenerator:
             "phi": np.asarray(phi, dtype=np.float32),
             "detector": np.asarray(detector, dtype=np.int64),
             "u": np.full(len(noise), 0.5, np.float32) if u is None else np.asarray(u, dtype=np.float32),
+            "layer_noise": np.zeros((len(noise), self.layer_dim), np.float32)
+            if layer_noise is None
+            else np.ascontiguousarray(layer_noise, dtype=np.float32),
         }
         # The exporter drops inputs the model does not use (e.g. theta for a normal-incidence model).
         present = {i.name for i in self.session.get_inputs()}
@@ -181,7 +194,8 @@ class OnnxGenerator:
             log.warning("%s; the model extrapolates there", problem)
         rng = generator if generator is not None else np.random.default_rng(0 if seed is None else int(seed))
         n_voxels = self.geometry.n_voxels
-        needs_u = "u" in {i.name for i in self.session.get_inputs()}
+        inputs = {i.name for i in self.session.get_inputs()}
+        needs_u, layer_dim = "u" in inputs, self.layer_dim if "layer_noise" in inputs else 0
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             part = slice(start, stop)
@@ -189,10 +203,16 @@ class OnnxGenerator:
                 showers = self.run_par04(energy[part], theta_a[part], phi_a[part], detector_a[part])
             else:
                 noise = rng.standard_normal((stop - start, n_voxels), dtype=np.float32)
-                # Draw u only for graphs that rescale E_tot (as the PyTorch path), so that without it
-                # the showers do not depend on the batch size.
+                # Draw as the PyTorch path does: the layer stage's noise after the DiT's; u only for
+                # graphs that rescale E_tot alone, so that without either the showers do not depend on
+                # the batch size.
+                layer_noise = (
+                    rng.standard_normal((stop - start, layer_dim), dtype=np.float32) if layer_dim else None
+                )
                 u = rng.random(stop - start, dtype=np.float32) if needs_u else None
-                showers = self.run(noise, energy[part], theta_a[part], phi_a[part], detector_a[part], u)
+                showers = self.run(
+                    noise, energy[part], theta_a[part], phi_a[part], detector_a[part], u, layer_noise
+                )
             yield request.showers(showers, part, self.geometry, str(self.path))
             if on_batch is not None:
                 on_batch(stop - start)

@@ -23,6 +23,11 @@ of a uniform, interpolated linearly between quantiles and between neighbouring e
 rescales each generated shower to E_tot = r E_inc, so the energy response is modelled explicitly (the
 idea of CaloDREAM's and CaloDiffusion's energy-first stages, here with a non-parametric 1D model).
 
+With ``layer_energies`` (on in the dataset-2 configs and the demo), preprocessing also fits the
+standardisation of each shower's layer vector (``LayerEnergies``), which the layer-energy stage
+(``caloforge.models.layer_mlp``) learns; generation rescales the DiT's shower layer by layer to the layer
+energies that stage draws. It models E_tot / E_inc too, so it replaces ``energy_ratio`` when both are on.
+
 ``ln(...)`` is clamped above at ``log_max`` (the largest value in training plus ln 2) before exp, so a
 sample far out in a tail cannot overflow. ``PreprocessTransform`` is the torch version (ONNX-traceable).
 """
@@ -40,8 +45,18 @@ from torch import Tensor, nn
 
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
+from caloforge.geometry import CylindricalGeometry
 
-__all__ = ["EnergyRatio", "PreprocessConfig", "PreprocessTransform", "ShowerPreprocessor", "fit_energy_ratio"]
+__all__ = [
+    "EnergyRatio",
+    "LayerEnergies",
+    "PreprocessConfig",
+    "PreprocessTransform",
+    "ShowerPreprocessor",
+    "fit_energy_ratio",
+    "fit_layer_energies",
+    "layer_matrix",
+]
 
 _CHUNK = 4096  # showers per chunk when transforming: bounds memory on large sets
 
@@ -60,6 +75,7 @@ class PreprocessConfig:
         energy_ratio: fit the E_tot / E_inc model and rescale generated showers with it (module doc).
         ratio_bins: bins in ln E_inc of that model (fewer when the training set is small).
         ratio_quantiles: quantiles per bin.
+        layer_energies: fit the layer vector's standardisation for the layer-energy stage (module doc).
     """
 
     standardize: str = "voxel"
@@ -69,6 +85,7 @@ class PreprocessConfig:
     energy_ratio: bool = False
     ratio_bins: int = 24
     ratio_quantiles: int = 129
+    layer_energies: bool = False
 
     def __post_init__(self) -> None:
         if self.standardize not in ("voxel", "global"):
@@ -177,12 +194,121 @@ def fit_energy_ratio(
     return table, lo, hi
 
 
+def layer_matrix(geometry: CylindricalGeometry) -> NDArray[np.float32]:
+    """One-hot (V, L): entry [v, l] is 1 where voxel v lies in layer l (any geometry, regular or not)."""
+    offsets = geometry.layer_offsets
+    matrix = np.zeros((geometry.n_voxels, geometry.n_layers), dtype=np.float32)
+    for layer in range(geometry.n_layers):
+        matrix[offsets[layer] : offsets[layer + 1], layer] = 1.0
+    return matrix
+
+
+def layer_vector(
+    showers: NDArray[np.floating], energy: NDArray[np.floating], matrix: NDArray[np.floating], delta: float
+) -> NDArray[np.float64]:
+    """The layer vector y (N, 1 + L) of ``LayerEnergies`` from showers (N, V) MeV and energy (N,) MeV."""
+    layers = np.asarray(showers, dtype=np.float64) @ matrix.astype(np.float64)  # (N, L) MeV
+    total = np.maximum(layers.sum(axis=1), 1e-300)
+    ratio = total / np.asarray(energy, dtype=np.float64).reshape(-1)
+    return np.concatenate([np.log(ratio)[:, None], np.log(layers / total[:, None] + delta)], axis=1)
+
+
+class LayerEnergies(nn.Module):
+    """The layer-energy stage's data side: y <-> standardised space, and rescaling showers to it.
+
+    A shower with incident energy E_inc (MeV), total E_tot and layer energies E_l has the layer vector
+
+        y_0 = ln(E_tot / E_inc),   y_l = ln(E_l / E_tot + delta)   (l = 1 .. L),
+
+    standardised per component with ``mean``/``std`` (1 + L,). ``delta`` is half the smallest nonzero layer
+    fraction in training, so an empty layer sits one constant step below the faintest real one; fractions
+    below ``threshold`` (0.999 x that fraction) come back as empty. Torch ops only (ONNX-traceable).
+
+    ``inverse(z)``: (N, 1 + L) -> ratio E_tot / E_inc (N,), fractions (N, L).
+    ``rescale(showers, energy, z)``: showers (N, V) MeV rescaled so that layer l holds fraction_l * ratio *
+    E_inc; the fractions of layers the shower leaves empty are shared out over its other layers, and cells
+    pushed below ``threshold_mev`` read zero.
+    """
+
+    mean: Tensor
+    std: Tensor
+    matrix: Tensor
+
+    def __init__(
+        self, mean: Tensor, std: Tensor, delta: float, threshold: float, matrix: Tensor, threshold_mev: float
+    ) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("std", std.float())
+        self.register_buffer("matrix", matrix.float())
+        self.delta, self.threshold, self.threshold_mev = float(delta), float(threshold), float(threshold_mev)
+
+    @property
+    def dim(self) -> int:
+        """1 + L, the size of the vector the stage models."""
+        return int(self.mean.shape[0])
+
+    def forward(self, showers: Tensor, energy: Tensor) -> Tensor:
+        """Standardised layer vectors (N, 1 + L) of showers (N, V) MeV."""
+        layers = showers @ self.matrix  # (N, L)
+        total = torch.clamp(layers.sum(dim=1), min=1e-30)
+        fraction = layers / total[:, None]
+        y = torch.cat([torch.log(total / energy)[:, None], torch.log(fraction + self.delta)], dim=1)
+        return (y - self.mean) / self.std
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        y = z * self.std + self.mean
+        ratio = torch.exp(torch.clamp(y[:, 0], max=0.0))  # a calorimeter never holds more than E_inc
+        fraction = torch.exp(torch.clamp(y[:, 1:], max=0.0)) - self.delta
+        fraction = torch.where(fraction < self.threshold, torch.zeros_like(fraction), fraction)
+        return ratio, fraction
+
+    def rescale(self, showers: Tensor, energy: Tensor, z: Tensor) -> Tensor:
+        ratio, fraction = self.inverse(z)
+        have = showers @ self.matrix  # (N, L) MeV the shower holds per layer
+        fraction = torch.where(have > 0, fraction, torch.zeros_like(fraction))
+        norm = fraction.sum(dim=1, keepdim=True)
+        own = have / torch.clamp(have.sum(dim=1, keepdim=True), min=1e-30)  # for a shower with none left
+        fraction = torch.where(norm > 0, fraction / torch.clamp(norm, min=1e-30), own)
+        scale = fraction * (ratio * energy)[:, None] / torch.clamp(have, min=1e-30)  # (N, L)
+        scaled = showers * (scale @ self.matrix.T)  # (N, V)
+        return torch.where(scaled < self.threshold_mev, torch.zeros_like(scaled), scaled)
+
+
+def fit_layer_energies(
+    showers: NDArray[np.floating], energy: NDArray[np.floating], matrix: NDArray[np.floating],
+    std_floor: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """mean and std (1 + L,) and delta of ``LayerEnergies`` fitted on showers (N, V) MeV, energy (N,) MeV.
+
+    Two passes over chunks (the smallest nonzero layer fraction sets delta, then the moments), so a
+    training set as large as memory allows costs no copy of it.
+    """
+    chunks = [slice(start, start + _CHUNK) for start in range(0, len(showers), _CHUNK)]
+    smallest = math.inf
+    for part in chunks:
+        layers = np.asarray(showers[part], dtype=np.float64) @ matrix.astype(np.float64)
+        fraction = layers / np.maximum(layers.sum(axis=1, keepdims=True), 1e-300)
+        if np.any(fraction > 0):
+            smallest = min(smallest, float(fraction[fraction > 0].min()))
+    delta = 0.5 * smallest if math.isfinite(smallest) else 1e-9
+    sums, sums_sq = np.zeros(1 + matrix.shape[1]), np.zeros(1 + matrix.shape[1])
+    for part in chunks:
+        y = layer_vector(showers[part], energy[part], matrix, delta)
+        sums += y.sum(axis=0)
+        sums_sq += (y * y).sum(axis=0)
+    mean = sums / len(showers)
+    std = np.sqrt(np.maximum(sums_sq / len(showers) - mean**2, 0.0))
+    return mean, np.maximum(std, std_floor), delta
+
+
 @dataclass
 class ShowerPreprocessor:
     """A fitted transform (see module doc); build with ``fit``, save with ``to_dict``.
 
     Attributes: threshold_mev and eps_mev in MeV; mean and std (n_voxels,) or (1,) in log space;
-    log_max the clamp of the log before exp.
+    log_max the clamp of the log before exp; ratio_table and ratio_log_range the E_tot / E_inc model;
+    layer_mean, layer_std (1 + L,) and layer_delta the layer vector's standardisation (``LayerEnergies``).
     """
 
     config: PreprocessConfig
@@ -193,6 +319,9 @@ class ShowerPreprocessor:
     log_max: float
     ratio_table: NDArray[np.float64] | None = None
     ratio_log_range: tuple[float, float] = (0.0, 1.0)
+    layer_mean: NDArray[np.float64] | None = None
+    layer_std: NDArray[np.float64] | None = None
+    layer_delta: float = 0.0
 
     @classmethod
     def fit(cls, showers: ShowerSet, config: PreprocessConfig | None = None) -> ShowerPreprocessor:
@@ -234,6 +363,12 @@ class ShowerPreprocessor:
             ratio = showers.showers.sum(axis=1, dtype=np.float64) / energy
             table, lo, hi = fit_energy_ratio(ratio, energy, config.ratio_bins, config.ratio_quantiles)
             log_range = (lo, hi)
+        layer_mean = layer_std = None
+        delta = 0.0
+        if config.layer_energies:
+            layer_mean, layer_std, delta = fit_layer_energies(
+                showers.showers, energy, layer_matrix(showers.geometry), config.std_floor
+            )
         return cls(
             config,
             threshold,
@@ -243,6 +378,9 @@ class ShowerPreprocessor:
             log_max + math.log(2.0),
             table,
             log_range,
+            layer_mean,
+            layer_std,
+            delta,
         )
 
     def energy_ratio(self) -> EnergyRatio | None:
@@ -250,6 +388,31 @@ class ShowerPreprocessor:
         if self.ratio_table is None:
             return None
         return EnergyRatio(torch.from_numpy(self.ratio_table), *self.ratio_log_range, self.threshold_mev)
+
+    def layer_energies(self, geometry: CylindricalGeometry) -> LayerEnergies | None:
+        """The torch layer-vector transform for ``geometry`` (the one fitted on), or ``None`` when not
+        fitted (``config.layer_energies`` off)."""
+        if self.layer_mean is None or self.layer_std is None:
+            return None
+        return LayerEnergies(
+            torch.from_numpy(self.layer_mean), torch.from_numpy(self.layer_std), self.layer_delta,
+            1.998 * self.layer_delta, torch.from_numpy(layer_matrix(geometry)), self.threshold_mev,
+        )
+
+    def layer_targets(self, showers: ShowerSet) -> NDArray[np.float32]:
+        """Standardised layer vectors (N, 1 + L) float32 the layer-energy stage trains on."""
+        module = self.layer_energies(showers.geometry)
+        if module is None:
+            raise ValueError("layer_targets needs a preprocessor fitted with layer_energies on")
+        out = np.empty((len(showers), module.dim), dtype=np.float32)
+        with torch.no_grad():
+            for start in range(0, len(showers), _CHUNK):
+                stop = start + _CHUNK
+                out[start:stop] = module(
+                    torch.from_numpy(np.asarray(showers.showers[start:stop], np.float32)),
+                    torch.from_numpy(showers.energy[start:stop].astype(np.float32)),
+                ).numpy()
+        return out
 
     def module(self) -> PreprocessTransform:
         """The torch form (buffers on CPU, float32)."""
@@ -297,6 +460,9 @@ class ShowerPreprocessor:
             "std": self.std.tolist(),
             "ratio_table": None if self.ratio_table is None else self.ratio_table.tolist(),
             "ratio_log_range": list(self.ratio_log_range),
+            "layer_mean": None if self.layer_mean is None else self.layer_mean.tolist(),
+            "layer_std": None if self.layer_std is None else self.layer_std.tolist(),
+            "layer_delta": self.layer_delta,
         }
 
     @classmethod
@@ -310,4 +476,7 @@ class ShowerPreprocessor:
             float(data["log_max"]),
             None if data.get("ratio_table") is None else np.asarray(data["ratio_table"], dtype=np.float64),
             tuple(map(float, data.get("ratio_log_range", (0.0, 1.0)))),  # type: ignore[arg-type]
+            None if data.get("layer_mean") is None else np.asarray(data["layer_mean"], dtype=np.float64),
+            None if data.get("layer_std") is None else np.asarray(data["layer_std"], dtype=np.float64),
+            float(data.get("layer_delta", 0.0)),
         )

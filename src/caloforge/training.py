@@ -25,7 +25,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from caloforge.checkpoint import CHECKPOINT_KEY, CheckpointContent, read_checkpoint
@@ -35,7 +35,7 @@ from caloforge.data import ShowerSet
 from caloforge.diffusion import EDM, EDMConfig
 from caloforge.errors import InputError
 from caloforge.geometry import CylindricalGeometry
-from caloforge.models import DiT, DiTConfig
+from caloforge.models import DiT, DiTConfig, LayerMLP, LayerModelConfig
 from caloforge.preprocess import PreprocessConfig, ShowerPreprocessor
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "SampleConfig",
     "TrainConfig",
     "build_denoiser",
+    "build_layer_denoiser",
     "build_trainer",
     "load_run_config",
     "train",
@@ -114,6 +115,7 @@ class RunConfig:
     """Everything a run needs; saved in every checkpoint and as ``config.yaml``."""
 
     model: DiTConfig = field(default_factory=DiTConfig)
+    layers: LayerModelConfig = field(default_factory=LayerModelConfig)
     diffusion: EDMConfig = field(default_factory=EDMConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -122,7 +124,7 @@ class RunConfig:
 
 
 def load_run_config(path: str | PathLike[str] | None) -> RunConfig:
-    """A ``RunConfig`` from YAML (sections model, diffusion, preprocess, optim, train, sample).
+    """A ``RunConfig`` from YAML (sections model, layers, diffusion, preprocess, optim, train, sample).
 
     ``None`` gives the defaults.
     """
@@ -134,9 +136,17 @@ def build_denoiser(config: RunConfig, geometry: CylindricalGeometry, cond_dim: i
     return EDM(DiT(config.model, geometry, cond_dim), config.diffusion)
 
 
+def build_layer_denoiser(config: RunConfig, n_layers: int, cond_dim: int) -> EDM:
+    """The layer-energy stage (``LayerMLP`` over 1 + n_layers values) in EDM preconditioning, fresh."""
+    return EDM(LayerMLP(1 + n_layers, cond_dim, config.layers), config.diffusion)
+
+
 # ---- the LightningModule ----------------------------------------------------------------------------------
 class DiffusionModule(L.LightningModule):
     """Trains ``edm`` with the EDM loss and keeps ``ema``, the moving average used for generation.
+
+    With ``preprocess.layer_energies`` on, it trains the layer-energy stage ``layer_edm`` beside it (its
+    loss, times ``layers.loss_weight``, is added) and keeps ``layer_ema`` likewise.
 
     ``payload`` (the ``caloforge`` checkpoint entry: config, preprocessing, geometry, condition spec
     and ranges) is written into every checkpoint this module saves.
@@ -150,7 +160,15 @@ class DiffusionModule(L.LightningModule):
         with torch.random.fork_rng():  # initial weights from the run's seed without touching global state
             torch.manual_seed(config.train.seed)
             self.edm = build_denoiser(config, geometry, spec.dim)
+            self.layer_edm = (
+                build_layer_denoiser(config, geometry.n_layers, spec.dim)
+                if config.preprocess.layer_energies
+                else None
+            )
         self.ema = copy.deepcopy(self.edm).requires_grad_(False)
+        self.layer_ema = (
+            None if self.layer_edm is None else copy.deepcopy(self.layer_edm).requires_grad_(False)
+        )
         self.payload = payload
         self._noise: torch.Generator | None = None
         self._noise_state: Tensor | None = None
@@ -163,9 +181,13 @@ class DiffusionModule(L.LightningModule):
                 self._noise.set_state(self._noise_state)
         return self._noise
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x0, cond = batch
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        x0, cond = batch[0], batch[1]
         loss = self.edm.loss(x0, cond, generator=self._generator())
+        if self.layer_edm is not None:
+            layer_loss = self.layer_edm.loss(batch[2], cond, generator=self._generator())
+            self.log("train/layer_loss", layer_loss, on_step=True, on_epoch=False)
+            loss = loss + self.config.layers.loss_weight * layer_loss
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)  # type: ignore[union-attr]
         return loss
@@ -199,14 +221,22 @@ class DiffusionModule(L.LightningModule):
         step = self.global_step
         decay = min(self.config.train.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for ema, p in zip(self.ema.parameters(), self.edm.parameters(), strict=True):
+            for ema, p in zip(self._ema_parameters(), self._parameters_trained(), strict=True):
                 ema.lerp_(p.detach(), 1 - decay)
+
+    def _parameters_trained(self) -> list[nn.Parameter]:
+        stages = [self.edm] if self.layer_edm is None else [self.edm, self.layer_edm]
+        return [p for stage in stages for p in stage.parameters()]
+
+    def _ema_parameters(self) -> list[nn.Parameter]:
+        stages = [self.ema] if self.layer_ema is None else [self.ema, self.layer_ema]
+        return [p for stage in stages for p in stage.parameters()]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optim = self.config.optim
         if optim.schedule not in ("cosine", "constant"):
             raise InputError(None, "optim.schedule", f"is '{optim.schedule}'", "'cosine' or 'constant'")
-        return torch.optim.AdamW(self.edm.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        return torch.optim.AdamW(self._parameters_trained(), lr=optim.lr, weight_decay=optim.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.payload
@@ -329,8 +359,11 @@ def train(
 
     x = torch.from_numpy(content.preprocessor.transform(showers))
     cond = content.spec.encode(showers)
+    tensors = [x, cond]
+    if config.preprocess.layer_energies:
+        tensors.append(torch.from_numpy(content.preprocessor.layer_targets(showers)))
     data = DataLoader(
-        TensorDataset(x, cond),
+        TensorDataset(*tensors),
         batch_size=min(config.train.batch_size, len(showers)),
         shuffle=True,
         drop_last=True,

@@ -4,5 +4,6 @@ A backbone never knows about noise schedules; the generative process in ``calofo
 """
 
 from caloforge.models.dit import DIT_SIZES, DiT, DiTConfig, DiTSize
+from caloforge.models.layer_mlp import LayerMLP, LayerModelConfig
 
-__all__ = ["DIT_SIZES", "DiT", "DiTConfig", "DiTSize"]
+__all__ = ["DIT_SIZES", "DiT", "DiTConfig", "DiTSize", "LayerMLP", "LayerModelConfig"]
