@@ -235,13 +235,14 @@ class LayerEnergies(nn.Module):
     matrix: Tensor
 
     def __init__(
-        self, mean: Tensor, std: Tensor, delta: float, threshold: float, matrix: Tensor, threshold_mev: float
+        self, mean: Tensor, std: Tensor, delta: float, matrix: Tensor, threshold_mev: float
     ) -> None:
         super().__init__()
         self.register_buffer("mean", mean.float())
         self.register_buffer("std", std.float())
         self.register_buffer("matrix", matrix.float())
-        self.delta, self.threshold, self.threshold_mev = float(delta), float(threshold), float(threshold_mev)
+        self.delta, self.threshold_mev = float(delta), float(threshold_mev)
+        self.threshold = 1.998 * self.delta  # 0.999 x the smallest fraction (module doc)
 
     @property
     def dim(self) -> int:
@@ -300,6 +301,19 @@ def fit_layer_energies(
     mean = sums / len(showers)
     std = np.sqrt(np.maximum(sums_sq / len(showers) - mean**2, 0.0))
     return mean, np.maximum(std, std_floor), delta
+
+
+def _apply_chunked(module: nn.Module, showers: ShowerSet, width: int) -> NDArray[np.float32]:
+    """``module(showers MeV, energy MeV)`` over ``showers`` in chunks of ``_CHUNK`` -> (N, width) float32."""
+    out = np.empty((len(showers), width), dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, len(showers), _CHUNK):
+            stop = start + _CHUNK
+            out[start:stop] = module(
+                torch.from_numpy(np.asarray(showers.showers[start:stop], np.float32)),
+                torch.from_numpy(showers.energy[start:stop].astype(np.float32)),
+            ).numpy()
+    return out
 
 
 @dataclass
@@ -396,7 +410,7 @@ class ShowerPreprocessor:
             return None
         return LayerEnergies(
             torch.from_numpy(self.layer_mean), torch.from_numpy(self.layer_std), self.layer_delta,
-            1.998 * self.layer_delta, torch.from_numpy(layer_matrix(geometry)), self.threshold_mev,
+            torch.from_numpy(layer_matrix(geometry)), self.threshold_mev,
         )
 
     def layer_targets(self, showers: ShowerSet) -> NDArray[np.float32]:
@@ -404,15 +418,7 @@ class ShowerPreprocessor:
         module = self.layer_energies(showers.geometry)
         if module is None:
             raise ValueError("layer_targets needs a preprocessor fitted with layer_energies on")
-        out = np.empty((len(showers), module.dim), dtype=np.float32)
-        with torch.no_grad():
-            for start in range(0, len(showers), _CHUNK):
-                stop = start + _CHUNK
-                out[start:stop] = module(
-                    torch.from_numpy(np.asarray(showers.showers[start:stop], np.float32)),
-                    torch.from_numpy(showers.energy[start:stop].astype(np.float32)),
-                ).numpy()
-        return out
+        return _apply_chunked(module, showers, module.dim)
 
     def module(self) -> PreprocessTransform:
         """The torch form (buffers on CPU, float32)."""
@@ -426,16 +432,7 @@ class ShowerPreprocessor:
 
     def transform(self, showers: ShowerSet) -> NDArray[np.float32]:
         """Model-space values (N, n_voxels) float32 of a ``ShowerSet``."""
-        module = self.module()
-        out = np.empty(showers.showers.shape, dtype=np.float32)
-        with torch.no_grad():
-            for start in range(0, len(showers), _CHUNK):
-                stop = start + _CHUNK
-                out[start:stop] = module(
-                    torch.from_numpy(np.asarray(showers.showers[start:stop], np.float32)),
-                    torch.from_numpy(showers.energy[start:stop].astype(np.float32)),
-                ).numpy()
-        return out
+        return _apply_chunked(self.module(), showers, showers.showers.shape[1])
 
     def inverse(self, z: NDArray[np.floating], energy: NDArray[np.floating]) -> NDArray[np.float32]:
         """Showers (N, n_voxels) in MeV from model-space values (N, n_voxels) and energy (N,) MeV."""
