@@ -26,9 +26,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tqdm import tqdm
 
-from caloforge.conditioning import ConditionRequest
 from caloforge.data import ShowerSet
-from caloforge.diffusion import get_sampler
 from caloforge.evaluate.classifier import ClassifierConfig
 from caloforge.evaluate.pipeline import EvaluateConfig, Sample, collect, compute_metrics, low_level_capacity
 from caloforge.generate import ShowerGenerator, load_generator
@@ -82,9 +80,9 @@ def generate(
     return ShowerSet.concatenate(parts)
 
 
-def apply_energy_stage(generator: ShowerGenerator, showers: ShowerSet, args: argparse.Namespace) -> ShowerSet:
-    """Rescale showers generated without the energy stage with it: the layer-energy stage when the run
-    has one (its sampler over fresh noise), else the E_tot/E_inc model (fresh uniforms)."""
+def apply_energy_ratio(generator: ShowerGenerator, showers: ShowerSet, args: argparse.Namespace) -> ShowerSet:
+    """Rescale showers generated without the E_tot/E_inc model with it (fresh uniforms)."""
+    assert generator.energy_ratio is not None
     noise = torch.Generator().manual_seed(args.seed + 11)
     device = generator.device
     energy = torch.from_numpy(showers.energy).float()
@@ -92,23 +90,9 @@ def apply_energy_stage(generator: ShowerGenerator, showers: ShowerSet, args: arg
     for start in range(0, len(showers), args.gen_batch_size):
         part = slice(start, start + args.gen_batch_size)
         e_inc, batch = energy[part].to(device), torch.from_numpy(showers.showers[part]).to(device)
+        u = torch.rand(len(e_inc), generator=noise).to(device)
         with torch.no_grad():
-            if generator.layer_denoiser is not None and generator.layer_energies is not None:
-                request = ConditionRequest.of(showers.energy[part])
-                cond = generator.content.spec.encode_arrays(
-                    request.energy, request.theta, request.phi, request.detector
-                ).to(device)
-                sigmas = generator.sigmas(args.steps)
-                y = torch.randn((len(e_inc), generator.layer_energies.dim), generator=noise) * sigmas[0]
-                y = get_sampler(args.sampler or generator.content.config.sample.sampler)(
-                    generator.layer_denoiser, y.to(device), sigmas, cond
-                )
-                rescaled = generator.layer_energies.rescale(batch, e_inc, y)
-            else:
-                assert generator.energy_ratio is not None
-                u = torch.rand(len(e_inc), generator=noise).to(device)
-                rescaled = generator.energy_ratio.rescale(batch, e_inc, u)
-        out[part] = rescaled.cpu().numpy()
+            out[part] = generator.energy_ratio.rescale(batch, e_inc, u).cpu().numpy()
     return ShowerSet(out, showers.geometry, showers.energy, source="generated")
 
 
@@ -203,20 +187,21 @@ def main() -> None:
         return collect([showers], name, eval_config, capacity)
 
     ref_sample = sample_of(reference, "reference")
-    # Generate without the energy stage (the layer-energy stage, or else the E_tot/E_inc model), then
-    # apply it, so one sampling run gives both the model's numbers and the ablation (the same arithmetic
-    # as ShowerGenerator.sample, with the stage's random numbers drawn here).
-    stage = (generator.layer_denoiser, generator.layer_energies, generator.energy_ratio)
-    generator.layer_denoiser, generator.layer_energies, generator.energy_ratio = None, None, None
+    # With the E_tot/E_inc model alone, generate without it and then apply it, so one sampling run gives
+    # both the model's numbers and the ablation (the same arithmetic as ShowerGenerator.sample, with the
+    # uniforms drawn here). A layer-energy stage conditions the DiT, so it has no such ablation.
+    ratio = generator.energy_ratio if generator.layer_denoiser is None else None
+    if ratio is not None:
+        generator.energy_ratio = None
     t0 = time.perf_counter()
     generated = generate(generator, reference.energy, args, "generating")
     timings["generate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ablation = None
-    if any(part is not None for part in stage):
+    if ratio is not None:
         ablation = summarise(compute_metrics(sample_of(generated, "raw"), ref_sample, eval_config))
-        generator.layer_denoiser, generator.layer_energies, generator.energy_ratio = stage
-        generated = apply_energy_stage(generator, generated, args)
+        generator.energy_ratio = ratio
+        generated = apply_energy_ratio(generator, generated, args)
     model_metrics = compute_metrics(
         sample_of(generated, "generated"), ref_sample, eval_config, show_progress=True
     )

@@ -126,7 +126,8 @@ def profile_denoiser(generator: ShowerGenerator, batch_size: int, repeats: int) 
     n_voxels = generator.geometry.n_voxels
     x = torch.randn(batch_size, n_voxels, generator=torch.Generator().manual_seed(0))
     sigma = torch.full((batch_size,), 1.0)
-    cond = torch.zeros(batch_size, generator.content.spec.dim)
+    layer_dim = 0 if generator.layer_energies is None else generator.layer_energies.dim
+    cond = torch.zeros(batch_size, generator.content.spec.dim + layer_dim)  # conditions, then layer vector
     with torch.no_grad():
         generator.denoiser(x, sigma, cond)
         spent.clear()

@@ -86,6 +86,7 @@ def assert_close_to_scale(got: np.ndarray, expected: np.ndarray, rtol: float = 1
 def test_denoiser_graph_matches_pytorch(generator: ShowerGenerator, tmp_path: Path) -> None:
     path = export_denoiser(generator, tmp_path / "denoiser.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # a run without a layer-energy stage has no layer vector to condition on
     assert [i.name for i in session.get_inputs()] == ["x", "sigma", "energy", "theta", "phi", "detector"]
     for n in (1, 5):
         cond = conditions(n, seed=n)
@@ -293,6 +294,25 @@ def test_sampler_graph_runs_the_layer_energy_stage(tmp_path: Path) -> None:
     other = session.run(["showers"], {"noise": noise, "layer_noise": -layer_noise, **cond})[0]
     assert not np.allclose(other, got)  # the layer noise reaches the showers
     assert check_sampler_export(gen, path, n=3) < 1e-4
+    # the denoiser graph takes the layer vector the DiT is conditioned on, and the DiT reads it
+    with torch.no_grad():
+        for p in gen.denoiser.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=noise_gen))
+    denoiser = ort.InferenceSession(str(export_denoiser(gen, tmp_path / "d.onnx")),
+                                    providers=["CPUExecutionProvider"])
+    assert [i.name for i in denoiser.get_inputs()][-1] == "layers"
+    x = np.random.default_rng(4).standard_normal((4, GEOMETRY.n_voxels)).astype(np.float32)
+    sigma = np.full(4, 0.5, dtype=np.float32)
+    layers = np.random.default_rng(5).standard_normal((4, 1 + GEOMETRY.n_layers)).astype(np.float32)
+    d = denoiser.run(["denoised"], {"x": x, "sigma": sigma, "layers": layers, **cond})[0]
+    with torch.no_grad():
+        encoded = gen.encoder(*(torch.from_numpy(cond[k]) for k in ("energy", "theta", "phi")),
+                              torch.from_numpy(cond["detector"]))
+        expected = gen.denoiser(torch.from_numpy(x), torch.from_numpy(sigma),
+                                torch.cat([encoded, torch.from_numpy(layers)], dim=1)).numpy()
+    assert_close_to_scale(d, expected)
+    d2 = denoiser.run(["denoised"], {"x": x, "sigma": sigma, "layers": -layers, **cond})[0]
+    assert not np.allclose(d, d2, atol=1e-4)  # the layer vector conditions the DiT
     par04 = export_par04(gen, tmp_path / "par04.onnx", n_steps=2)
     a = par04_cpp_run(ort.InferenceSession(str(par04), providers=["CPUExecutionProvider"]), 1e4, 1.5, 0.0, 0)
     assert np.isfinite(a).all() and (a >= 0).all() and a.sum() > 0

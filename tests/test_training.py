@@ -126,6 +126,9 @@ def test_layer_energy_stage_trains_beside_the_dit_and_is_saved(tmp_path: Path) -
     assert "train/layer_loss" in metrics
     generator = load_generator(model)
     assert generator.layer_denoiser is not None and generator.layer_energies is not None
+    # the DiT is conditioned on the stage's vector: the conditions, then 1 + L layer values
+    cond_embed = generator.denoiser.backbone.cond_embed[0]
+    assert cond_embed.in_features == content.spec.dim + 1 + showers.geometry.n_layers
     a = generator.sample(showers.energy[:5], seed=3, n_steps=2).showers
     b = load_generator(model).sample(showers.energy[:5], seed=3, n_steps=2).showers
     np.testing.assert_array_equal(a, b)

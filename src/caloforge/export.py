@@ -39,6 +39,7 @@ from caloforge.diffusion import get_sampler
 from caloforge.errors import CaloforgeError, InputError
 from caloforge.generate import ShowerGenerator, load_generator
 from caloforge.io import atomic_output
+from caloforge.training import shape_condition
 
 __all__ = [
     "DETERMINISTIC_SAMPLERS",
@@ -84,17 +85,21 @@ def _sampler(name: str) -> Callable[..., Tensor]:
 # ---- the graphs as torch modules ------------------------------------------------------------------------
 class DenoiserGraph(nn.Module):
     """D(x; sigma | conditions): x (N, V) model space, sigma (N,), energy (N,) MeV, theta/phi (N,) rad,
-    detector (N,) int64 -> denoised x (N, V)."""
+    detector (N,) int64, layers (N, 1 + L) the standardised layer-energy vector the DiT is conditioned on
+    (read only by a run with a layer-energy stage, else absent from the graph) -> denoised x (N, V)."""
 
     def __init__(self, generator: ShowerGenerator) -> None:
         super().__init__()
         self.denoiser = generator.denoiser
         self.encoder = generator.encoder
+        self.has_layers = generator.layer_energies is not None
 
     def forward(
-        self, x: Tensor, sigma: Tensor, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor
+        self, x: Tensor, sigma: Tensor, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor,
+        layers: Tensor,
     ) -> Tensor:
-        return self.denoiser(x, sigma, self.encoder(energy, theta, phi, detector))
+        cond = self.encoder(energy, theta, phi, detector)
+        return self.denoiser(x, sigma, shape_condition(cond, layers if self.has_layers else None))
 
 
 class SamplerGraph(nn.Module):
@@ -104,7 +109,8 @@ class SamplerGraph(nn.Module):
 
     Runs ``sampler`` over ``generator.sigmas(n_steps)`` starting at ``noise * sigmas[0]`` and inverts the
     preprocessing. With a layer-energy stage (``generator.layer_denoiser``) it first runs the same sampler
-    over that stage from ``layer_noise * sigmas[0]`` and rescales each shower's layers to the draw;
+    over that stage from ``layer_noise * sigmas[0]``, conditions the DiT on the draw and rescales each
+    shower's layers to it;
     otherwise, when the run models E_tot / E_inc (``generator.energy_ratio``), it rescales each shower to
     the ratio drawn at quantile ``u``. The same arithmetic as ``ShowerGenerator.sample`` given the same
     noise; the inputs a run does not use are absent from the exported graph.
@@ -133,10 +139,12 @@ class SamplerGraph(nn.Module):
     ) -> Tensor:
         cond = self.encoder(energy, theta, phi, detector)  # (N, C)
         start = float(self.sigmas[0])
-        z = self.sampler(self.denoiser, noise * start, self.sigmas, cond)  # (N, V)
-        showers = self.transform.inverse(z, energy)  # (N, V) MeV
-        if self.layer_denoiser is not None and self.layer_energies is not None:
+        y = None
+        if self.layer_denoiser is not None:
             y = self.sampler(self.layer_denoiser, layer_noise * start, self.sigmas, cond)  # (N, 1 + L)
+        z = self.sampler(self.denoiser, noise * start, self.sigmas, shape_condition(cond, y))  # (N, V)
+        showers = self.transform.inverse(z, energy)  # (N, V) MeV
+        if y is not None and self.layer_energies is not None:
             showers = self.layer_energies.rescale(showers, energy, y)
         elif self.energy_ratio is not None:
             showers = self.energy_ratio.rescale(showers, energy, u)
@@ -259,7 +267,9 @@ def _example_conditions(generator: ShowerGenerator, n: int) -> tuple[Tensor, Ten
 def export_denoiser(generator: ShowerGenerator, path: str | PathLike[str]) -> Path:
     """Write the ``denoiser`` graph (dynamic batch) to ``path``; see ``docs/onnx.md``."""
     n_voxels = generator.geometry.n_voxels
-    args = (torch.zeros(2, n_voxels), torch.ones(2), *_example_conditions(generator, 2))
+    layer_dim = 1 if generator.layer_energies is None else generator.layer_energies.dim
+    args = (torch.zeros(2, n_voxels), torch.ones(2), *_example_conditions(generator, 2),
+            torch.zeros(2, layer_dim))
     sigmas = generator.sigmas().tolist()
     edm = generator.denoiser.config
     meta = _metadata(
@@ -267,7 +277,7 @@ def export_denoiser(generator: ShowerGenerator, path: str | PathLike[str]) -> Pa
         sigma_max=edm.sigma_max, rho=edm.rho, preprocess=generator.content.preprocessor.to_dict(),
     )
     return write_onnx(
-        DenoiserGraph(generator), args, path, ["x", "sigma", "energy", "theta", "phi", "detector"],
+        DenoiserGraph(generator), args, path, ["x", "sigma", "energy", "theta", "phi", "detector", "layers"],
         ["denoised"], True, meta,
     )
 

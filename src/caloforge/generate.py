@@ -25,7 +25,7 @@ from caloforge.data import ShowerSet
 from caloforge.diffusion import EDM, get_sampler
 from caloforge.errors import InputError
 from caloforge.preprocess import EnergyRatio, LayerEnergies, PreprocessTransform
-from caloforge.training import build_denoiser, build_layer_denoiser
+from caloforge.training import build_denoiser, build_layer_denoiser, shape_condition
 
 __all__ = ["ShowerGenerator", "generate_to_file", "load_generator"]
 
@@ -118,12 +118,13 @@ class ShowerGenerator:
             x = torch.randn((stop - start, n_voxels), generator=generator) * sigmas[0]
             with torch.no_grad():
                 e_inc = torch.from_numpy(request.energy[start:stop]).float().to(device)
+                y = None
                 if self.layer_denoiser is not None and self.layer_energies is not None:
                     y = torch.randn((stop - start, self.layer_energies.dim), generator=generator) * sigmas[0]
                     y = run(self.layer_denoiser, y.to(device), sigmas, cond, generator=generator)
-                z = run(self.denoiser, x.to(device), sigmas, cond, generator=generator)
+                z = run(self.denoiser, x.to(device), sigmas, shape_condition(cond, y), generator=generator)
                 showers = self.transform.inverse(z, e_inc)
-                if self.layer_denoiser is not None and self.layer_energies is not None:
+                if y is not None and self.layer_energies is not None:
                     showers = self.layer_energies.rescale(showers, e_inc, y)
                 elif self.energy_ratio is not None:
                     u = torch.rand(stop - start, generator=generator)

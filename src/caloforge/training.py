@@ -48,6 +48,7 @@ __all__ = [
     "build_layer_denoiser",
     "build_trainer",
     "load_run_config",
+    "shape_condition",
     "train",
 ]
 
@@ -132,8 +133,18 @@ def load_run_config(path: str | PathLike[str] | None) -> RunConfig:
 
 
 def build_denoiser(config: RunConfig, geometry: CylindricalGeometry, cond_dim: int) -> EDM:
-    """The DiT backbone wrapped in EDM preconditioning, freshly initialised."""
-    return EDM(DiT(config.model, geometry, cond_dim), config.diffusion)
+    """The DiT backbone wrapped in EDM preconditioning, freshly initialised.
+
+    With the layer-energy stage on, the DiT is conditioned on the stage's standardised vector too: its
+    condition is the ``cond_dim`` condition vector followed by the 1 + L layer values (``shape_condition``).
+    """
+    extra = 1 + geometry.n_layers if config.preprocess.layer_energies else 0
+    return EDM(DiT(config.model, geometry, cond_dim + extra), config.diffusion)
+
+
+def shape_condition(cond: Tensor, layers: Tensor | None) -> Tensor:
+    """The DiT's condition: cond (N, C), then the layer-energy vector (N, 1 + L) when there is one."""
+    return cond if layers is None else torch.cat([cond, layers], dim=1)
 
 
 def build_layer_denoiser(config: RunConfig, n_layers: int, cond_dim: int) -> EDM:
@@ -183,7 +194,8 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         x0, cond = batch[0], batch[1]
-        loss = self.edm.loss(x0, cond, generator=self._generator())
+        layers = batch[2] if self.layer_edm is not None else None
+        loss = self.edm.loss(x0, shape_condition(cond, layers), generator=self._generator())
         if self.layer_edm is not None:
             layer_loss = self.layer_edm.loss(batch[2], cond, generator=self._generator())
             self.log("train/layer_loss", layer_loss, on_step=True, on_epoch=False)
