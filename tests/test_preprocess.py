@@ -165,6 +165,26 @@ def test_layer_vector_round_trip_gives_ratio_and_fractions() -> None:
     assert ShowerPreprocessor.fit(showers).layer_energies(GEOMETRY) is None  # off by default
 
 
+def test_layer_draws_outside_the_training_range_are_clamped_to_it() -> None:
+    showers = toy_showers()
+    pre = ShowerPreprocessor.fit(showers, PreprocessConfig(layer_energies=True))
+    stage = pre.layer_energies(GEOMETRY)
+    assert stage is not None and pre.layer_span is not None
+    z = torch.from_numpy(pre.layer_targets(showers))
+    layers = showers.showers.reshape(len(showers), 3, 8).sum(axis=2).astype(np.float64)
+    largest = (layers / layers.sum(axis=1, keepdims=True)).max(axis=0)  # per layer, in training
+    wild = z.clone()
+    wild[:, 2] += 20.0  # far above anything seen in layer 1
+    ratio, fraction = stage.inverse(wild)
+    np.testing.assert_allclose(fraction[:, 1].numpy(), largest[1], rtol=1e-4)
+    np.testing.assert_allclose(ratio.numpy(), stage.inverse(z)[0].numpy())  # other components untouched
+    smallest = (layers / layers.sum(axis=1, keepdims=True)).min(axis=0)
+    np.testing.assert_allclose(stage.inverse(z - 20.0)[1].numpy(), np.broadcast_to(smallest, (len(z), 3)),
+                               rtol=1e-3, atol=1e-7)  # and from below
+    restored = ShowerPreprocessor.from_dict(pre.to_dict())
+    np.testing.assert_array_equal(restored.layer_span, pre.layer_span)
+
+
 def test_layer_rescale_puts_the_drawn_energy_in_each_layer() -> None:
     showers = toy_showers(50)
     pre = ShowerPreprocessor.fit(showers, PreprocessConfig(layer_energies=True))

@@ -222,7 +222,10 @@ class LayerEnergies(nn.Module):
 
     standardised per component with ``mean``/``std`` (1 + L,). ``delta`` is half the smallest nonzero layer
     fraction in training, so an empty layer sits one constant step below the faintest real one; fractions
-    below ``threshold`` (0.999 x that fraction) come back as empty. Torch ops only (ONNX-traceable).
+    below ``threshold`` (0.999 x that fraction) come back as empty. On the way back each component is
+    clamped to ``span`` (2, 1 + L), the least and greatest y in training: a fraction is exponential in y,
+    so a draw a few standard deviations out would otherwise put most of a shower in one deep layer.
+    Torch ops only (ONNX-traceable).
 
     ``inverse(z)``: (N, 1 + L) -> ratio E_tot / E_inc (N,), fractions (N, L).
     ``rescale(showers, energy, z)``: showers (N, V) MeV rescaled so that layer l holds fraction_l * ratio *
@@ -232,14 +235,16 @@ class LayerEnergies(nn.Module):
 
     mean: Tensor
     std: Tensor
+    span: Tensor
     matrix: Tensor
 
     def __init__(
-        self, mean: Tensor, std: Tensor, delta: float, matrix: Tensor, threshold_mev: float
+        self, mean: Tensor, std: Tensor, delta: float, span: Tensor, matrix: Tensor, threshold_mev: float
     ) -> None:
         super().__init__()
         self.register_buffer("mean", mean.float())
         self.register_buffer("std", std.float())
+        self.register_buffer("span", span.float())
         self.register_buffer("matrix", matrix.float())
         self.delta, self.threshold_mev = float(delta), float(threshold_mev)
         self.threshold = 1.998 * self.delta  # 0.999 x the smallest fraction (module doc)
@@ -258,7 +263,7 @@ class LayerEnergies(nn.Module):
         return (y - self.mean) / self.std
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        y = z * self.std + self.mean
+        y = torch.clamp(z * self.std + self.mean, self.span[0], self.span[1])
         ratio = torch.exp(torch.clamp(y[:, 0], max=0.0))  # a calorimeter never holds more than E_inc
         fraction = torch.exp(torch.clamp(y[:, 1:], max=0.0)) - self.delta
         fraction = torch.where(fraction < self.threshold, torch.zeros_like(fraction), fraction)
@@ -279,8 +284,9 @@ class LayerEnergies(nn.Module):
 def fit_layer_energies(
     showers: NDArray[np.floating], energy: NDArray[np.floating], matrix: NDArray[np.floating],
     std_floor: float,
-) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
-    """mean and std (1 + L,) and delta of ``LayerEnergies`` fitted on showers (N, V) MeV, energy (N,) MeV.
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float, NDArray[np.float64]]:
+    """mean and std (1 + L,), delta and the range (2, 1 + L) (least and greatest y per component) of
+    ``LayerEnergies``, fitted on showers (N, V) MeV, energy (N,) MeV.
 
     Two passes over chunks (the smallest nonzero layer fraction sets delta, then the moments), so a
     training set as large as memory allows costs no copy of it.
@@ -294,13 +300,15 @@ def fit_layer_energies(
             smallest = min(smallest, float(fraction[fraction > 0].min()))
     delta = 0.5 * smallest if math.isfinite(smallest) else 1e-9
     sums, sums_sq = np.zeros(1 + matrix.shape[1]), np.zeros(1 + matrix.shape[1])
+    span = np.array([np.full(1 + matrix.shape[1], np.inf), np.full(1 + matrix.shape[1], -np.inf)])
     for part in chunks:
         y = layer_vector(showers[part], energy[part], matrix, delta)
         sums += y.sum(axis=0)
         sums_sq += (y * y).sum(axis=0)
+        span = np.array([np.minimum(span[0], y.min(axis=0)), np.maximum(span[1], y.max(axis=0))])
     mean = sums / len(showers)
     std = np.sqrt(np.maximum(sums_sq / len(showers) - mean**2, 0.0))
-    return mean, np.maximum(std, std_floor), delta
+    return mean, np.maximum(std, std_floor), delta, span
 
 
 def _apply_chunked(module: nn.Module, showers: ShowerSet, width: int) -> NDArray[np.float32]:
@@ -322,7 +330,8 @@ class ShowerPreprocessor:
 
     Attributes: threshold_mev and eps_mev in MeV; mean and std (n_voxels,) or (1,) in log space;
     log_max the clamp of the log before exp; ratio_table and ratio_log_range the E_tot / E_inc model;
-    layer_mean, layer_std (1 + L,) and layer_delta the layer vector's standardisation (``LayerEnergies``).
+    layer_mean, layer_std (1 + L,), layer_delta and layer_span (2, 1 + L) the layer vector's
+    standardisation and range (``LayerEnergies``).
     """
 
     config: PreprocessConfig
@@ -336,6 +345,7 @@ class ShowerPreprocessor:
     layer_mean: NDArray[np.float64] | None = None
     layer_std: NDArray[np.float64] | None = None
     layer_delta: float = 0.0
+    layer_span: NDArray[np.float64] | None = None
 
     @classmethod
     def fit(cls, showers: ShowerSet, config: PreprocessConfig | None = None) -> ShowerPreprocessor:
@@ -377,10 +387,10 @@ class ShowerPreprocessor:
             ratio = showers.showers.sum(axis=1, dtype=np.float64) / energy
             table, lo, hi = fit_energy_ratio(ratio, energy, config.ratio_bins, config.ratio_quantiles)
             log_range = (lo, hi)
-        layer_mean = layer_std = None
+        layer_mean = layer_std = layer_span = None
         delta = 0.0
         if config.layer_energies:
-            layer_mean, layer_std, delta = fit_layer_energies(
+            layer_mean, layer_std, delta, layer_span = fit_layer_energies(
                 showers.showers, energy, layer_matrix(showers.geometry), config.std_floor
             )
         return cls(
@@ -395,6 +405,7 @@ class ShowerPreprocessor:
             layer_mean,
             layer_std,
             delta,
+            layer_span,
         )
 
     def energy_ratio(self) -> EnergyRatio | None:
@@ -408,8 +419,11 @@ class ShowerPreprocessor:
         fitted (``config.layer_energies`` off)."""
         if self.layer_mean is None or self.layer_std is None:
             return None
+        # A preprocessor saved before the span was fitted: no clamp beyond E_l <= E_tot <= E_inc.
+        span = self.layer_span if self.layer_span is not None else np.array([[-np.inf], [0.0]])
         return LayerEnergies(
             torch.from_numpy(self.layer_mean), torch.from_numpy(self.layer_std), self.layer_delta,
+            torch.from_numpy(np.broadcast_to(span, (2, len(self.layer_mean))).copy()),
             torch.from_numpy(layer_matrix(geometry)), self.threshold_mev,
         )
 
@@ -460,6 +474,7 @@ class ShowerPreprocessor:
             "layer_mean": None if self.layer_mean is None else self.layer_mean.tolist(),
             "layer_std": None if self.layer_std is None else self.layer_std.tolist(),
             "layer_delta": self.layer_delta,
+            "layer_span": None if self.layer_span is None else self.layer_span.tolist(),
         }
 
     @classmethod
@@ -476,4 +491,5 @@ class ShowerPreprocessor:
             None if data.get("layer_mean") is None else np.asarray(data["layer_mean"], dtype=np.float64),
             None if data.get("layer_std") is None else np.asarray(data["layer_std"], dtype=np.float64),
             float(data.get("layer_delta", 0.0)),
+            None if data.get("layer_span") is None else np.asarray(data["layer_span"], dtype=np.float64),
         )
