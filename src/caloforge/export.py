@@ -39,6 +39,7 @@ from caloforge.diffusion import get_sampler
 from caloforge.errors import CaloforgeError, InputError
 from caloforge.generate import ShowerGenerator, load_generator
 from caloforge.io import atomic_output
+from caloforge.preprocess import LayerEnergies
 from caloforge.training import shape_condition
 
 __all__ = [
@@ -83,6 +84,11 @@ def _sampler(name: str) -> Callable[..., Tensor]:
 
 
 # ---- the graphs as torch modules ------------------------------------------------------------------------
+def _layer_dim(layer_energies: LayerEnergies | None) -> int:
+    """Width of a graph's layer input: 1 + L with a layer-energy stage, else 1 (an input the graph drops)."""
+    return 1 if layer_energies is None else layer_energies.dim
+
+
 class DenoiserGraph(nn.Module):
     """D(x; sigma | conditions): x (N, V) model space, sigma (N,), energy (N,) MeV, theta/phi (N,) rad,
     detector (N,) int64, layers (N, 1 + L) the standardised layer-energy vector the DiT is conditioned on
@@ -130,8 +136,8 @@ class SamplerGraph(nn.Module):
 
     @property
     def layer_dim(self) -> int:
-        """1 + L with a layer-energy stage, else 1 (the size of the unused ``layer_noise``)."""
-        return 1 if self.layer_energies is None else self.layer_energies.dim
+        """The width of ``layer_noise`` (``_layer_dim``)."""
+        return _layer_dim(self.layer_energies)
 
     def forward(
         self, noise: Tensor, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, u: Tensor,
@@ -267,9 +273,8 @@ def _example_conditions(generator: ShowerGenerator, n: int) -> tuple[Tensor, Ten
 def export_denoiser(generator: ShowerGenerator, path: str | PathLike[str]) -> Path:
     """Write the ``denoiser`` graph (dynamic batch) to ``path``; see ``docs/onnx.md``."""
     n_voxels = generator.geometry.n_voxels
-    layer_dim = 1 if generator.layer_energies is None else generator.layer_energies.dim
     args = (torch.zeros(2, n_voxels), torch.ones(2), *_example_conditions(generator, 2),
-            torch.zeros(2, layer_dim))
+            torch.zeros(2, _layer_dim(generator.layer_energies)))
     sigmas = generator.sigmas().tolist()
     edm = generator.denoiser.config
     meta = _metadata(

@@ -196,8 +196,8 @@ class DiffusionModule(L.LightningModule):
         x0, cond = batch[0], batch[1]
         layers = batch[2] if self.layer_edm is not None else None
         loss = self.edm.loss(x0, shape_condition(cond, layers), generator=self._generator())
-        if self.layer_edm is not None:
-            layer_loss = self.layer_edm.loss(batch[2], cond, generator=self._generator())
+        if self.layer_edm is not None and layers is not None:
+            layer_loss = self.layer_edm.loss(layers, cond, generator=self._generator())
             self.log("train/layer_loss", layer_loss, on_step=True, on_epoch=False)
             loss = loss + self.config.layers.loss_weight * layer_loss
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
