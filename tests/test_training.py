@@ -140,3 +140,26 @@ def test_layer_energy_stage_trains_beside_the_dit_and_is_saved(tmp_path: Path) -
     torch.save(state, tmp_path / "broken.ckpt")
     with pytest.raises(InputError, match="layer_ema"):
         load_generator(tmp_path / "broken.ckpt")
+
+
+class RowsSeenByLayerStage(L.Callback):
+    """Records the batch size of every forward pass of the layer-energy stage's backbone."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.layer_edm.backbone.register_forward_hook(lambda m, a, out: self.rows.append(out.shape[0]))
+
+
+def test_layer_stage_draws_several_noise_levels_per_shower(tmp_path: Path) -> None:
+    config = tiny_config(max_steps=2, every=2)
+    config.preprocess.layer_energies = True
+    config.layers.width, config.layers.depth, config.layers.noise_draws = 16, 1, 3
+    seen = RowsSeenByLayerStage()
+    train(toy_showers(32), tmp_path / "run", config, callbacks=[seen], progress=False)
+    assert seen.rows == [3 * config.train.batch_size] * 2  # each shower's layer vector at three noise levels
+    config.layers.noise_draws = 0
+    with pytest.raises(InputError, match="noise_draws"):
+        train(toy_showers(32), tmp_path / "bad", config, progress=False)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

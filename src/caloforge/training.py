@@ -167,6 +167,11 @@ class DiffusionModule(L.LightningModule):
         self, config: RunConfig, geometry: CylindricalGeometry, spec: ConditionSpec, payload: dict[str, Any]
     ) -> None:
         super().__init__()
+        schedule = config.optim.schedule
+        if schedule not in ("cosine", "constant"):
+            raise InputError(None, "optim.schedule", f"is '{schedule}'", "'cosine' or 'constant'")
+        if config.layers.noise_draws < 1:
+            raise InputError(None, "layers.noise_draws", f"is {config.layers.noise_draws}", "an integer >= 1")
         self.config = config
         with torch.random.fork_rng():  # initial weights from the run's seed without touching global state
             torch.manual_seed(config.train.seed)
@@ -197,7 +202,10 @@ class DiffusionModule(L.LightningModule):
         layers = batch[2] if self.layer_edm is not None else None
         loss = self.edm.loss(x0, shape_condition(cond, layers), generator=self._generator())
         if self.layer_edm is not None and layers is not None:
-            layer_loss = self.layer_edm.loss(layers, cond, generator=self._generator())
+            draws = self.config.layers.noise_draws
+            layer_loss = self.layer_edm.loss(
+                layers.repeat(draws, 1), cond.repeat(draws, 1), generator=self._generator()
+            )
             self.log("train/layer_loss", layer_loss, on_step=True, on_epoch=False)
             loss = loss + self.config.layers.loss_weight * layer_loss
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
@@ -246,8 +254,6 @@ class DiffusionModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optim = self.config.optim
-        if optim.schedule not in ("cosine", "constant"):
-            raise InputError(None, "optim.schedule", f"is '{optim.schedule}'", "'cosine' or 'constant'")
         return torch.optim.AdamW(self._parameters_trained(), lr=optim.lr, weight_decay=optim.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -366,6 +372,7 @@ def train(
             ranges=ConditionRanges.from_showers(showers),
         )
     content = CheckpointContent(config, content.geometry, content.preprocessor, content.spec, content.ranges)
+    module = DiffusionModule(config, content.geometry, content.spec, content.payload())  # checks the config
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
 
@@ -381,7 +388,6 @@ def train(
         drop_last=True,
         generator=torch.Generator().manual_seed(config.train.seed),
     )
-    module = DiffusionModule(config, content.geometry, content.spec, content.payload())
     trainer = build_trainer(config.train, out, progress=progress, callbacks=callbacks)
     trainer.fit(module, train_dataloaders=data, ckpt_path=str(last) if resume else None)
 

@@ -26,11 +26,14 @@ class LayerModelConfig:
         width: hidden width of the residual MLP.
         depth: residual blocks.
         loss_weight: weight of its EDM loss, added to the DiT's.
+        noise_draws: noise levels drawn per shower for its loss each step, so the stage sees
+            batch_size x noise_draws examples per step; it costs little beside the DiT.
     """
 
     width: int = 256
     depth: int = 4
     loss_weight: float = 1.0
+    noise_draws: int = 1
 
 
 class LayerMLP(nn.Module):
