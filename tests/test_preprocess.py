@@ -45,9 +45,9 @@ def test_round_trip_is_exact_and_zeros_stay_zero(standardize: str) -> None:
 def test_defaults_follow_the_documented_formula() -> None:
     showers = toy_showers()
     pre = ShowerPreprocessor.fit(showers)
-    # smallest nonzero deposit 0.02 MeV: threshold just below it, eps half of it
+    # smallest nonzero deposit 0.02 MeV: threshold just below it, eps a twentieth of it
     assert pre.threshold_mev == pytest.approx(0.02 * 0.999)
-    assert pre.eps_mev == pytest.approx(0.01)
+    assert pre.eps_mev == pytest.approx(0.001)
     u = np.log((showers.showers.astype(np.float64) + pre.eps_mev) / showers.energy[:, None])
     np.testing.assert_allclose(pre.mean, u.mean(axis=0), rtol=1e-9)
     np.testing.assert_allclose(pre.std, u.std(axis=0), rtol=1e-6)
@@ -163,6 +163,40 @@ def test_layer_vector_round_trip_gives_ratio_and_fractions() -> None:
     assert again is not None
     torch.testing.assert_close(again.inverse(z)[1], fraction)
     assert ShowerPreprocessor.fit(showers).layer_energies(GEOMETRY) is None  # off by default
+
+
+def test_offsets_are_the_configured_fractions_of_the_smallest_deposit_and_layer() -> None:
+    showers = toy_showers()
+    showers.showers[:5, 8:16] = 0.0  # layer 1 empty in five showers, so its training span reaches delta
+    layers = showers.showers.reshape(len(showers), 3, 8).sum(axis=2).astype(np.float64)
+    fractions = layers / layers.sum(axis=1, keepdims=True)
+    smallest = fractions[fractions > 0].min()
+    config = PreprocessConfig(layer_energies=True, eps_fraction=0.25, layer_delta_fraction=0.1)
+    pre = ShowerPreprocessor.fit(showers, config)
+    assert pre.eps_mev == pytest.approx(0.25 * 0.02)
+    assert pre.layer_delta == pytest.approx(0.1 * smallest)
+    stage = pre.layer_energies(GEOMETRY)
+    assert stage is not None and stage.threshold == pytest.approx(0.999 * smallest)
+    # the smallest layer fraction survives the round trip; one just below the threshold reads empty
+    z = stage(torch.from_numpy(showers.showers), torch.from_numpy(showers.energy).float())
+    back = stage.inverse(z)[1].numpy()
+    assert back[fractions == smallest] == pytest.approx(smallest, rel=1e-3)
+    y = torch.log(torch.tensor([[0.99 * smallest + pre.layer_delta]]))
+    z_low = z[:1].clone()
+    z_low[0, 2] = ((y - stage.mean[2]) / stage.std[2])[0, 0]
+    assert stage.inverse(z_low)[1][0, 1] == 0
+    # a preprocessor saved before the threshold was stored: delta was half the smallest fraction
+    old = pre.to_dict()
+    del old["layer_threshold"]
+    legacy = ShowerPreprocessor.from_dict(old).layer_energies(GEOMETRY)
+    assert legacy is not None and legacy.threshold == pytest.approx(1.998 * pre.layer_delta)
+
+
+@pytest.mark.parametrize("key", ["eps_fraction", "layer_delta_fraction"])
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.1])
+def test_offset_fractions_outside_zero_one_are_refused(key: str, value: float) -> None:
+    with pytest.raises(InputError, match=f"preprocess.{key}"):
+        PreprocessConfig(**{key: value})  # type: ignore[arg-type]
 
 
 def test_layer_draws_outside_the_training_range_are_clamped_to_it() -> None:

@@ -8,12 +8,19 @@ Forward, for voxel energy E (MeV) of a shower with incident energy E_inc (MeV):
 Inverse: E = E_inc * exp(z * std + mean) - eps, then every E below ``threshold`` (MeV) is set to 0.
 
 Why an offset in MeV rather than in the fraction: calorimeter cells read out above a threshold in MeV
-(15.15 keV in Par04/CaloChallenge), so eps ~ that threshold puts empty cells one constant step (ln 3
-with the defaults) below the faintest real cell at every incident energy. With the defaults, for d_min
-the smallest nonzero deposit in the training set, ``eps = d_min / 2`` and ``threshold = 0.999 d_min``
-(the readout threshold the data show, less a margin for float rounding): a zero maps to
-ln(eps / E_inc), the faintest deposit to ln(3 eps / E_inc), generated cells fainter than any real one
-read zero as in the detector, and the round trip of training showers is exact up to float precision.
+(15.15 keV in Par04/CaloChallenge), so an eps tied to that threshold puts empty cells one constant step
+below the faintest real cell at every incident energy. With the defaults, for d_min the smallest nonzero
+deposit in the training set, ``eps = d_min / 20`` (``eps_fraction``) and ``threshold = 0.999 d_min`` (the
+readout threshold the data show, less a margin for float rounding): a zero maps to ln(eps / E_inc), the
+faintest deposit to ln(21 eps / E_inc), generated cells fainter than any real one read zero as in the
+detector, and the round trip of training showers is exact up to float precision.
+
+Why that step, ln 21 ~ 3: ~90 % of the cells are empty, and a model spreads their point mass a little;
+whatever crosses the threshold becomes a faint hit. With eps = d_min / 2 (a step of ln 3, ~0.5 standard
+deviations of z) the generated showers had ten times the simulator's cells just above threshold; d_min / 20
+(~1.5 standard deviations) removed most of that excess, while d_min / 200 made the hits themselves worse
+(docs/decisions.md, Preprocessing). The per-voxel std hardly depends on eps: it is set by the spread of
+ln E_inc over the training set.
 
 E_tot / E_inc, the first thing physicists look at, is a sum over thousands of voxels that a voxel-level
 model only gets right on average. With ``energy_ratio`` (off by default; on in the dataset-2 configs
@@ -69,29 +76,38 @@ class PreprocessConfig:
         standardize: "voxel" (a mean and std per voxel) or "global" (one of each).
         zero_threshold_mev: deposits below this (MeV) come back as 0; ``None`` = 0.999 x the smallest
             nonzero deposit in the training set.
-        eps_mev: offset inside the log (MeV); ``None`` = half the smallest nonzero deposit (or half the
-            zero threshold when that is given).
+        eps_mev: offset inside the log (MeV); ``None`` = ``eps_fraction`` x the smallest nonzero deposit
+            (or x the zero threshold when that is given).
+        eps_fraction: eps as a fraction of the smallest deposit when ``eps_mev`` is not set (module doc).
         std_floor: smallest std used, so voxels that never fire do not divide by zero.
         energy_ratio: fit the E_tot / E_inc model and rescale generated showers with it (module doc).
         ratio_bins: bins in ln E_inc of that model (fewer when the training set is small).
         ratio_quantiles: quantiles per bin.
         layer_energies: fit the layer vector's standardisation for the layer-energy stage (module doc).
+        layer_delta_fraction: the layer vector's offset delta as a fraction of the smallest nonzero layer
+            fraction in training (``LayerEnergies``).
     """
 
     standardize: str = "voxel"
     zero_threshold_mev: float | None = None
     eps_mev: float | None = None
+    eps_fraction: float = 0.05
     std_floor: float = 1e-3
     energy_ratio: bool = False
     ratio_bins: int = 24
     ratio_quantiles: int = 129
     layer_energies: bool = False
+    layer_delta_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.standardize not in ("voxel", "global"):
             raise InputError(
                 None, "preprocess.standardize", f"is '{self.standardize}'", "'voxel' or 'global'"
             )
+        for name in ("eps_fraction", "layer_delta_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise InputError(None, f"preprocess.{name}", f"is {value}", "a number in (0, 1)")
 
 
 class PreprocessTransform(nn.Module):
@@ -220,9 +236,11 @@ class LayerEnergies(nn.Module):
 
         y_0 = ln(E_tot / E_inc),   y_l = ln(E_l / E_tot + delta)   (l = 1 .. L),
 
-    standardised per component with ``mean``/``std`` (1 + L,). ``delta`` is half the smallest nonzero layer
-    fraction in training, so an empty layer sits one constant step below the faintest real one; fractions
-    below ``threshold`` (0.999 x that fraction) come back as empty. On the way back each component is
+    standardised per component with ``mean``/``std`` (1 + L,). ``delta`` is a fraction (``preprocess.
+    layer_delta_fraction``, default 1/2) of the smallest nonzero layer fraction in training, so an empty
+    layer sits one constant step (ln 3) below the faintest real one; fractions below ``threshold`` (0.999 x
+    that smallest fraction) come back as empty. (The larger step that helps the voxels, ln 21, did not
+    help here: docs/decisions.md, Preprocessing.) On the way back each component is
     clamped to ``span`` (2, 1 + L), the least and greatest y in training: a fraction is exponential in y,
     so a draw a few standard deviations out would otherwise put most of a shower in one deep layer.
     Torch ops only (ONNX-traceable).
@@ -239,15 +257,21 @@ class LayerEnergies(nn.Module):
     matrix: Tensor
 
     def __init__(
-        self, mean: Tensor, std: Tensor, delta: float, span: Tensor, matrix: Tensor, threshold_mev: float
+        self,
+        mean: Tensor,
+        std: Tensor,
+        delta: float,
+        span: Tensor,
+        matrix: Tensor,
+        threshold_mev: float,
+        threshold: float,
     ) -> None:
         super().__init__()
         self.register_buffer("mean", mean.float())
         self.register_buffer("std", std.float())
         self.register_buffer("span", span.float())
         self.register_buffer("matrix", matrix.float())
-        self.delta, self.threshold_mev = float(delta), float(threshold_mev)
-        self.threshold = 1.998 * self.delta  # 0.999 x the smallest fraction (module doc)
+        self.delta, self.threshold_mev, self.threshold = float(delta), float(threshold_mev), float(threshold)
 
     @property
     def dim(self) -> int:
@@ -282,11 +306,15 @@ class LayerEnergies(nn.Module):
 
 
 def fit_layer_energies(
-    showers: NDArray[np.floating], energy: NDArray[np.floating], matrix: NDArray[np.floating],
+    showers: NDArray[np.floating],
+    energy: NDArray[np.floating],
+    matrix: NDArray[np.floating],
     std_floor: float,
-) -> tuple[NDArray[np.float64], NDArray[np.float64], float, NDArray[np.float64]]:
-    """mean and std (1 + L,), delta and the range (2, 1 + L) (least and greatest y per component) of
-    ``LayerEnergies``, fitted on showers (N, V) MeV, energy (N,) MeV.
+    delta_fraction: float = 0.5,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float, NDArray[np.float64], float]:
+    """mean and std (1 + L,), delta, the range (2, 1 + L) (least and greatest y per component) and the
+    threshold of ``LayerEnergies``, fitted on showers (N, V) MeV, energy (N,) MeV: delta is
+    ``delta_fraction`` x the smallest nonzero layer fraction, the threshold 0.999 x that fraction.
 
     Two passes over chunks (the smallest nonzero layer fraction sets delta, then the moments), so a
     training set as large as memory allows costs no copy of it.
@@ -298,7 +326,8 @@ def fit_layer_energies(
         fraction = layers / np.maximum(layers.sum(axis=1, keepdims=True), 1e-300)
         if np.any(fraction > 0):
             smallest = min(smallest, float(fraction[fraction > 0].min()))
-    delta = 0.5 * smallest if math.isfinite(smallest) else 1e-9
+    smallest = smallest if math.isfinite(smallest) else 2e-9
+    delta = delta_fraction * smallest
     sums, sums_sq = np.zeros(1 + matrix.shape[1]), np.zeros(1 + matrix.shape[1])
     span = np.array([np.full(1 + matrix.shape[1], np.inf), np.full(1 + matrix.shape[1], -np.inf)])
     for part in chunks:
@@ -308,7 +337,7 @@ def fit_layer_energies(
         span = np.array([np.minimum(span[0], y.min(axis=0)), np.maximum(span[1], y.max(axis=0))])
     mean = sums / len(showers)
     std = np.sqrt(np.maximum(sums_sq / len(showers) - mean**2, 0.0))
-    return mean, np.maximum(std, std_floor), delta, span
+    return mean, np.maximum(std, std_floor), delta, span, 0.999 * smallest
 
 
 def _apply_chunked(module: nn.Module, showers: ShowerSet, width: int) -> NDArray[np.float32]:
@@ -346,6 +375,7 @@ class ShowerPreprocessor:
     layer_std: NDArray[np.float64] | None = None
     layer_delta: float = 0.0
     layer_span: NDArray[np.float64] | None = None
+    layer_threshold: float | None = None
 
     @classmethod
     def fit(cls, showers: ShowerSet, config: PreprocessConfig | None = None) -> ShowerPreprocessor:
@@ -361,7 +391,7 @@ class ShowerPreprocessor:
             threshold = 0.999 * d_min
         else:
             raise InputError(showers.source, "showers", "are all zero", "some nonzero deposits to fit on")
-        eps = float(config.eps_mev) if config.eps_mev is not None else 0.5 * d_min
+        eps = float(config.eps_mev) if config.eps_mev is not None else config.eps_fraction * d_min
         if eps <= 0 or threshold <= 0:
             raise InputError(
                 None, "preprocess", f"eps_mev={eps}, zero_threshold_mev={threshold}", "values > 0"
@@ -387,11 +417,15 @@ class ShowerPreprocessor:
             ratio = showers.showers.sum(axis=1, dtype=np.float64) / energy
             table, lo, hi = fit_energy_ratio(ratio, energy, config.ratio_bins, config.ratio_quantiles)
             log_range = (lo, hi)
-        layer_mean = layer_std = layer_span = None
+        layer_mean = layer_std = layer_span = layer_threshold = None
         delta = 0.0
         if config.layer_energies:
-            layer_mean, layer_std, delta, layer_span = fit_layer_energies(
-                showers.showers, energy, layer_matrix(showers.geometry), config.std_floor
+            layer_mean, layer_std, delta, layer_span, layer_threshold = fit_layer_energies(
+                showers.showers,
+                energy,
+                layer_matrix(showers.geometry),
+                config.std_floor,
+                config.layer_delta_fraction,
             )
         return cls(
             config,
@@ -406,6 +440,7 @@ class ShowerPreprocessor:
             layer_std,
             delta,
             layer_span,
+            layer_threshold,
         )
 
     def energy_ratio(self) -> EnergyRatio | None:
@@ -421,10 +456,16 @@ class ShowerPreprocessor:
             return None
         # A preprocessor saved before the span was fitted: no clamp beyond E_l <= E_tot <= E_inc.
         span = self.layer_span if self.layer_span is not None else np.array([[-np.inf], [0.0]])
+        # Saved before the threshold was: delta was then half the smallest fraction.
+        threshold = self.layer_threshold if self.layer_threshold is not None else 1.998 * self.layer_delta
         return LayerEnergies(
-            torch.from_numpy(self.layer_mean), torch.from_numpy(self.layer_std), self.layer_delta,
+            torch.from_numpy(self.layer_mean),
+            torch.from_numpy(self.layer_std),
+            self.layer_delta,
             torch.from_numpy(np.broadcast_to(span, (2, len(self.layer_mean))).copy()),
-            torch.from_numpy(layer_matrix(geometry)), self.threshold_mev,
+            torch.from_numpy(layer_matrix(geometry)),
+            self.threshold_mev,
+            threshold,
         )
 
     def layer_targets(self, showers: ShowerSet) -> NDArray[np.float32]:
@@ -475,6 +516,7 @@ class ShowerPreprocessor:
             "layer_std": None if self.layer_std is None else self.layer_std.tolist(),
             "layer_delta": self.layer_delta,
             "layer_span": None if self.layer_span is None else self.layer_span.tolist(),
+            "layer_threshold": self.layer_threshold,
         }
 
     @classmethod
@@ -492,4 +534,5 @@ class ShowerPreprocessor:
             None if data.get("layer_std") is None else np.asarray(data["layer_std"], dtype=np.float64),
             float(data.get("layer_delta", 0.0)),
             None if data.get("layer_span") is None else np.asarray(data["layer_span"], dtype=np.float64),
+            None if data.get("layer_threshold") is None else float(data["layer_threshold"]),
         )
