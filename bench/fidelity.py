@@ -8,6 +8,10 @@ and optionally (``--curve K``) the low-level AUC at K points during training.
 
     python bench/fidelity.py --budget-minutes 60            # the CPU benchmark
     python bench/fidelity.py --budget-minutes 20 --config configs/ds2-gpu.yaml   # on a GPU
+    python bench/fidelity.py --evaluate RUN_DIR --steps 32    # score a finished run again (other sampler)
+
+A run directory records the training time and the curve's snapshots in ``fidelity_run.json``, so
+``--evaluate`` reports the same figures as the run itself, with the same reference and floor samples.
 """
 
 from __future__ import annotations
@@ -137,10 +141,23 @@ def main() -> None:
     parser.add_argument(
         "--run-dir", default=None, help="training run directory (default: a new one under bench/results/)"
     )
+    parser.add_argument(
+        "--evaluate", default=None, help="run directory of a finished benchmark: score it, do not train"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fidelity.json"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+
+    recorded: dict[str, Any] = {}
+    if args.evaluate:
+        record_path = Path(args.evaluate) / "fidelity_run.json"
+        if not (record_path.exists() and (Path(args.evaluate) / "model.ckpt").exists()):
+            sys.exit(f"--evaluate {args.evaluate}: needs model.ckpt and fidelity_run.json of a fidelity run")
+        recorded = json.loads(record_path.read_text())
+        # the run's settings, so the reference and floor samples are the ones it was scored against
+        args.config, args.budget_minutes = recorded["config"], recorded["budget_minutes"]
+        args.n_train, args.seed = recorded["n_train"], recorded["seed"]
 
     cuda = torch.cuda.is_available()
     config_path = args.config or str(ROOT / "configs" / ("ds2-gpu.yaml" if cuda else "ds2-cpu.yaml"))
@@ -150,11 +167,15 @@ def main() -> None:
     config.train.seed = args.seed
     geometry = get_geometry("calochallenge-2")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.run_dir or ROOT / "bench" / "results" / f"fidelity-run-{stamp}")
+    run_dir = Path(args.evaluate or args.run_dir or ROOT / "bench" / "results" / f"fidelity-run-{stamp}")
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    train_set = simulate(geometry, draw_energies(args.n_train, args.seed + 1), seed=args.seed + 1)
+    train_set = (
+        None
+        if args.evaluate
+        else simulate(geometry, draw_energies(args.n_train, args.seed + 1), seed=args.seed + 1)
+    )
     reference = simulate(geometry, draw_energies(args.n_eval, args.seed + 2), seed=args.seed + 2)
     floor = simulate(geometry, draw_energies(args.n_eval, args.seed + 3), seed=args.seed + 3)
     timings["simulate_s"] = time.perf_counter() - t0
@@ -163,12 +184,25 @@ def main() -> None:
         file=sys.stderr,
     )
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    snapshots = Snapshots(run_dir, 60 * args.budget_minutes, args.curve)
-    t0 = time.perf_counter()
-    model_path = train(train_set, run_dir, config, callbacks=[snapshots])
-    timings["train_s"] = time.perf_counter() - t0
-    del train_set
+    record = run_dir / "fidelity_run.json"  # what --evaluate needs to score the run again
+    if train_set is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        snapshots = Snapshots(run_dir, 60 * args.budget_minutes, args.curve)
+        t0 = time.perf_counter()
+        model_path = train(train_set, run_dir, config, callbacks=[snapshots])
+        timings["train_s"] = time.perf_counter() - t0
+        del train_set
+        saved = [(e, s, str(p)) for e, s, p in snapshots.saved]
+        settings = {"config": config_path, "budget_minutes": args.budget_minutes, "n_train": args.n_train}
+        record.write_text(
+            json.dumps(
+                {**settings, "seed": args.seed, "train_s": timings["train_s"], "snapshots": saved}, indent=2
+            )
+        )
+    else:
+        model_path = run_dir / "model.ckpt"
+        timings["train_s"] = recorded["train_s"]
+        saved = [(e, s, p) for e, s, p in recorded["snapshots"]][: args.curve]
     device = "cuda" if cuda else "cpu"
     generator = load_generator(model_path, device)
     steps_trained = generator.content.step
@@ -209,7 +243,7 @@ def main() -> None:
     timings["evaluate_s"] = time.perf_counter() - t0
 
     curve = []
-    if snapshots.saved:
+    if saved and args.curve:
         curve_config = EvaluateConfig(
             classifiers=("low",),
             classifier=eval_config.classifier,
@@ -223,7 +257,7 @@ def main() -> None:
             kpd_batches=3,
         )
         small_ref = collect([reference[: args.curve_n]], "reference", curve_config, capacity)
-        points = [(e, s, p) for e, s, p in snapshots.saved] + [
+        points = [(e, s, Path(p)) for e, s, p in saved] + [
             (timings["train_s"], steps_trained, model_path)
         ]
         for elapsed, step, path in points:

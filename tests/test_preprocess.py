@@ -45,9 +45,9 @@ def test_round_trip_is_exact_and_zeros_stay_zero(standardize: str) -> None:
 def test_defaults_follow_the_documented_formula() -> None:
     showers = toy_showers()
     pre = ShowerPreprocessor.fit(showers)
-    # smallest nonzero deposit 0.02 MeV: threshold just below it, eps a twentieth of it
+    # smallest nonzero deposit 0.02 MeV: threshold just below it, eps half of it
     assert pre.threshold_mev == pytest.approx(0.02 * 0.999)
-    assert pre.eps_mev == pytest.approx(0.001)
+    assert pre.eps_mev == pytest.approx(0.01)
     u = np.log((showers.showers.astype(np.float64) + pre.eps_mev) / showers.energy[:, None])
     np.testing.assert_allclose(pre.mean, u.mean(axis=0), rtol=1e-9)
     np.testing.assert_allclose(pre.std, u.std(axis=0), rtol=1e-6)
