@@ -399,7 +399,7 @@ def train(
 
     final = out / "model.ckpt"
     tmp = out / ".model.ckpt.tmp"
-    trainer.save_checkpoint(tmp)
+    trainer.save_checkpoint(tmp, weights_only=False)  # full state: the final model can be trained on
     if trainer.is_global_zero:
         os.replace(tmp, final)
     log.info("trained %d steps; model written to %s", trainer.global_step, final)
