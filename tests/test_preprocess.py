@@ -185,9 +185,9 @@ def test_offsets_are_the_configured_fractions_of_the_smallest_deposit_and_layer(
     z_low = z[:1].clone()
     z_low[0, 2] = ((y - stage.mean[2]) / stage.std[2])[0, 0]
     assert stage.inverse(z_low)[1][0, 1] == 0
-    # a preprocessor saved before the threshold was stored: delta was half the smallest fraction
+    # a preprocessor saved before the fraction was configurable: delta was half the smallest fraction
     old = pre.to_dict()
-    del old["layer_threshold"]
+    del old["config"]["layer_delta_fraction"]
     legacy = ShowerPreprocessor.from_dict(old).layer_energies(GEOMETRY)
     assert legacy is not None and legacy.threshold == pytest.approx(1.998 * pre.layer_delta)
 

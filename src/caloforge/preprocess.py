@@ -309,10 +309,10 @@ def fit_layer_energies(
     matrix: NDArray[np.floating],
     std_floor: float,
     delta_fraction: float = 0.5,
-) -> tuple[NDArray[np.float64], NDArray[np.float64], float, NDArray[np.float64], float]:
-    """mean and std (1 + L,), delta, the range (2, 1 + L) (least and greatest y per component) and the
-    threshold of ``LayerEnergies``, fitted on showers (N, V) MeV, energy (N,) MeV: delta is
-    ``delta_fraction`` x the smallest nonzero layer fraction, the threshold 0.999 x that fraction.
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float, NDArray[np.float64]]:
+    """mean and std (1 + L,), delta and the range (2, 1 + L) (least and greatest y per component) of
+    ``LayerEnergies``, fitted on showers (N, V) MeV, energy (N,) MeV: delta is ``delta_fraction`` x the
+    smallest nonzero layer fraction.
 
     Two passes over chunks (the smallest nonzero layer fraction sets delta, then the moments), so a
     training set as large as memory allows costs no copy of it.
@@ -335,7 +335,7 @@ def fit_layer_energies(
         span = np.array([np.minimum(span[0], y.min(axis=0)), np.maximum(span[1], y.max(axis=0))])
     mean = sums / len(showers)
     std = np.sqrt(np.maximum(sums_sq / len(showers) - mean**2, 0.0))
-    return mean, np.maximum(std, std_floor), delta, span, 0.999 * smallest
+    return mean, np.maximum(std, std_floor), delta, span
 
 
 def _apply_chunked(module: nn.Module, showers: ShowerSet, width: int) -> NDArray[np.float32]:
@@ -373,7 +373,6 @@ class ShowerPreprocessor:
     layer_std: NDArray[np.float64] | None = None
     layer_delta: float = 0.0
     layer_span: NDArray[np.float64] | None = None
-    layer_threshold: float | None = None
 
     @classmethod
     def fit(cls, showers: ShowerSet, config: PreprocessConfig | None = None) -> ShowerPreprocessor:
@@ -415,10 +414,10 @@ class ShowerPreprocessor:
             ratio = showers.showers.sum(axis=1, dtype=np.float64) / energy
             table, lo, hi = fit_energy_ratio(ratio, energy, config.ratio_bins, config.ratio_quantiles)
             log_range = (lo, hi)
-        layer_mean = layer_std = layer_span = layer_threshold = None
+        layer_mean = layer_std = layer_span = None
         delta = 0.0
         if config.layer_energies:
-            layer_mean, layer_std, delta, layer_span, layer_threshold = fit_layer_energies(
+            layer_mean, layer_std, delta, layer_span = fit_layer_energies(
                 showers.showers,
                 energy,
                 layer_matrix(showers.geometry),
@@ -438,7 +437,6 @@ class ShowerPreprocessor:
             layer_std,
             delta,
             layer_span,
-            layer_threshold,
         )
 
     def energy_ratio(self) -> EnergyRatio | None:
@@ -454,8 +452,9 @@ class ShowerPreprocessor:
             return None
         # A preprocessor saved before the span was fitted: no clamp beyond E_l <= E_tot <= E_inc.
         span = self.layer_span if self.layer_span is not None else np.array([[-np.inf], [0.0]])
-        # Saved before the threshold was: delta was then half the smallest fraction.
-        threshold = self.layer_threshold if self.layer_threshold is not None else 1.998 * self.layer_delta
+        # 0.999 x the smallest training fraction, which delta is the configured fraction of (a checkpoint
+        # saved before the fraction was configurable reads the default 1/2, which it used).
+        threshold = 0.999 * self.layer_delta / self.config.layer_delta_fraction
         return LayerEnergies(
             torch.from_numpy(self.layer_mean),
             torch.from_numpy(self.layer_std),
@@ -514,7 +513,6 @@ class ShowerPreprocessor:
             "layer_std": None if self.layer_std is None else self.layer_std.tolist(),
             "layer_delta": self.layer_delta,
             "layer_span": None if self.layer_span is None else self.layer_span.tolist(),
-            "layer_threshold": self.layer_threshold,
         }
 
     @classmethod
@@ -532,5 +530,4 @@ class ShowerPreprocessor:
             None if data.get("layer_std") is None else np.asarray(data["layer_std"], dtype=np.float64),
             float(data.get("layer_delta", 0.0)),
             None if data.get("layer_span") is None else np.asarray(data["layer_span"], dtype=np.float64),
-            None if data.get("layer_threshold") is None else float(data["layer_threshold"]),
         )
