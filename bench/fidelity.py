@@ -193,16 +193,13 @@ def main() -> None:
         timings["train_s"] = time.perf_counter() - t0
         del train_set
         saved = [(e, s, str(p)) for e, s, p in snapshots.saved]
-        settings = {"config": config_path, "budget_minutes": args.budget_minutes, "n_train": args.n_train}
-        record.write_text(
-            json.dumps(
-                {**settings, "seed": args.seed, "train_s": timings["train_s"], "snapshots": saved}, indent=2
-            )
-        )
+        settings = {"config": config_path, "budget_minutes": args.budget_minutes, "n_train": args.n_train,
+                    "seed": args.seed, "train_s": timings["train_s"], "snapshots": saved}
+        record.write_text(json.dumps(settings, indent=2))
     else:
         model_path = run_dir / "model.ckpt"
         timings["train_s"] = recorded["train_s"]
-        saved = [(e, s, p) for e, s, p in recorded["snapshots"]][: args.curve]
+        saved = recorded["snapshots"][: args.curve]
     device = "cuda" if cuda else "cpu"
     generator = load_generator(model_path, device)
     steps_trained = generator.content.step
