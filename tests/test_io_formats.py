@@ -130,12 +130,14 @@ def test_chunked_writer_grows_and_shrinks(tmp_path):
         assert_same(read_showers(path), showers)
 
 
-def test_empty_file_round_trip(tmp_path):
+def test_empty_file_is_well_formed_streams_nothing_and_is_refused_whole(tmp_path):
     with ShowerWriter(tmp_path / "e.h5", "calochallenge-2"):
         pass
-    back = read_showers(tmp_path / "e.h5")
-    assert back.showers.shape == (0, 6480) and len(back.energy) == 0
-    assert list(iter_showers(tmp_path / "e.h5")) == []
+    info = inspect_file(tmp_path / "e.h5")
+    assert info.n_showers == 0 and info.showers_shape == (0, 6480) and info.geometry.name == "calochallenge-2"
+    assert list(iter_showers(tmp_path / "e.h5")) == []  # streaming: nothing to yield, no error
+    with pytest.raises(InputError, match="at least one shower"):  # the details: test_io_empty.py
+        read_showers(tmp_path / "e.h5")
 
 
 def test_writer_refuses_other_geometry_and_missing_condition(tmp_path):

@@ -62,9 +62,15 @@ def info_command(
         ("format", info.format),
         ("geometry", f"{g.name}: {_grid_text(g)} (layers x alpha x radial) = {g.n_voxels} voxels, "
                      f"{g.material}, {g.depth_mm:.4g} mm deep (from {info.geometry_source})"),
-        ("showers", " x ".join(map(str, info.showers_shape)) + f", {info.showers_dtype}"
-                    + (f", {info.compression}" if info.compression else "")),
     ]
+    if s.empty:
+        # No statistics to show (they would all be NaN); say so plainly. A description, so exit 0.
+        rows.append(("showers", "0 (the file holds no showers)"))
+        for key, value in rows:
+            typer.echo(f"{key:<12} {value}")
+        return
+    rows.append(("showers", " x ".join(map(str, info.showers_shape)) + f", {info.showers_dtype}"
+                 + (f", {info.compression}" if info.compression else "")))
     low, high = s.ranges["energy"]
     rows.append(("energy", f"{low:.6g} .. {high:.6g} MeV ({low / 1e3:.6g} .. {high / 1e3:.6g} GeV)"))
     units = {"theta": "rad", "phi": "rad", "detector": ""}

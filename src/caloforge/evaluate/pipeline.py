@@ -139,7 +139,7 @@ def collect(
             low_parts.append(low_level_inputs(part.showers[:take], part.energy[:take], config.threshold_mev))
             n_low += take
     if accumulator is None:
-        raise InputError(name, "showers", "is empty", "at least one shower")
+        raise InputError(name, "showers", "holds no showers", "at least one shower")
     low = np.concatenate(low_parts) if low_parts else None
     return Sample(name, accumulator.finish(), low, n_read)
 
@@ -287,14 +287,22 @@ def evaluate_files(
     config: EvaluateConfig | None = None, show_progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``generated`` against ``reference`` (HDF5 shower files of one geometry) into ``out_dir``
-    (``index.html``, ``metrics.json``, plots); returns the metrics. Progress goes to stderr via tqdm."""
+    (``index.html``, ``metrics.json``, plots); returns the metrics. Progress goes to stderr via tqdm.
+
+    Both files must hold showers: an empty one is refused (``InputError``) before either is read."""
     from caloforge.io import inspect_file, iter_showers
 
     config = config or EvaluateConfig()
     samples = {}
     start = time.perf_counter()
-    for role, path in (("reference", reference), ("generated", generated)):
-        info = inspect_file(path)
+    roles = (("reference", reference), ("generated", generated))
+    infos = {role: inspect_file(path) for role, path in roles}  # both checked before a long read
+    for role, path in roles:
+        if infos[role].n_showers == 0:
+            raise InputError(path, "showers", f"holds no showers (the {role} file)",
+                             "at least one shower to evaluate")
+    for role, path in roles:
+        info = infos[role]
         total = info.n_showers if config.max_showers is None else min(info.n_showers, config.max_showers)
         with tqdm(total=total, desc=f"features ({role})", unit="shower", disable=not show_progress) as bar:
             samples[role] = collect(

@@ -225,6 +225,12 @@ class _ShowerFile:
             size_bytes=os.path.getsize(self.path),
         )
 
+    def require_showers(self) -> None:
+        """Raise ``InputError`` when the file holds no showers."""
+        if self.n == 0:
+            raise InputError(self.path, self.layout.showers_key,
+                             f"holds no showers (shape {tuple(self.showers.shape)})", "at least one shower")
+
     # ---- data -------------------------------------------------------------------------------------
     def _read(self, ds: Any, start: int, stop: int) -> NDArray[Any]:
         try:
@@ -289,8 +295,13 @@ def read_showers(path: PathLike, geometry: GeometryLike = None, dtype: DTypeLike
             always keep theirs.
     Returns:
         showers (N, n_voxels) in MeV, flat in caloforge's voxel order, with every condition in the file.
+    Raises:
+        InputError: the file cannot be read as showers, or holds none (N = 0): whoever reads a whole
+            file wants showers to train or evaluate on, and an empty set would only fail later, further
+            from its cause. ``inspect_file`` describes an empty file; ``iter_showers`` yields nothing.
     """
     with _ShowerFile(path, geometry) as f:
+        f.require_showers()
         return f.read(0, f.n, dtype)
 
 
@@ -306,7 +317,8 @@ def iter_showers(
 
     Only one chunk is in memory at a time (h5py reads the slice), so files larger than memory can be
     processed. The file is opened and validated when this is called; each chunk is checked for values
-    no shower can have, with the rows at fault in the error.
+    no shower can have, with the rows at fault in the error. A file with no showers yields no chunks
+    (streaming consumers decide whether that is an error; ``read_showers`` refuses it).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

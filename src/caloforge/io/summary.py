@@ -19,10 +19,13 @@ __all__ = ["FileSummary", "summarize_file"]
 class FileSummary:
     """Statistics of a shower file.
 
+    A file with no showers (``empty``) has no statistics: ``ranges`` is empty and the three numbers are
+    None (not NaN, which a caller could print or average by mistake).
+
     Attributes:
         info: shapes, dtypes and geometry (``inspect_file``).
         ranges: (min, max) of every condition present: energy in MeV, theta and phi in radians,
-            detector as an index; (nan, nan) for an empty file.
+            detector as an index; {} for an empty file.
         sparsity: fraction of voxels, over all showers, with exactly zero energy.
         deposit_fraction_mean: mean over showers of sum of voxel energies / incident energy.
         deposit_fraction_std: its standard deviation over showers.
@@ -30,9 +33,14 @@ class FileSummary:
 
     info: FileInfo
     ranges: dict[str, tuple[float, float]]
-    sparsity: float
-    deposit_fraction_mean: float
-    deposit_fraction_std: float
+    sparsity: float | None
+    deposit_fraction_mean: float | None
+    deposit_fraction_std: float | None
+
+    @property
+    def empty(self) -> bool:
+        """Whether the file holds no showers (N = 0)."""
+        return self.info.n_showers == 0
 
 
 def summarize_file(
@@ -62,8 +70,7 @@ def summarize_file(
             bar.update(len(chunk))
     n = info.n_showers
     if n == 0:
-        nan = math.nan
-        return FileSummary(info, {name: (nan, nan) for name in info.conditions}, nan, nan, nan)
+        return FileSummary(info, {}, None, None, None)
     mean = total / n
     std = math.sqrt(max(total_sq / n - mean * mean, 0.0))
     return FileSummary(

@@ -307,7 +307,8 @@ def simulate_to_file(
     Args:
         path: output HDF5 file.
         geometry: readout (or preset name).
-        n: number of showers.
+        n: number of showers; 0 writes a well-formed file that holds none (``caloforge info`` says so;
+            ``read_showers``, training and evaluation refuse it).
         energy_spec, theta_spec, phi_spec: spectra (``caloforge.spectra``) in MeV and radians; angles
             left None are normal incidence and are not written.
         config: simulator settings.
