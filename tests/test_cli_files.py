@@ -72,6 +72,17 @@ def test_convert_round_trip_through_par04_float16(run, sample, tmp_path):
     np.testing.assert_array_equal(again.theta, original.theta)
 
 
+def test_info_and_convert_progress_in_a_log_is_one_plain_line(run, sample, tmp_path):
+    # stderr is not a terminal here: quick work writes only its final progress line, no bar.
+    for args, desc in ((("info", sample), "info"), (("convert", sample, tmp_path / "p.h5", "--to", "par04"),
+                                                    "convert")):
+        code, _, err = run(*args, "--chunk-size", 1)
+        assert code == 0, err
+        assert "\r" not in err
+        lines = err.splitlines()
+        assert 1 <= len(lines) <= 2 and lines[-1].startswith(f"{desc}: 2/2 showers (100 %), ")
+
+
 def test_errors_are_one_line_naming_file_and_field(run, tmp_path):
     code, _, err = run("info", tmp_path / "missing.h5")
     assert_clean_error(code, err, "missing.h5", "does not exist")

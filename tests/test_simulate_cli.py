@@ -18,7 +18,7 @@ def test_simulate_command_writes_a_file_info_reads(run, tmp_path) -> None:
                                "log-uniform:1000,1000000", "--seed", 3, "--out", out)
     assert code == 0, stderr
     assert "simulated 40 showers" in stdout and "showers/s" in stdout and str(out) in stdout
-    assert "simulate" in stderr  # the progress bar
+    assert "simulate: 40/40 showers (100 %)" in stderr  # the progress, as a line: stderr is no terminal
     showers = read_showers(out)
     assert len(showers) == 40 and showers.geometry.name == "calochallenge-2"
     assert showers.theta is None and showers.energy.min() >= 1000 and showers.energy.max() <= 1e6
@@ -41,6 +41,17 @@ def test_simulate_command_angles_par04_float16(run, tmp_path) -> None:
     assert showers.phi is not None and np.allclose(showers.phi, 0.1)
     nonzero = showers.showers[showers.showers > 0]
     assert nonzero.size > 0 and nonzero.min() >= 0.01 * (1 - 1e-3)
+
+
+def test_simulate_progress_in_a_log_is_a_few_plain_lines(run, tmp_path) -> None:
+    # capsys's stderr is not a terminal, like a file or a CI log: no bar redraws, a few lines at most.
+    code, _, stderr = run("simulate", "--geometry", "calochallenge-2", "--n", 2000, "--energy", "1000",
+                          "--out", tmp_path / "log.h5")
+    assert code == 0, stderr
+    assert "\r" not in stderr and "|" not in stderr
+    lines = stderr.splitlines()
+    assert 1 <= len(lines) <= 12 and all(line.startswith("simulate: ") for line in lines)
+    assert lines[-1].startswith("simulate: 2000/2000 showers (100 %), ") and "showers/s" in lines[-1]
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from tqdm import tqdm
 
 from caloforge.config import to_dict
 from caloforge.data import ShowerSet
@@ -29,6 +28,7 @@ from caloforge.evaluate.classifier import ClassifierConfig, classifier_test, low
 from caloforge.evaluate.features import THRESHOLD_MEV, FeatureAccumulator, Features, high_level_vector
 from caloforge.evaluate.histograms import LAYER_KINDS, histogram_specs, separation_powers
 from caloforge.evaluate.metrics import frechet_physics_distance, kernel_physics_distance
+from caloforge.progress import Progress, progress_bar
 
 __all__ = ["CLASSIFIER_KINDS", "EvaluateConfig", "Sample", "collect", "compute_metrics", "evaluate_files",
            "evaluate_sets"]
@@ -172,17 +172,18 @@ def compute_metrics(
     timing: dict[str, float] = {}
     clock = time.perf_counter()
     stages = ["separation powers", "FPD", "KPD", *(f"classifier ({k})" for k in config.classifiers)]
-    bar = tqdm(stages, desc="metrics", disable=not show_progress, leave=False)
-    bar.set_postfix(now=stages[0])
+    bar = progress_bar(len(stages), "metrics", unit="stage", enabled=show_progress, leave=False)
+    bar.set_postfix_str(f"now {stages[0]}")
 
     def lap(name: str) -> None:
         nonlocal clock
         now = time.perf_counter()
         timing[name] = now - clock
         clock = now
+        # The postfix first: a periodic line written by update() names the stage that starts now.
+        done = bar.n + 1
+        bar.set_postfix_str(f"now {stages[done]}" if done < len(stages) else "")
         bar.update(1)
-        if bar.n < len(stages):
-            bar.set_postfix(now=stages[bar.n])
 
     gen, ref = generated.features, reference.features
     specs = histogram_specs(ref)
@@ -220,12 +221,12 @@ def compute_metrics(
             x_r = _with_angles(reference.low_level, ref, columns)
         else:
             x_g, x_r = _with_angles(x_gen, gen, columns), _with_angles(x_ref, ref, columns)
-        with tqdm(total=config.classifier.epochs, desc=f"classifier ({kind})", disable=not show_progress,
-                  leave=False) as bar:
+        with progress_bar(config.classifier.epochs, f"classifier ({kind})", unit="epoch",
+                          enabled=show_progress, leave=False) as epochs:
 
-            def advance(epoch: int, accuracy: float, bar: tqdm = bar) -> None:
-                bar.update(1)
-                bar.set_postfix(test_accuracy=f"{accuracy:.3f}")
+            def advance(epoch: int, accuracy: float, epochs: Progress = epochs) -> None:
+                epochs.set_postfix_str(f"test accuracy {accuracy:.3f}")  # before update: it may write
+                epochs.update(1)
 
             outcome = classifier_test(x_g, x_r, config.classifier, seed=config.seed, progress=advance)
         classifiers[kind] = {**outcome.to_dict(), "n_generated": len(x_g), "n_reference": len(x_r),
@@ -287,7 +288,8 @@ def evaluate_files(
     config: EvaluateConfig | None = None, show_progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``generated`` against ``reference`` (HDF5 shower files of one geometry) into ``out_dir``
-    (``index.html``, ``metrics.json``, plots); returns the metrics. Progress goes to stderr via tqdm.
+    (``index.html``, ``metrics.json``, plots); returns the metrics. Progress goes to stderr
+    (``caloforge.progress``: bars on a terminal, a few lines in a log).
 
     Both files must hold showers: an empty one is refused (``InputError``) before either is read."""
     from caloforge.io import inspect_file, iter_showers
@@ -304,7 +306,7 @@ def evaluate_files(
     for role, path in roles:
         info = infos[role]
         total = info.n_showers if config.max_showers is None else min(info.n_showers, config.max_showers)
-        with tqdm(total=total, desc=f"features ({role})", unit="shower", disable=not show_progress) as bar:
+        with progress_bar(total, f"features ({role})", unit="shower", enabled=show_progress) as bar:
             samples[role] = collect(
                 iter_showers(path, chunk_size=config.chunk_size), str(path), config,
                 low_level_capacity(info.geometry.n_voxels, config), progress=bar.update)

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from caloforge.evaluate.features import Features
 from caloforge.evaluate.histograms import LAYER_KINDS, HistogramSpec, histogram_specs
 from caloforge.evaluate.plots import (
@@ -30,6 +28,7 @@ from caloforge.evaluate.plots import (
     plot_single_histogram,
 )
 from caloforge.io import atomic_output
+from caloforge.progress import progress_bar
 
 __all__ = ["THRESHOLDS", "Threshold", "write_report"]
 
@@ -224,8 +223,10 @@ def write_report(
     start = time.perf_counter()
     with atomic_output(out_dir) as tmp:
         tmp.mkdir()
-        for plot in tqdm(chosen, desc="plots", disable=not show_progress, leave=False):
-            plot.draw(tmp / plot.file)
+        with progress_bar(len(chosen), "plots", unit="plot", enabled=show_progress, leave=False) as bar:
+            for plot in chosen:
+                plot.draw(tmp / plot.file)
+                bar.update(1)
         metrics["timing_s"] = {**metrics.get("timing_s", {}), "plots": time.perf_counter() - start}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n")
         (tmp / "index.html").write_text(_html(metrics, chosen))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from numpy.typing import DTypeLike
-from tqdm import tqdm
 
 from caloforge.io.reader import FileInfo, GeometryLike, inspect_file, iter_showers
 from caloforge.io.writer import ShowerWriter
+from caloforge.progress import progress_bar
 
 __all__ = ["convert_file"]
 
@@ -33,17 +32,16 @@ def convert_file(
         dtype: storage dtype of the showers in the destination; by default the source's.
         chunk_size: showers in memory at a time.
         compression: HDF5 filter for the destination's showers.
-        progress: show a progress bar on stderr (when it is a terminal).
+        progress: show progress on stderr (``caloforge.progress``: a bar on a terminal, a few lines
+            otherwise).
     Returns:
         the description of the written file.
     """
     info = inspect_file(source, geometry)
     dtype = info.showers_dtype if dtype is None else dtype
     with ShowerWriter(destination, info.geometry, to, dtype, info.conditions, info.n_showers,
-                      compression) as writer, tqdm(
-        # disable=None: a bar only when stderr is a terminal, so logs and pipes stay clean.
-        total=info.n_showers, unit="shower", desc="convert", disable=None if progress else True,
-        file=sys.stderr,
+                      compression) as writer, progress_bar(
+        info.n_showers, "convert", unit="shower", enabled=progress,
     ) as bar:
         for chunk in iter_showers(source, chunk_size, info.geometry):
             writer.append(chunk)

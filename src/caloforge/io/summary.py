@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from caloforge.io.reader import FileInfo, GeometryLike, inspect_file, iter_showers
+from caloforge.progress import progress_bar
 
 __all__ = ["FileSummary", "summarize_file"]
 
@@ -56,8 +55,7 @@ def summarize_file(
     zeros = 0
     # Sums of x and x^2 in float64 over at most ~1e9 showers: plenty of precision for a summary.
     total = total_sq = 0.0
-    with tqdm(total=info.n_showers, unit="shower", desc="info", file=sys.stderr,
-              disable=None if progress else True) as bar:  # None: only on a terminal
+    with progress_bar(info.n_showers, "info", unit="shower", enabled=progress) as bar:
         for chunk in iter_showers(path, chunk_size, info.geometry):
             for name in info.conditions:
                 values = chunk.condition(name)

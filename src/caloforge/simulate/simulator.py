@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -315,14 +314,14 @@ def simulate_to_file(
         seed: seed of everything random.
         format: ``"calochallenge"`` or ``"par04"``.
         dtype: storage dtype of the showers (float16, float32, float64).
-        progress: show a tqdm bar on stderr.
+        progress: show progress on stderr (``caloforge.progress``: a bar on a terminal, a few lines
+            in a log).
         chunk_size: showers per chunk.
         compression: HDF5 filter for the showers (``"gzip"``, ``"lzf"`` or None).
     """
-    from tqdm import tqdm
-
     from caloforge.geometry import get_geometry
     from caloforge.io import ShowerWriter
+    from caloforge.progress import progress_bar
 
     if n < 0:
         raise InputError(None, "n", f"is {n}", "a number of showers >= 0")
@@ -340,8 +339,8 @@ def simulate_to_file(
     )
     conditions = ("energy",) + (("theta",) if theta else ()) + (("phi",) if phi else ())
     with ShowerWriter(path, geometry, format=format, dtype=dtype, conditions=conditions, expected_n=n,
-                      compression=compression) as writer, tqdm(
-        total=n, unit="shower", desc="simulate", disable=not progress, file=sys.stderr, smoothing=0.1,
+                      compression=compression) as writer, progress_bar(
+        n, "simulate", unit="shower", enabled=progress,
     ) as bar:
         for start in range(0, n, chunk_size):
             size = min(chunk_size, n - start)
