@@ -36,4 +36,4 @@ def test_demo_quick_runs_end_to_end(tmp_path: Path) -> None:
 def test_full_demo_is_sized_for_two_cores() -> None:
     # the full demo trains for a fixed wall-clock budget, so its run time is bounded by construction
     assert DEMO.train_minutes is not None and DEMO.train_minutes <= 8
-    assert DEMO.run_config().model.resolved().hidden == DEMO.hidden
+    assert DEMO.run_config().model.dit.resolved().hidden == DEMO.hidden

@@ -16,23 +16,18 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from toys import tiny_dit_config
 from typer.testing import CliRunner
 
 from caloforge.cli import app
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
-from caloforge.export import (
-    METADATA_KEY,
-    check_sampler_export,
-    export_denoiser,
-    export_par04,
-    export_sampler,
-    par04_permutation,
-)
+from caloforge.export import METADATA_KEY, export_extras, export_par04, export_sampler, par04_permutation
 from caloforge.generate import ShowerGenerator, load_generator
 from caloforge.geometry import CylindricalGeometry
-from caloforge.models import DiTConfig
-from caloforge.training import RunConfig, TrainConfig, train
+from caloforge.onnx_runtime import check_export
+from caloforge.runconfig import TrainConfig
+from caloforge.training import train
 
 # Every axis a different length (layers 5, alpha 4, radial 3), so a swapped axis cannot go unnoticed.
 GEOMETRY = CylindricalGeometry.regular("toy-export", 5, 4, (0.0, 2.0, 4.0, 6.0), 3.4, "SiW")
@@ -52,9 +47,9 @@ def toy_showers(n: int = 96, seed: int = 0) -> ShowerSet:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = RunConfig(model=DiTConfig(size="tiny", patch_size=(2, 2, 3)))
+    config = tiny_dit_config((2, 2, 3))
     config.train = TrainConfig(batch_size=16, max_steps=4, checkpoint_every=4, accelerator="cpu", devices=1)
-    config.sample.n_steps = 4
+    config.model.sample.n_steps = 4
     return train(toy_showers(), tmp_path_factory.mktemp("run") / "run", config, progress=False)
 
 
@@ -63,9 +58,16 @@ def generator(checkpoint: Path) -> ShowerGenerator:
     gen = load_generator(checkpoint)
     noise = torch.Generator().manual_seed(11)
     with torch.no_grad():
-        for p in gen.denoiser.parameters():
+        for p in gen.sampler.denoiser.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=noise))
-    return gen
+    return rebased(gen)
+
+
+def rebased(gen: ShowerGenerator) -> ShowerGenerator:
+    """The generator with its jittered weights as the checkpoint's, so samplers built with other options
+    (``sampler_for``) get them too."""
+    content = dataclasses.replace(gen.content, sampler_state=dict(gen.sampler.state_dict()))
+    return dataclasses.replace(gen, content=content, _built={})
 
 
 def conditions(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -84,7 +86,8 @@ def assert_close_to_scale(got: np.ndarray, expected: np.ndarray, rtol: float = 1
 
 
 def test_denoiser_graph_matches_pytorch(generator: ShowerGenerator, tmp_path: Path) -> None:
-    path = export_denoiser(generator, tmp_path / "denoiser.onnx")
+    (path,) = export_extras(generator, tmp_path / "m.onnx")
+    assert path.name == "m.denoiser.onnx"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     # a run without a layer-energy stage has no layer vector to condition on
     assert [i.name for i in session.get_inputs()] == ["x", "sigma", "energy", "theta", "phi", "detector"]
@@ -94,9 +97,10 @@ def test_denoiser_graph_matches_pytorch(generator: ShowerGenerator, tmp_path: Pa
         sigma = np.geomspace(0.01, 40.0, n).astype(np.float32)
         got = session.run(["denoised"], {"x": x, "sigma": sigma, **cond})[0]
         with torch.no_grad():
-            encoded = generator.encoder(*(torch.from_numpy(cond[k]) for k in ("energy", "theta", "phi")),
-                                        torch.from_numpy(cond["detector"]))
-            expected = generator.denoiser(torch.from_numpy(x), torch.from_numpy(sigma), encoded).numpy()
+            sampler = generator.sampler
+            encoded = sampler.encoder(*(torch.from_numpy(cond[k]) for k in ("energy", "theta", "phi")),
+                                      torch.from_numpy(cond["detector"]))
+            expected = sampler.denoiser(torch.from_numpy(x), torch.from_numpy(sigma), encoded).numpy()
         assert not np.allclose(expected, x, atol=1e-3)  # the backbone contributes
         assert_close_to_scale(got, expected)
 
@@ -126,17 +130,31 @@ def test_metadata_names_the_graph_and_its_sampling(generator: ShowerGenerator, t
     path = export_sampler(generator, tmp_path / "s.onnx", n_steps=2, sampler="euler")
     entries = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     meta = json.loads(entries[METADATA_KEY])
-    assert meta["graph"] == "sampler" and meta["n_steps"] == 2 and meta["sampler"] == "euler"
-    assert CylindricalGeometry.from_dict(meta["geometry"]) == GEOMETRY
-    assert meta["sigmas"] == pytest.approx(generator.sigmas(2).tolist())
-    assert meta["ranges"]["energy_min"] == pytest.approx(generator.content.ranges.energy_min)
+    assert meta["graph"] == "sampler" and meta["family"] == "edm-dit"
+    assert meta["options"] == {"n_steps": 2, "sampler": "euler"}
+    assert [spec["name"] for spec in meta["noise"]] == ["noise"]
+    assert CylindricalGeometry.from_dict(meta["context"]["geometry"]) == GEOMETRY
+    assert meta["sigmas"] == pytest.approx(generator.sampler.denoiser.sigmas(2).tolist())
+    assert meta["context"]["ranges"]["energy_min"] == pytest.approx(generator.content.ranges.energy_min)
     assert [p.name for p in tmp_path.iterdir()] == ["s.onnx"]  # atomic write left no temporary file
 
 
-def test_stochastic_sampler_and_bad_steps_are_refused(generator: ShowerGenerator, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="deterministic"):
-        export_sampler(generator, tmp_path / "s.onnx", sampler="stochastic")
-    assert not any(tmp_path.iterdir())
+def test_stochastic_sampler_exports_with_its_step_noise_as_inputs(
+    generator: ShowerGenerator, tmp_path: Path
+) -> None:
+    # Every random number is a declared input, so even the stochastic sampler is a function of them.
+    path = export_sampler(generator, tmp_path / "s.onnx", sampler="stochastic", n_steps=3)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()][-2:] == ["noise", "step_noise"]
+    assert check_export(generator, path, n=3) < 1e-4
+    expected = generator.sample([2e4, 3e4], [1.5, 1.6], [0.0, 0.1], [0, 1], seed=4, sampler="stochastic",
+                                n_steps=3).showers
+    again = generator.sample([2e4, 3e4], [1.5, 1.6], [0.0, 0.1], [0, 1], seed=4, sampler="stochastic",
+                             n_steps=3).showers
+    np.testing.assert_array_equal(expected, again)
+    with pytest.raises(InputError, match="n_steps"):
+        export_sampler(generator, tmp_path / "bad.onnx", n_steps=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.onnx"]
 
 
 def test_par04_permutation_is_geometry_to_par04(generator: ShowerGenerator) -> None:
@@ -181,7 +199,8 @@ def test_par04_graph_fed_as_the_cpp_does_places_caloforge_showers(
     generator: ShowerGenerator, tmp_path: Path
 ) -> None:
     noise = torch.randn(GEOMETRY.n_voxels, generator=torch.Generator().manual_seed(3))
-    path = export_par04(generator, tmp_path / "par04.onnx", n_steps=3, sampler="heun", fixed_noise=noise)
+    path = export_par04(generator, tmp_path / "par04.onnx", n_steps=3, sampler="heun",
+                        fixed_noise={"noise": noise})
     energy, theta, phi = 2.5e4, 1.45, 0.12
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     energies = par04_cpp_run(session, energy, theta, phi, slot=1)
@@ -214,7 +233,7 @@ def test_par04_graph_is_one_input_one_output_with_noise_inside(
 
 def test_check_sampler_export_reports_agreement(generator: ShowerGenerator, tmp_path: Path) -> None:
     path = export_sampler(generator, tmp_path / "s.onnx", n_steps=2, sampler="dpmpp_2m")
-    assert check_sampler_export(generator, path, n=3) < 1e-4
+    assert check_export(generator, path, n=3) < 1e-4
 
 
 def test_cli_export_writes_both_graphs_and_par04(checkpoint: Path, tmp_path: Path) -> None:
@@ -237,18 +256,19 @@ def test_cli_export_writes_both_graphs_and_par04(checkpoint: Path, tmp_path: Pat
 
 def test_par04_refuses_a_mesh_the_cpp_cannot_place(generator: ShowerGenerator, tmp_path: Path) -> None:
     uneven = CylindricalGeometry.regular("uneven", 5, 4, (0.0, 1.0, 4.0, 6.0), 3.4, "SiW")
-    moved = dataclasses.replace(generator, content=dataclasses.replace(generator.content, geometry=uneven))
+    context = dataclasses.replace(generator.content.context, geometry=uneven)
+    moved = dataclasses.replace(generator, content=dataclasses.replace(generator.content, context=context))
     with pytest.raises(InputError, match="unequal radial bins"):
         export_par04(moved, tmp_path / "p.onnx")
     assert not any(tmp_path.iterdir())
 
 
 def test_sampler_graph_applies_the_energy_ratio_model(tmp_path: Path) -> None:
-    config = RunConfig(model=DiTConfig(size="tiny", patch_size=(2, 2, 3)))
+    config = tiny_dit_config((2, 2, 3))
     config.preprocess.energy_ratio = True  # rescale each shower to a drawn E_tot / E_inc
     config.train = TrainConfig(batch_size=16, max_steps=2, checkpoint_every=2, accelerator="cpu", devices=1)
     gen = load_generator(train(toy_showers(), tmp_path / "run", config, progress=False))
-    assert gen.energy_ratio is not None
+    assert gen.sampler.energy_ratio is not None
     path = export_sampler(gen, tmp_path / "s.onnx", n_steps=2, sampler="dpmpp_2m")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert "u" in [i.name for i in session.get_inputs()]
@@ -262,22 +282,23 @@ def test_sampler_graph_applies_the_energy_ratio_model(tmp_path: Path) -> None:
                           sampler="dpmpp_2m", seed=9, batch_size=4).showers
     assert_close_to_scale(got, expected)
     ratio = got.sum(axis=1) / cond["energy"]
-    np.testing.assert_allclose(ratio, gen.energy_ratio(torch.from_numpy(cond["energy"]),
+    np.testing.assert_allclose(ratio, gen.sampler.energy_ratio(torch.from_numpy(cond["energy"]),
                                                        torch.from_numpy(u)).numpy(), rtol=1e-4)
-    assert check_sampler_export(gen, path, n=3) < 1e-4
+    assert check_export(gen, path, n=3) < 1e-4
 
 
 def test_sampler_graph_runs_the_layer_energy_stage(tmp_path: Path) -> None:
-    config = RunConfig(model=DiTConfig(size="tiny", patch_size=(2, 2, 3)))
+    config = tiny_dit_config((2, 2, 3))
     config.preprocess.layer_energies = True  # draw each shower's layer energies first
-    config.layers.width, config.layers.depth = 16, 1
+    config.model.layers.width, config.model.layers.depth = 16, 1
     config.train = TrainConfig(batch_size=16, max_steps=2, checkpoint_every=2, accelerator="cpu", devices=1)
     gen = load_generator(train(toy_showers(), tmp_path / "run", config, progress=False))
-    assert gen.layer_denoiser is not None and gen.layer_energies is not None
+    assert gen.sampler.layer_denoiser is not None and gen.sampler.layer_energies is not None
     noise_gen = torch.Generator().manual_seed(12)
     with torch.no_grad():  # make the stage's draw depend on its noise (its output layer starts at zero)
-        for p in gen.layer_denoiser.parameters():
+        for p in gen.sampler.layer_denoiser.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=noise_gen))
+    gen = rebased(gen)
     path = export_sampler(gen, tmp_path / "s.onnx", n_steps=2, sampler="dpmpp_2m")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = {i.name: i.shape for i in session.get_inputs()}
@@ -293,22 +314,22 @@ def test_sampler_graph_runs_the_layer_energy_stage(tmp_path: Path) -> None:
     assert_close_to_scale(got, expected)
     other = session.run(["showers"], {"noise": noise, "layer_noise": -layer_noise, **cond})[0]
     assert not np.allclose(other, got)  # the layer noise reaches the showers
-    assert check_sampler_export(gen, path, n=3) < 1e-4
+    assert check_export(gen, path, n=3) < 1e-4
     # the denoiser graph takes the layer vector the DiT is conditioned on, and the DiT reads it
     with torch.no_grad():
-        for p in gen.denoiser.parameters():
+        for p in gen.sampler.denoiser.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=noise_gen))
-    denoiser = ort.InferenceSession(str(export_denoiser(gen, tmp_path / "d.onnx")),
-                                    providers=["CPUExecutionProvider"])
+    (denoiser_path,) = export_extras(gen, tmp_path / "d.onnx")
+    denoiser = ort.InferenceSession(str(denoiser_path), providers=["CPUExecutionProvider"])
     assert [i.name for i in denoiser.get_inputs()][-1] == "layers"
     x = np.random.default_rng(4).standard_normal((4, GEOMETRY.n_voxels)).astype(np.float32)
     sigma = np.full(4, 0.5, dtype=np.float32)
     layers = np.random.default_rng(5).standard_normal((4, 1 + GEOMETRY.n_layers)).astype(np.float32)
     d = denoiser.run(["denoised"], {"x": x, "sigma": sigma, "layers": layers, **cond})[0]
     with torch.no_grad():
-        encoded = gen.encoder(*(torch.from_numpy(cond[k]) for k in ("energy", "theta", "phi")),
+        encoded = gen.sampler.encoder(*(torch.from_numpy(cond[k]) for k in ("energy", "theta", "phi")),
                               torch.from_numpy(cond["detector"]))
-        expected = gen.denoiser(torch.from_numpy(x), torch.from_numpy(sigma),
+        expected = gen.sampler.denoiser(torch.from_numpy(x), torch.from_numpy(sigma),
                                 torch.cat([encoded, torch.from_numpy(layers)], dim=1)).numpy()
     assert_close_to_scale(d, expected)
     d2 = denoiser.run(["denoised"], {"x": x, "sigma": sigma, "layers": -layers, **cond})[0]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from toys import TOY_GEOMETRY as GEOMETRY
-from toys import toy_showers
+from toys import tiny_dit_config, toy_showers
 from typer.testing import CliRunner
 
 from caloforge.checkpoint import read_checkpoint
@@ -16,15 +16,15 @@ from caloforge.cli import app
 from caloforge.errors import InputError
 from caloforge.generate import load_generator
 from caloforge.io import read_showers, write_showers
-from caloforge.models import DiTConfig
-from caloforge.training import RunConfig, TrainConfig, train
+from caloforge.runconfig import TrainConfig
+from caloforge.training import train
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = RunConfig(model=DiTConfig(size="tiny", patch_size=(2, 2, 2)))
+    config = tiny_dit_config((2, 2, 2))
     config.train = TrainConfig(batch_size=16, max_steps=8, checkpoint_every=4)
-    config.sample.n_steps = 4
+    config.model.sample.n_steps = 4
     return train(toy_showers(96), tmp_path_factory.mktemp("run") / "run", config, progress=False)
 
 
@@ -51,7 +51,8 @@ def test_samples_are_physical_showers(checkpoint: Path) -> None:
     np.testing.assert_array_equal(out.energy, energy)
     assert out.theta is not None and np.allclose(out.theta, 1.2)
     assert out.phi is None  # not requested, so not recorded
-    assert len(generator.sigmas(5)) == 6 and float(generator.sigmas(5)[-1]) == 0.0
+    assert generator.sampler_for(n_steps=3, sampler="euler").options == {"n_steps": 3, "sampler": "euler"}
+    assert generator.sampler.options == {"n_steps": 4, "sampler": "heun"}  # the run's own
 
 
 def test_out_of_range_requests_are_reported(checkpoint: Path) -> None:
@@ -67,9 +68,8 @@ def test_cli_train_then_generate(tmp_path: Path) -> None:
     data = tmp_path / "train.h5"
     write_showers(data, toy_showers(64))
     (tmp_path / "tiny.yaml").write_text(
-        "model: {size: tiny, patch_size: [2, 2, 2]}\n"
+        "model: {dit: {size: tiny, patch_size: [2, 2, 2]}, sample: {n_steps: 3}}\n"
         "train: {batch_size: 16, max_steps: 4, checkpoint_every: 2}\n"
-        "sample: {n_steps: 3}\n"
     )
     runner = CliRunner()
     result = runner.invoke(

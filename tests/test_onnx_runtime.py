@@ -8,18 +8,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from toys import tiny_dit_config
 from typer.testing import CliRunner
 
 from caloforge.cli import app
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
-from caloforge.export import export_denoiser, export_par04, export_sampler
+from caloforge.export import export_extras, export_par04, export_sampler
 from caloforge.generate import load_generator
 from caloforge.geometry import CylindricalGeometry
-from caloforge.models import DiTConfig
 from caloforge.onnx_runtime import load_onnx_generator, read_metadata
+from caloforge.runconfig import TrainConfig
 from caloforge.safeguards import OutOfRangeError
-from caloforge.training import RunConfig, TrainConfig, train
+from caloforge.training import train
 
 GEOMETRY = CylindricalGeometry.regular("toy-ort", 4, 3, (0.0, 2.0, 4.0), 3.4, "SiW")
 
@@ -35,22 +36,22 @@ def toy_showers(n: int = 64, seed: int = 0) -> ShowerSet:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ort")
-    config = RunConfig(model=DiTConfig(size="tiny", patch_size=(2, 3, 2)))
+    config = tiny_dit_config((2, 3, 2))
     config.train = TrainConfig(batch_size=16, max_steps=4, checkpoint_every=4, accelerator="cpu", devices=1)
-    config.sample.n_steps = 3
+    config.model.sample.n_steps = 3
     checkpoint = train(toy_showers(), root / "run", config, progress=False)
     generator = load_generator(checkpoint)
     return {
         "checkpoint": checkpoint,
         "sampler": export_sampler(generator, root / "model.onnx"),
-        "denoiser": export_denoiser(generator, root / "model.denoiser.onnx"),
+        "denoiser": export_extras(generator, root / "model.onnx")[0],
         "par04": export_par04(generator, root / "par04.onnx"),
     }
 
 
 def test_samples_are_reproducible_showers(files: dict[str, Path]) -> None:
     generator = load_onnx_generator(files["sampler"], threads=1)
-    assert generator.geometry == GEOMETRY and generator.n_steps == 3 and generator.sampler == "heun"
+    assert generator.geometry == GEOMETRY and generator.options == {"n_steps": 3, "sampler": "heun"}
     energy = np.array([2e3, 1e4, 5e4, 9e4, 3e4])
     a = generator.sample(energy, seed=4, batch_size=2)
     b = generator.sample(energy, seed=4, batch_size=5)

@@ -9,50 +9,61 @@ import numpy as np
 import pytest
 import torch
 from toys import TOY_GEOMETRY as GEOMETRY
-from toys import toy_showers
+from toys import tiny_dit_config, toy_showers
 
 from caloforge.checkpoint import read_checkpoint
-from caloforge.config import from_dict, load_yaml, to_dict
 from caloforge.errors import InputError
-from caloforge.models import DiTConfig
-from caloforge.training import DiffusionModule, RunConfig, TrainConfig, train
+from caloforge.runconfig import RunConfig, TrainConfig, load_run_config, run_config_from_dict
+from caloforge.training import train
 
 
 def tiny_config(max_steps: int = 6, every: int = 3) -> RunConfig:
-    config = RunConfig(model=DiTConfig(size="tiny", patch_size=(2, 2, 2)))
+    config = tiny_dit_config((2, 2, 2))
     config.train = TrainConfig(batch_size=16, max_steps=max_steps, checkpoint_every=every, log_every=1)
     config.optim.warmup_steps = 1
-    config.sample.n_steps = 4
+    config.model.sample.n_steps = 4
     return config
 
 
 def test_config_yaml_round_trip_and_unknown_keys(tmp_path: Path) -> None:
     config = tiny_config()
-    assert from_dict(RunConfig, to_dict(config)) == config
+    assert run_config_from_dict(config.to_dict()) == config
     (tmp_path / "c.yaml").write_text(
-        "model:\n  size: tiny\n  patch_size: [1, 2, 3]\ntrain:\n  max_steps: 7\n"
+        "family: edm-dit\nmodel:\n  dit: {size: tiny, patch_size: [1, 2, 3]}\ntrain:\n  max_steps: 7\n"
     )
-    loaded = load_yaml(RunConfig, tmp_path / "c.yaml")
-    assert loaded.model.patch_size == (1, 2, 3)
+    loaded = load_run_config(tmp_path / "c.yaml")
+    assert loaded.model.dit.patch_size == (1, 2, 3)
     assert loaded.train.max_steps == 7
     assert loaded.optim.lr == RunConfig().optim.lr
     (tmp_path / "bad.yaml").write_text("train:\n  max_step: 7\n")
     with pytest.raises(InputError, match=r"train\.max_step.*max_steps"):
-        load_yaml(RunConfig, tmp_path / "bad.yaml")
+        load_run_config(tmp_path / "bad.yaml")
     (tmp_path / "typo.yaml").write_text("train:\n  max_steps: many\n")
     with pytest.raises(InputError, match="max_steps"):
-        load_yaml(RunConfig, tmp_path / "typo.yaml")
+        load_run_config(tmp_path / "typo.yaml")
+    # the family validates its own section, naming the key under model.
+    (tmp_path / "model.yaml").write_text("model:\n  dit: {sise: tiny}\n")
+    with pytest.raises(InputError, match=r"model\.dit\.sise.*size"):
+        load_run_config(tmp_path / "model.yaml")
+    (tmp_path / "old.yaml").write_text("model: {size: tiny}\n")  # the pre-family layout
+    with pytest.raises(InputError, match=r"model\.size.*dit"):
+        load_run_config(tmp_path / "old.yaml")
+    with pytest.raises(InputError, match="--family"):
+        load_run_config(tmp_path / "c.yaml", family="other")
+    (tmp_path / "fam.yaml").write_text("family: edm-dti\n")
+    with pytest.raises(KeyError, match="edm-dit"):  # an unknown family suggests the close one
+        load_run_config(tmp_path / "fam.yaml")
 
 
 def test_training_steps_lower_the_loss_on_a_fixed_batch() -> None:
-    from caloforge.conditioning import ConditionSpec
-    from caloforge.preprocess import ShowerPreprocessor
+    from caloforge.context import RunContext
+    from caloforge.families.edm_dit.module import EdmDitModule
 
     showers = toy_showers(32)
-    spec = ConditionSpec.fit(showers)
-    x = torch.from_numpy(ShowerPreprocessor.fit(showers).transform(showers))
-    cond = spec.encode(showers)
-    module = DiffusionModule(tiny_config(), GEOMETRY, spec, payload={})
+    context = RunContext.fit(showers)
+    x = torch.from_numpy(context.preprocessor.transform(showers))
+    cond = context.spec.encode(showers)
+    module = EdmDitModule(tiny_config(), context)
     optimizer = torch.optim.Adam(module.edm.parameters(), lr=3e-3)
 
     def fixed_loss() -> torch.Tensor:
@@ -85,11 +96,12 @@ def test_checkpoint_carries_everything_and_resume_continues(tmp_path: Path) -> N
     content = read_checkpoint(model)
     assert content.step == 6
     assert content.geometry == GEOMETRY
-    assert content.config.model.size == "tiny"
+    assert content.config.model.dit.size == "tiny" and content.family == "edm-dit" and content.format == 2
     assert content.ranges.energy_min == pytest.approx(float(showers.energy.min()))
     ratio = (showers.showers.sum(axis=1) / showers.energy).mean()
     assert content.ranges.mean_energy_ratio == pytest.approx(float(ratio), rel=1e-5)
-    assert content.weights is not None and any(k.startswith("backbone.") for k in content.weights)
+    assert content.sampler_state is not None
+    assert any(k.startswith("denoiser.backbone.") for k in content.sampler_state)
     assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "logs" / "metrics.csv").read_text().count("\n") > 3
 
@@ -115,19 +127,19 @@ def test_layer_energy_stage_trains_beside_the_dit_and_is_saved(tmp_path: Path) -
 
     config = tiny_config(max_steps=4, every=4)
     config.preprocess.layer_energies = True
-    config.layers.width, config.layers.depth = 16, 1
+    config.model.layers.width, config.model.layers.depth = 16, 1
     showers = toy_showers(64)
     model = train(showers, tmp_path / "run", config, progress=False)
     content = read_checkpoint(model)
-    assert content.layer_weights is not None and any(k.startswith("backbone.") for k in content.layer_weights)
-    assert content.weights is not None and "backbone.inp.weight" not in content.weights  # kept apart
-    assert "backbone.inp.weight" in content.layer_weights
+    assert content.sampler_state is not None  # the two stages' weights kept apart
+    assert "layer_denoiser.backbone.inp.weight" in content.sampler_state
+    assert "denoiser.backbone.inp.weight" not in content.sampler_state
     metrics = (tmp_path / "run" / "logs" / "metrics.csv").read_text()
     assert "train/layer_loss" in metrics
     generator = load_generator(model)
-    assert generator.layer_denoiser is not None and generator.layer_energies is not None
+    assert generator.sampler.layer_denoiser is not None and generator.sampler.layer_energies is not None
     # the DiT is conditioned on the stage's vector: the conditions, then 1 + L layer values
-    cond_embed = generator.denoiser.backbone.cond_embed[0]
+    cond_embed = generator.sampler.denoiser.backbone.cond_embed[0]
     assert cond_embed.in_features == content.spec.dim + 1 + showers.geometry.n_layers
     a = generator.sample(showers.energy[:5], seed=3, n_steps=2).showers
     b = load_generator(model).sample(showers.energy[:5], seed=3, n_steps=2).showers
@@ -136,9 +148,10 @@ def test_layer_energy_stage_trains_beside_the_dit_and_is_saved(tmp_path: Path) -
     assert np.all(a.sum(axis=1) <= showers.energy[:5] * (1 + 1e-5))
     # a checkpoint without the stage's weights while its preprocessing says it has one is refused
     state = torch.load(model, weights_only=True)
-    state["state_dict"] = {k: v for k, v in state["state_dict"].items() if not k.startswith("layer_")}
+    entry = state["caloforge"]
+    entry["sampler"] = {k: v for k, v in entry["sampler"].items() if not k.startswith("layer_")}
     torch.save(state, tmp_path / "broken.ckpt")
-    with pytest.raises(InputError, match="layer_ema"):
+    with pytest.raises(InputError, match=r"broken\.ckpt.*missing.*layer_denoiser"):
         load_generator(tmp_path / "broken.ckpt")
 
 
@@ -155,11 +168,11 @@ class RowsSeenByLayerStage(L.Callback):
 def test_layer_stage_draws_several_noise_levels_per_shower(tmp_path: Path) -> None:
     config = tiny_config(max_steps=2, every=2)
     config.preprocess.layer_energies = True
-    config.layers.width, config.layers.depth, config.layers.noise_draws = 16, 1, 3
+    config.model.layers.width, config.model.layers.depth, config.model.layers.noise_draws = 16, 1, 3
     seen = RowsSeenByLayerStage()
     train(toy_showers(32), tmp_path / "run", config, callbacks=[seen], progress=False)
     assert seen.rows == [3 * config.train.batch_size] * 2  # each shower's layer vector at three noise levels
-    config.layers.noise_draws = 0
+    config.model.layers.noise_draws = 0
     with pytest.raises(InputError, match="noise_draws"):
         train(toy_showers(32), tmp_path / "bad", config, progress=False)
     assert not (tmp_path / "bad").exists()  # refused before anything is written

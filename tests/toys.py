@@ -5,7 +5,10 @@ import math
 import numpy as np
 
 from caloforge.data import ShowerSet
+from caloforge.families.edm_dit import EdmDitConfig
 from caloforge.geometry import CylindricalGeometry
+from caloforge.models import DiTConfig
+from caloforge.runconfig import RunConfig
 
 # 4 layers x 4 alpha x 2 radial bins: small enough for tiny DiT runs in seconds.
 TOY_GEOMETRY = CylindricalGeometry.regular("toy", 4, 4, (0.0, 1.0, 2.0), 3.4, "SiW")
@@ -19,3 +22,8 @@ def toy_showers(n: int, seed: int = 0) -> ShowerSet:
     showers = profile * rng.gamma(2.0, 1.0, (n, TOY_GEOMETRY.n_voxels)) * energy[:, None] / 40
     showers[showers < 0.5] = 0.0
     return ShowerSet(showers.astype(np.float32), TOY_GEOMETRY, energy)
+
+
+def tiny_dit_config(patch_size: tuple[int, int, int] = (2, 2, 2)) -> RunConfig:
+    """An edm-dit run config with the tiny DiT (the model tests' default)."""
+    return RunConfig(model=EdmDitConfig(dit=DiTConfig(size="tiny", patch_size=patch_size)))

@@ -1,20 +1,23 @@
-"""The one checkpoint format: a Lightning checkpoint with a ``caloforge`` entry.
+"""The one checkpoint format: a Lightning checkpoint with a ``caloforge`` entry (format 2).
 
-Besides Lightning's own keys (``state_dict`` with the trained weights under ``edm.`` and their moving
-average under ``ema.``, the layer-energy stage's under ``layer_edm.`` and ``layer_ema.`` when the run has
-one, optimiser and loop state for resuming), every checkpoint holds::
+Besides Lightning's own keys (``state_dict`` with the training module's weights, optimiser and loop state
+for resuming), every checkpoint holds::
 
     checkpoint["caloforge"] = {
-        "format": 1,
-        "config": RunConfig as a plain dict,
-        "geometry": CylindricalGeometry.to_dict(),
-        "preprocess": ShowerPreprocessor.to_dict(),
-        "conditions": ConditionSpec.to_dict(),
-        "ranges": ConditionRanges.to_dict(),   # span of the training conditions, mean E_tot / E_inc
+        "format": 2,
+        "family": "edm-dit",                  # caloforge.families
+        "config": RunConfig as plain dicts,    # caloforge.runconfig
+        "context": RunContext.to_dict(),       # geometry, fitted preprocessing, condition spec, ranges
+        "sampler": {name: tensor},             # the weights the family's sampler loads (averaged ones)
     }
 
-so ``read_checkpoint`` (and ``caloforge generate``) needs nothing else. Only plain types and tensors are
-stored, so the file loads with ``torch.load(weights_only=True)``.
+so ``read_checkpoint`` (and ``caloforge generate``) needs nothing else, and never Lightning. Only plain
+types and tensors are stored, so the file loads with ``torch.load(weights_only=True)``.
+
+Format 1 (written until the family contract, edm-dit only: the entry held config, geometry, preprocess,
+conditions and ranges, and the sampler's weights sat in Lightning's ``state_dict`` under ``ema.`` and
+``layer_ema.``) is read too, and generates the same showers for the same seed; it can be generated from,
+exported and used with ``--init-from``, not resumed.
 """
 
 from __future__ import annotations
@@ -22,95 +25,128 @@ from __future__ import annotations
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from caloforge.conditioning import ConditionRanges, ConditionSpec
-from caloforge.config import from_dict, to_dict
+from caloforge.context import RunContext
 from caloforge.errors import InputError
 from caloforge.geometry import CylindricalGeometry
 from caloforge.preprocess import ShowerPreprocessor
+from caloforge.runconfig import RunConfig, run_config_from_dict
 
-if TYPE_CHECKING:
-    from caloforge.training import RunConfig
-
-__all__ = ["CHECKPOINT_KEY", "FORMAT_VERSION", "CheckpointContent", "read_checkpoint"]
+__all__ = ["CHECKPOINT_KEY", "FORMAT_VERSION", "CheckpointContent", "checkpoint_entry", "read_checkpoint"]
 
 CHECKPOINT_KEY = "caloforge"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE = (1, 2)
 
 
 @dataclass
 class CheckpointContent:
     """What a checkpoint holds for generation.
 
-    ``weights`` is the EMA state dict of the ``EDM`` module (keys as ``EDM.state_dict()``), ``None`` when
-    read with ``weights=False``; ``layer_weights`` likewise for the layer-energy stage (``None`` also when
-    the run has none); ``step`` the optimiser steps trained.
+    ``sampler_state`` is the state dict the family's sampler loads (``None`` when read with
+    ``weights=False``); ``step`` the optimiser steps trained; ``format`` the file's format version.
     """
 
     config: RunConfig
-    geometry: CylindricalGeometry
-    preprocessor: ShowerPreprocessor
-    spec: ConditionSpec
-    ranges: ConditionRanges
-    weights: dict[str, Tensor] | None = None
+    context: RunContext
+    sampler_state: dict[str, Tensor] | None = None
     step: int = 0
-    layer_weights: dict[str, Tensor] | None = None
+    format: int = FORMAT_VERSION
 
-    def payload(self) -> dict[str, Any]:
-        """The ``caloforge`` checkpoint entry (plain types)."""
-        return {
-            "format": FORMAT_VERSION,
-            "config": to_dict(self.config),
-            "geometry": self.geometry.to_dict(),
-            "preprocess": self.preprocessor.to_dict(),
-            "conditions": self.spec.to_dict(),
-            "ranges": self.ranges.to_dict(),
-        }
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    @property
+    def geometry(self) -> CylindricalGeometry:
+        return self.context.geometry
+
+    @property
+    def preprocessor(self) -> ShowerPreprocessor:
+        return self.context.preprocessor
+
+    @property
+    def spec(self) -> ConditionSpec:
+        return self.context.spec
+
+    @property
+    def ranges(self) -> ConditionRanges:
+        return self.context.ranges
+
+
+def checkpoint_entry(
+    config: RunConfig, context: RunContext, sampler_state: dict[str, Tensor]
+) -> dict[str, Any]:
+    """The ``caloforge`` entry of a checkpoint (module doc)."""
+    return {
+        "format": FORMAT_VERSION,
+        "family": config.family,
+        "config": config.to_dict(),
+        "context": context.to_dict(),
+        "sampler": {name: tensor.detach().cpu() for name, tensor in sampler_state.items()},
+    }
+
+
+def _format1_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 RunConfig dict (sections model, layers, diffusion, preprocess, optim, train, sample) in
+    format 2's layout: the DiT's sections move under ``model``."""
+    data = dict(data)
+    model = {"dit": data.pop("model", {})}
+    for section in ("layers", "diffusion", "sample"):
+        if section in data:
+            model[section] = data.pop(section)
+    return {"family": "edm-dit", "model": model, **data}
+
+
+def _format1_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The EMA weights of a format-1 ``state_dict``, named as the edm-dit sampler's."""
+    renamed = {"ema.": "denoiser.", "layer_ema.": "layer_denoiser."}
+    return {
+        new + key.removeprefix(old): value
+        for key, value in state.items()
+        for old, new in renamed.items()
+        if key.startswith(old)
+    }
 
 
 def read_checkpoint(path: str | PathLike[str], weights: bool = True) -> CheckpointContent:
-    """Read a caloforge checkpoint; raises ``InputError`` naming what is missing or malformed."""
-    from caloforge.training import RunConfig  # training imports this module; import here to avoid a cycle
-
+    """Read a caloforge checkpoint (format 1 or 2); raises ``InputError`` naming what is missing or
+    malformed."""
     path = Path(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError) as error:
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
         raise InputError(
-            path,
-            None,
-            f"cannot be read as a checkpoint ({error})",
+            path, None, f"cannot be read as a checkpoint ({error})",
             "a model.ckpt written by 'caloforge train'",
         ) from None
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise InputError(path, CHECKPOINT_KEY, "is missing", "a checkpoint written by 'caloforge train'")
     entry = checkpoint[CHECKPOINT_KEY]
-    if entry.get("format") != FORMAT_VERSION:
-        raise InputError(path, f"{CHECKPOINT_KEY}.format", f"is {entry.get('format')!r}", f"{FORMAT_VERSION}")
+    version = entry.get("format") if isinstance(entry, dict) else None
+    if version not in _READABLE:
+        raise InputError(path, f"{CHECKPOINT_KEY}.format", f"is {version!r}",
+                         f"one of {', '.join(map(str, _READABLE))} (a newer caloforge wrote it?)")
     try:
-        content = CheckpointContent(
-            config=from_dict(RunConfig, entry["config"], path),
-            geometry=CylindricalGeometry.from_dict(entry["geometry"]),
-            preprocessor=ShowerPreprocessor.from_dict(entry["preprocess"]),
-            spec=ConditionSpec.from_dict(entry["conditions"]),
-            ranges=ConditionRanges.from_dict(entry["ranges"]),
-            step=int(checkpoint.get("global_step", 0)),
-        )
+        if version == 1:
+            config = run_config_from_dict(_format1_config(entry["config"]), path)
+            context = RunContext.from_dict(entry)
+            state = _format1_weights(checkpoint.get("state_dict", {})) if weights else None
+        else:
+            config = run_config_from_dict(entry["config"], path)
+            context = RunContext.from_dict(entry["context"])
+            state = dict(entry["sampler"]) if weights else None
     except (KeyError, TypeError) as error:
         raise InputError(
             path, CHECKPOINT_KEY, f"lacks or mangles {error}", "a complete caloforge entry"
         ) from None
-    if weights:
-        state = checkpoint.get("state_dict", {})
-        content.weights = {k.removeprefix("ema."): v for k, v in state.items() if k.startswith("ema.")}
-        if not content.weights:
-            raise InputError(
-                path, "state_dict", "holds no 'ema.' weights", "a checkpoint of a DiffusionModule"
-            )
-        layer = {k.removeprefix("layer_ema."): v for k, v in state.items() if k.startswith("layer_ema.")}
-        content.layer_weights = layer or None
-    return content
+    if state is not None and not state:
+        raise InputError(path, CHECKPOINT_KEY, "holds no sampler weights", "a checkpoint of a trained model")
+    return CheckpointContent(config, context, state, int(checkpoint.get("global_step", 0)), int(version))

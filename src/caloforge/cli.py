@@ -170,49 +170,102 @@ def simulate_command(
                f"geometry {g.name}, wrote {out}")
 
 
-# ---- the diffusion model: train, generate, demo (caloforge.training, caloforge.generate) ---------------
+# ---- model families: families, train, generate, demo (caloforge.families, training, generate) -----------
+@app.command("families")
+def families_command() -> None:
+    """List the model families (caloforge train --family NAME), one line each."""
+    from caloforge.families import family_names, get_family
+    from caloforge.runconfig import DEFAULT_FAMILY
+
+    families = [get_family(name) for name in family_names()]
+    width = max(len(f.name) for f in families)
+    for f in families:
+        default = " (default)" if f.name == DEFAULT_FAMILY else ""
+        options = ", ".join(f.sample_options) or "none"
+        typer.echo(f"{f.name:<{width}}  {f.representation:<7}  {f.summary}{default}; "
+                   f"sampling options: {options}")
+
+
+def _set_key(data: dict[str, Any], assignment: str) -> None:
+    """Apply 'SECTION.KEY=VALUE' (VALUE read as YAML) to a run-config dict."""
+    import yaml
+
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise InputError(None, "--set", f"is '{assignment}'", "KEY=VALUE, e.g. train.batch_size=64")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise InputError(None, "--set", f"has a value that is not YAML: '{text}'",
+                         "a YAML scalar or list") from None
+    *sections, last = key.strip().split(".")
+    node = data
+    for name in sections:
+        child = node.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise InputError(None, "--set", f"'{key}' goes below '{name}', which is not a section",
+                             "SECTION.KEY=VALUE")
+        node = child
+    node[last] = value
+
+
 @app.command("train")
 def train_command(
     data: str = typer.Option(..., "--data", help="HDF5 training showers (CaloChallenge or Par04 layout)."),
     out: str = typer.Option(..., "--out", help="Run directory: config.yaml, logs/, checkpoints/, "
                             "model.ckpt."),
-    config: str | None = typer.Option(None, "--config", help="YAML run config (sections model, diffusion, "
-                                      "preprocess, optim, train, sample); defaults otherwise."),
+    config: str | None = typer.Option(None, "--config", help="YAML run config (family, model, preprocess, "
+                                      "conditions, optim, train); defaults otherwise."),
+    family: str | None = typer.Option(None, "--family", help="Model family (see 'caloforge families'; "
+                                      "default: the config's, else edm-dit)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.ckpt."),
-    model: str | None = typer.Option(None, "--model", help="DiT size preset (tiny, small, base); "
-                                     "overrides the config."),
+    init_from: str | None = typer.Option(None, "--init-from", help="Start from the weights of this "
+                                         "checkpoint (same family and geometry), e.g. to adapt a model to "
+                                         "a new detector; its config is used unless --config is given."),
+    teacher: str | None = typer.Option(None, "--teacher", help="Checkpoint of a trained model to distil "
+                                       "(families that take a teacher)."),
+    settings: list[str] = typer.Option([], "--set",  # noqa: B008 (typer's idiom for a repeatable option) help="Override one config key, e.g. "
+                                       "--set model.dit.size=small --set train.batch_size=64 (repeatable)."),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Overrides train.max_steps."),
     max_minutes: float | None = typer.Option(None, "--max-minutes", min=0.01,
                                              help="Overrides train.max_minutes (wall-clock budget)."),
     geometry: str | None = typer.Option(None, "--geometry", "-g", help="Geometry preset, if the file "
                                         "does not name one."),
 ) -> None:
-    """Train the conditional diffusion transformer on a shower file."""
+    """Train a model family on a shower file."""
+    from caloforge.config import read_yaml_mapping
     from caloforge.io import read_showers
-    from caloforge.training import load_run_config, train
+    from caloforge.runconfig import run_config_from_dict
 
-    last = Path(out) / "checkpoints" / "last.ckpt"
-    if resume and config is None and last.exists():
+    from_run = Path(out) / "checkpoints" / "last.ckpt" if resume else init_from
+    if config is not None:
+        base, source = read_yaml_mapping(config), config
+    elif from_run is not None and Path(from_run).exists():
         from caloforge.checkpoint import read_checkpoint
 
-        run_config = read_checkpoint(last, weights=False).config  # the overrides below apply to it
+        base, source = read_checkpoint(from_run, weights=False).config.to_dict(), str(from_run)
     else:
-        run_config = load_run_config(config)
-    if run_config is not None:
-        if model is not None:
-            from caloforge.models import DIT_SIZES
-            if model not in DIT_SIZES:
-                from caloforge.errors import UnknownNameError
-                raise UnknownNameError("DiT size", model, DIT_SIZES)
-            run_config.model.size = model
-        if max_steps is not None:
-            run_config.train.max_steps = max_steps
-        if max_minutes is not None:
-            run_config.train.max_minutes = max_minutes
+        base, source = {}, None
+    for assignment in settings:
+        _set_key(base, assignment)
+    run_config = run_config_from_dict(base, source, family)  # every key checked before any work
+    if max_steps is not None:
+        run_config.train.max_steps = max_steps
+    if max_minutes is not None:
+        run_config.train.max_minutes = max_minutes
     showers = read_showers(data, geometry)
-    typer.echo(f"training on {len(showers)} showers of {data} (geometry {showers.geometry.name})", err=True)
-    path = train(showers, out, run_config, resume=resume)
+    typer.echo(f"training {run_config.family} on {len(showers)} showers of {data} "
+               f"(geometry {showers.geometry.name})", err=True)
+    from caloforge.training import train
+
+    # With --resume, train() refuses a config whose model sections differ from the run's, before writing.
+    path = train(showers, out, run_config, resume=resume, init_from=init_from, teacher=teacher)
     typer.echo(f"model written to {path}")
+
+
+def _sampling_options(steps: int | None, sampler: str | None) -> dict[str, Any]:
+    """The generic sampling options of the command line (``None``: the run's own)."""
+    return {"n_steps": steps, "sampler": sampler}
 
 
 @app.command("generate")
@@ -241,19 +294,20 @@ def generate_command(
     import numpy as np
 
     from caloforge.generate import generate_to_file, load_generator
+    from caloforge.safeguards import check_request, energy_response
     from caloforge.spectra import parse_spectrum
 
     rng = np.random.default_rng(seed)
     energies = parse_spectrum(energy, "--energy", positive=True).sample(n, rng)
     thetas = None if theta is None else parse_spectrum(theta, "--theta").sample(n, rng)
     phis = None if phi is None else parse_spectrum(phi, "--phi").sample(n, rng)
-    from caloforge.safeguards import check_request, energy_response
-
+    options = _sampling_options(steps, sampler)
+    generator: Any
     if checkpoint.endswith(".onnx"):
         from caloforge.onnx_runtime import load_onnx_generator
 
         # Same generation interface as ShowerGenerator, so generate_to_file writes the same format.
-        generator: Any = load_onnx_generator(checkpoint)
+        generator = load_onnx_generator(checkpoint)
         ranges = generator.ranges
     else:
         import torch
@@ -265,14 +319,13 @@ def generate_command(
             raise InputError(None, "--device", f"is '{device}' ({error})",
                              "cpu, or a CUDA device this machine has") from None
         generator = load_generator(checkpoint, device=where)
+        generator.sampler_for(**options)  # a bad option fails before any work
         ranges = generator.content.ranges
-    if sampler is not None and not checkpoint.endswith(".onnx"):
-        from caloforge.diffusion import get_sampler
-        get_sampler(sampler)  # an unknown name fails before any work
+    # Reported once, here, before the progress display starts; the generator is told not to repeat it.
     for problem in check_request(ranges, energies, thetas, phis, strict=strict, source=checkpoint):
         typer.echo(f"warning: {problem}; the model extrapolates there", err=True)
-    count = generate_to_file(generator, out, energies, thetas, phis, n_steps=steps, sampler=sampler,
-                             seed=seed, batch_size=batch_size, file_format=file_format)
+    count = generate_to_file(generator, out, energies, thetas, phis, seed=seed, batch_size=batch_size,
+                             file_format=file_format, warn_outside=False, **options)
     typer.echo(f"wrote {count} showers to {out}")
     from caloforge.io import iter_showers
 
@@ -397,26 +450,27 @@ def export_command(
     checkpoint: str = typer.Argument(..., help="model.ckpt written by 'caloforge train'."),
     out: str = typer.Option(..., "--out", help="ONNX file to write (atomically)."),
     target: str = typer.Option("caloforge", "--target", help="caloforge: the sampler graph at OUT and the "
-                               "denoiser graph at <OUT stem>.denoiser.onnx; par04: the Geant4 Par04 "
-                               "(CaloDiT-2 contract) graph at OUT."),
+                               "family's extra graphs (edm-dit: the denoiser) at <OUT stem>.<name>.onnx; "
+                               "par04: the Geant4 Par04 (CaloDiT-2 contract) graph at OUT."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Sampler steps unrolled in the graph "
                                      "(default: the run's)."),
-    sampler: str | None = typer.Option(None, "--sampler", help="heun, euler, dpmpp_2m or dpmpp_2m_logsnr "
-                                       "(few steps; default: the run's)."),
-    denoiser: bool = typer.Option(True, "--denoiser/--no-denoiser", help="Also write the denoiser graph "
-                                  "(target caloforge)."),
+    sampler: str | None = typer.Option(None, "--sampler", help="heun, euler, stochastic, dpmpp_2m or "
+                                       "dpmpp_2m_logsnr (few steps; default: the run's)."),
+    extras: bool = typer.Option(True, "--extras/--no-extras", help="Also write the family's extra graphs "
+                                "(target caloforge)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Run the sampler graph with onnxruntime "
                                "and compare with PyTorch on the same noise (target caloforge)."),
 ) -> None:
     """Export a checkpoint to ONNX for onnxruntime (Python, C++, Geant4 Par04)."""
-    from caloforge.export import check_sampler_export, export_checkpoint
+    from caloforge.export import export_checkpoint
+    from caloforge.onnx_runtime import check_export
 
-    written = export_checkpoint(checkpoint, out, target=target, n_steps=steps, sampler=sampler,
-                                denoiser=denoiser)
+    written = export_checkpoint(checkpoint, out, target=target, extras=extras,
+                                **_sampling_options(steps, sampler))
     for path in written:
         typer.echo(f"wrote {path}")
     if check and target == "caloforge":
-        difference = check_sampler_export(checkpoint, written[0])
+        difference = check_export(checkpoint, written[0])
         typer.echo(f"onnxruntime vs PyTorch on the same noise: largest difference {difference:.3g} of the "
                    "largest deposit")
 

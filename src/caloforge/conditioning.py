@@ -100,17 +100,21 @@ class ConditionSpec:
     def encode_arrays(self, energy: Any, theta: Any, phi: Any, detector: Any) -> Tensor:
         """Condition vectors (N, dim) from arrays: energy (N,) MeV, theta/phi (N,) radians, detector (N,)."""
         detector = np.asarray(detector)
+        self.check_detectors(detector)
+        with torch.no_grad():
+            return self.encoder()(
+                *(torch.as_tensor(np.asarray(a, dtype=np.float64)).float() for a in (energy, theta, phi)),
+                torch.as_tensor(detector.astype(np.int64)),
+            )
+
+    def check_detectors(self, detector: NDArray[Any]) -> None:
+        """Raise ``InputError`` unless every detector index (N,) is one of the model's slots."""
         if detector.size and (detector.min() < 0 or detector.max() >= self.n_detectors):
             raise InputError(
                 None,
                 "detector",
                 f"has indices {int(detector.min())}..{int(detector.max())}",
                 f"indices 0..{self.n_detectors - 1} (the detectors the model was trained on)",
-            )
-        with torch.no_grad():
-            return self.encoder()(
-                *(torch.as_tensor(np.asarray(a, dtype=np.float64)).float() for a in (energy, theta, phi)),
-                torch.as_tensor(detector.astype(np.int64)),
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,8 +138,8 @@ class ConditionEncoder(nn.Module):
         super().__init__()
         self.spec = spec
         lo, hi = spec.log_energy_range
-        self.register_buffer("log_energy_mid", torch.tensor(0.5 * (lo + hi)))
-        self.register_buffer("log_energy_half", torch.tensor(0.5 * (hi - lo)))
+        self.register_buffer("log_energy_mid", torch.tensor(0.5 * (lo + hi)), persistent=False)
+        self.register_buffer("log_energy_half", torch.tensor(0.5 * (hi - lo)), persistent=False)
 
     def forward(self, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor) -> Tensor:
         """energy (N,) MeV, theta (N,) and phi (N,) radians, detector (N,) int64 -> (N, dim)."""

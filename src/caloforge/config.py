@@ -19,7 +19,7 @@ import yaml
 
 from caloforge.errors import InputError
 
-__all__ = ["from_dict", "load_yaml", "to_dict"]
+__all__ = ["from_dict", "load_yaml", "read_yaml_mapping", "to_dict"]
 
 T = TypeVar("T")
 
@@ -84,16 +84,21 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, path: str | None) ->
     return cls(**kwargs)
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, path: str | PathLike[str] | None = None) -> T:
+def from_dict(
+    cls: type[T], data: dict[str, Any] | None, path: str | PathLike[str] | None = None, prefix: str = ""
+) -> T:
     """Build config ``cls`` from ``data``; missing keys take the dataclass defaults.
 
-    Raises ``InputError`` (naming ``path`` and the dotted key) for unknown keys and wrongly typed values.
+    Raises ``InputError`` (naming ``path`` and the dotted key, after ``prefix`` when ``data`` is a section
+    of a larger file) for unknown keys and wrongly typed values.
     """
-    return _build(cls, dict(data or {}), "", None if path is None else str(path))
+    if data is not None and not isinstance(data, dict):
+        raise InputError(path, prefix or None, f"is {data!r}", "a mapping of the section's keys")
+    return _build(cls, dict(data or {}), prefix, None if path is None else str(path))
 
 
-def load_yaml(cls: type[T], path: str | PathLike[str]) -> T:
-    """Read config ``cls`` from a YAML file (a mapping; an empty file gives the defaults)."""
+def read_yaml_mapping(path: str | PathLike[str]) -> dict[str, Any]:
+    """The mapping a YAML config file holds (an empty file gives ``{}``)."""
     text = Path(path).read_text()
     try:
         data = yaml.safe_load(text)
@@ -101,4 +106,9 @@ def load_yaml(cls: type[T], path: str | PathLike[str]) -> T:
         raise InputError(path, None, f"is not valid YAML ({error})", "a YAML mapping") from None
     if data is not None and not isinstance(data, dict):
         raise InputError(path, None, f"holds a {type(data).__name__}", "a YAML mapping of config sections")
-    return from_dict(cls, data, path)
+    return dict(data or {})
+
+
+def load_yaml(cls: type[T], path: str | PathLike[str]) -> T:
+    """Read config ``cls`` from a YAML file (a mapping; an empty file gives the defaults)."""
+    return from_dict(cls, read_yaml_mapping(path), path)

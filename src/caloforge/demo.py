@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from caloforge.errors import InputError
+from caloforge.families.edm_dit import EdmDitConfig, SampleConfig
 from caloforge.models import DiTConfig
+from caloforge.optim import OptimConfig
 from caloforge.preprocess import PreprocessConfig
-from caloforge.training import OptimConfig, RunConfig, SampleConfig, TrainConfig
+from caloforge.runconfig import RunConfig, TrainConfig
 
 __all__ = ["DEMO", "QUICK_DEMO", "DemoConfig", "DemoResult", "run_demo"]
 
@@ -58,8 +60,12 @@ class DemoConfig:
     def run_config(self) -> RunConfig:
         """The training run of the demo."""
         return RunConfig(
-            model=DiTConfig(
-                size="tiny", patch_size=(5, 4, 9), hidden=self.hidden, depth=self.depth, n_heads=4
+            family="edm-dit",
+            model=EdmDitConfig(
+                dit=DiTConfig(
+                    size="tiny", patch_size=(5, 4, 9), hidden=self.hidden, depth=self.depth, n_heads=4
+                ),
+                sample=SampleConfig(n_steps=self.sampler_steps, sampler="heun"),
             ),
             preprocess=PreprocessConfig(layer_energies=True),
             optim=OptimConfig(lr=1e-3, warmup_steps=min(200, self.train_steps // 5 + 1)),
@@ -71,7 +77,6 @@ class DemoConfig:
                 checkpoint_every=1000,
                 log_every=50,
             ),
-            sample=SampleConfig(n_steps=self.sampler_steps, sampler="heun"),
         )
 
 

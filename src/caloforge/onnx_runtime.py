@@ -1,17 +1,18 @@
-"""Generation with onnxruntime from a graph written by ``caloforge.export`` (no PyTorch model needed).
+"""Generation with onnxruntime from a graph written by ``caloforge.export`` (no PyTorch model, no Lightning).
 
-``load_onnx_generator(path)`` returns an ``OnnxGenerator`` with the same generation interface as
-``caloforge.generate.ShowerGenerator`` (``sample``, ``sample_batches``, ``range_warnings``,
-``geometry``), so ``caloforge.generate.generate_to_file`` writes the same file format from either.
-It runs the ``sampler`` graph (noise drawn here from a seeded ``numpy.random.Generator``, so the same
-seed gives the same showers) or the ``par04`` graph (noise drawn inside the graph by onnxruntime, so
-it is not reproducible; used to check a Par04 export end to end).
+``load_onnx_generator(path)`` returns an ``OnnxGenerator`` with the generation interface of
+``caloforge.generate.ShowerGenerator`` (``sample``, ``sample_batches``, ``range_warnings``, ``geometry``),
+so ``caloforge.generate.generate_to_file`` writes the same file format from either. It runs a ``sampler``
+graph, drawing the noise its metadata declares from a seeded ``numpy.random.Generator`` (same seed, same
+showers), or a ``par04`` graph (noise drawn inside the graph by onnxruntime: not reproducible; used to
+check a Par04 export end to end). ``check_export`` compares a sampler graph with its PyTorch twin.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from os import PathLike
@@ -23,17 +24,31 @@ from numpy.typing import ArrayLike, NDArray
 
 from caloforge.conditioning import ConditionRanges, ConditionRequest, ConditionSpec
 from caloforge.data import ShowerSet
-from caloforge.errors import InputError
-from caloforge.export import METADATA_FORMAT, METADATA_KEY, PAR04_GEV
+from caloforge.errors import CaloforgeError, InputError
+from caloforge.export.metadata import METADATA_FORMAT, METADATA_KEY, PAR04_GEV
 from caloforge.geometry import CylindricalGeometry
+from caloforge.sampler import NoiseSpec
 
-__all__ = ["OnnxGenerator", "load_onnx_generator", "read_metadata"]
+__all__ = ["OnnxGenerator", "check_export", "load_onnx_generator", "read_metadata"]
 
 log = logging.getLogger(__name__)
 
 
+def _format1(meta: dict[str, Any], inputs: dict[str, list[Any]]) -> dict[str, Any]:
+    """Format-1 metadata (edm-dit graphs before the family contract) in format 2's layout."""
+    context = {key: meta[key] for key in ("geometry", "conditions", "ranges")}
+    noise = [NoiseSpec("noise", (CylindricalGeometry.from_dict(meta["geometry"]).n_voxels,))]
+    if "layer_noise" in inputs:
+        noise.append(NoiseSpec("layer_noise", (int(inputs["layer_noise"][1]),)))
+    if "u" in inputs:
+        noise.append(NoiseSpec("u", (), "uniform"))
+    return {**meta, "format": 2, "family": "edm-dit", "context": context,
+            "noise": [spec.to_dict() for spec in noise],
+            "options": {"n_steps": meta["n_steps"], "sampler": meta["sampler"]}}
+
+
 def read_metadata(path: str | PathLike[str]) -> dict[str, Any]:
-    """The ``caloforge`` metadata entry of an exported graph (see ``caloforge.export``)."""
+    """The ``caloforge`` metadata entry of an exported graph (``caloforge.export.metadata``), format 2."""
     import onnx
 
     try:
@@ -48,9 +63,12 @@ def read_metadata(path: str | PathLike[str]) -> dict[str, Any]:
         raise InputError(path, f"metadata '{METADATA_KEY}'", "is missing",
                          "a graph written by 'caloforge export'")
     meta: dict[str, Any] = json.loads(entries[METADATA_KEY])
+    if meta.get("format") == 1:
+        inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+        return _format1(meta, inputs)
     if meta.get("format") != METADATA_FORMAT:
         raise InputError(path, f"metadata '{METADATA_KEY}'.format", f"is {meta.get('format')!r}",
-                         f"{METADATA_FORMAT}")
+                         f"1 or {METADATA_FORMAT}")
     return meta
 
 
@@ -61,7 +79,7 @@ class OnnxGenerator:
     Attributes:
         path: the .onnx file.
         session: the onnxruntime ``InferenceSession``.
-        metadata: the graph's ``caloforge`` metadata (kind, geometry, conditions, ranges, steps, sampler).
+        metadata: the graph's ``caloforge`` metadata (format 2).
     """
 
     path: Path
@@ -75,31 +93,25 @@ class OnnxGenerator:
 
     @property
     def geometry(self) -> CylindricalGeometry:
-        return CylindricalGeometry.from_dict(self.metadata["geometry"])
+        return CylindricalGeometry.from_dict(self.metadata["context"]["geometry"])
 
     @property
     def spec(self) -> ConditionSpec:
-        return ConditionSpec.from_dict(self.metadata["conditions"])
+        return ConditionSpec.from_dict(self.metadata["context"]["conditions"])
 
     @property
     def ranges(self) -> ConditionRanges:
-        return ConditionRanges.from_dict(self.metadata["ranges"])
+        return ConditionRanges.from_dict(self.metadata["context"]["ranges"])
 
     @property
-    def n_steps(self) -> int:
-        return int(self.metadata["n_steps"])
+    def noise(self) -> tuple[NoiseSpec, ...]:
+        """The noise the ``sampler`` graph takes after the conditions, in drawing order."""
+        return tuple(NoiseSpec.from_dict(spec) for spec in self.metadata["noise"])
 
     @property
-    def sampler(self) -> str:
-        return str(self.metadata["sampler"])
-
-    @property
-    def layer_dim(self) -> int:
-        """Width 1 + L of the ``layer_noise`` input (the layer-energy stage's); 1 when the graph has none."""
-        for graph_input in self.session.get_inputs():
-            if graph_input.name == "layer_noise":
-                return int(graph_input.shape[1])
-        return 1
+    def options(self) -> dict[str, Any]:
+        """The sampling options the graph was exported with (fixed in it)."""
+        return dict(self.metadata["options"])
 
     def range_warnings(
         self, energy: ArrayLike, theta: ArrayLike | None = None, phi: ArrayLike | None = None
@@ -107,46 +119,32 @@ class OnnxGenerator:
         """Sentences about requested conditions outside the training span (empty when all inside)."""
         return ConditionRequest.of(energy, theta, phi).outside(self.ranges)
 
-    def _check_fixed(self, n_steps: int | None, sampler: str | None) -> None:
-        # Steps and sampler are baked into the graph; asking for others must not pass silently.
-        if n_steps is not None and n_steps != self.n_steps:
-            raise InputError(self.path, "steps", f"{n_steps} were requested",
-                             f"{self.n_steps}, the number this graph was exported with")
-        if sampler is not None and sampler != self.sampler:
-            raise InputError(self.path, "sampler", f"'{sampler}' was requested",
-                             f"'{self.sampler}', the sampler this graph was exported with")
+    def _check_fixed(self, options: dict[str, Any]) -> None:
+        # Sampling options are baked into the graph; asking for others must not pass silently.
+        fixed = self.options
+        for name, value in options.items():
+            if value is not None and fixed.get(name) != value:
+                raise InputError(self.path, name, f"{value!r} was requested",
+                                 f"{fixed.get(name)!r}, what this graph was exported with")
 
     def run(
-        self,
-        noise: NDArray[np.float32],
-        energy: NDArray[np.floating],
-        theta: NDArray[np.floating],
-        phi: NDArray[np.floating],
-        detector: NDArray[np.integer],
-        u: NDArray[np.floating] | None = None,
-        layer_noise: NDArray[np.floating] | None = None,
+        self, energy: NDArray[np.floating], theta: NDArray[np.floating], phi: NDArray[np.floating],
+        detector: NDArray[np.integer], *noise: NDArray[np.floating],
     ) -> NDArray[np.float32]:
-        """One call of the ``sampler`` graph: noise (N, V), conditions (N,), u (N,) uniform in [0, 1)
-        (the E_tot / E_inc quantile; default 0.5), layer_noise (N, 1 + L) (the layer-energy stage's
-        noise; default zeros) -> showers (N, V) MeV.
+        """One call of the ``sampler`` graph: conditions (N,) and the declared noise -> showers (N, V) MeV.
 
-        Conditions the graph has no input for (the model does not use them) are not fed.
+        Inputs the graph does not have (conditions or noise the model does not use) are not fed.
         """
         feeds = {
-            "noise": np.ascontiguousarray(noise, dtype=np.float32),
             "energy": np.asarray(energy, dtype=np.float32),
             "theta": np.asarray(theta, dtype=np.float32),
             "phi": np.asarray(phi, dtype=np.float32),
             "detector": np.asarray(detector, dtype=np.int64),
-            "u": np.full(len(noise), 0.5, np.float32) if u is None else np.asarray(u, dtype=np.float32),
-            "layer_noise": np.zeros((len(noise), self.layer_dim), np.float32)
-            if layer_noise is None
-            else np.ascontiguousarray(layer_noise, dtype=np.float32),
+            **{spec.name: np.ascontiguousarray(value, dtype=np.float32)
+               for spec, value in zip(self.noise, noise, strict=True)},
         }
-        # The exporter drops inputs the model does not use (e.g. theta for a normal-incidence model).
         present = {i.name for i in self.session.get_inputs()}
-        feeds = {name: value for name, value in feeds.items() if name in present}
-        return np.asarray(self.session.run(["showers"], feeds)[0])
+        return np.asarray(self.session.run(["showers"], {k: v for k, v in feeds.items() if k in present})[0])
 
     def run_par04(
         self, energy: NDArray[np.floating], theta: NDArray[np.floating], phi: NDArray[np.floating],
@@ -169,53 +167,39 @@ class OnnxGenerator:
         theta: ArrayLike | None = None,
         phi: ArrayLike | None = None,
         detector: ArrayLike | None = None,
-        n_steps: int | None = None,
-        sampler: str | None = None,
+        *,
         generator: np.random.Generator | None = None,
         seed: int | None = None,
         batch_size: int = 1000,
         on_batch: Callable[[int], None] | None = None,
+        warn_outside: bool = True,
+        **options: Any,
     ) -> Iterator[ShowerSet]:
         """Like ``ShowerGenerator.sample_batches``: one ``ShowerSet`` (MeV) per batch.
 
-        ``n_steps``/``sampler`` must be left out or equal the graph's. Noise comes from ``generator``
-        (or a fresh ``numpy.random.default_rng(seed)``, seed default 0).
+        ``options`` must be left out or equal the graph's. Noise comes from ``generator`` (or a fresh
+        ``numpy.random.default_rng(seed)``, seed default 0), spec by spec for each batch.
         """
-        self._check_fixed(n_steps, sampler)
+        self._check_fixed(options)
         request = ConditionRequest.of(energy_mev, theta, phi, detector)
-        energy, theta_a, phi_a, detector_a, n = (
-            request.energy, request.theta, request.phi, request.detector, len(request)
-        )
-        n_detectors = self.spec.n_detectors
-        if detector_a.min() < 0 or detector_a.max() >= n_detectors:
-            raise InputError(None, "detector", f"has indices {detector_a.min()}..{detector_a.max()}",
-                             f"indices 0..{n_detectors - 1} (the detectors the model was trained on)")
-        for problem in request.outside(self.ranges):
-            log.warning("%s; the model extrapolates there", problem)
+        self.spec.check_detectors(request.detector)
+        if warn_outside:
+            for problem in request.outside(self.ranges):
+                log.warning("%s; the model extrapolates there", problem)
         rng = generator if generator is not None else np.random.default_rng(0 if seed is None else int(seed))
-        n_voxels = self.geometry.n_voxels
-        inputs = {i.name for i in self.session.get_inputs()}
-        needs_u, layer_dim = "u" in inputs, self.layer_dim if "layer_noise" in inputs else 0
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            part = slice(start, stop)
+        specs, geometry = self.noise, self.geometry
+        for start in range(0, len(request), batch_size):
+            part = slice(start, min(start + batch_size, len(request)))
+            conditions = (
+                request.energy[part], request.theta[part], request.phi[part], request.detector[part]
+            )
             if self.kind == "par04":
-                showers = self.run_par04(energy[part], theta_a[part], phi_a[part], detector_a[part])
+                showers = self.run_par04(*conditions)
             else:
-                noise = rng.standard_normal((stop - start, n_voxels), dtype=np.float32)
-                # Draw as the PyTorch path does: the layer stage's noise after the DiT's; u only for
-                # graphs that rescale E_tot alone, so that without either the showers do not depend on
-                # the batch size.
-                layer_noise = (
-                    rng.standard_normal((stop - start, layer_dim), dtype=np.float32) if layer_dim else None
-                )
-                u = rng.random(stop - start, dtype=np.float32) if needs_u else None
-                showers = self.run(
-                    noise, energy[part], theta_a[part], phi_a[part], detector_a[part], u, layer_noise
-                )
-            yield request.showers(showers, part, self.geometry, str(self.path))
+                showers = self.run(*conditions, *(s.draw_numpy(part.stop - start, rng) for s in specs))
+            yield request.showers(showers, part, geometry, str(self.path))
             if on_batch is not None:
-                on_batch(stop - start)
+                on_batch(part.stop - start)
 
     def sample(
         self,
@@ -223,13 +207,16 @@ class OnnxGenerator:
         theta: ArrayLike | None = None,
         phi: ArrayLike | None = None,
         detector: ArrayLike | None = None,
+        *,
         generator: np.random.Generator | None = None,
         seed: int | None = None,
         batch_size: int = 1000,
+        **options: Any,
     ) -> ShowerSet:
         """One shower per entry of ``energy_mev`` (N,) MeV, as ``ShowerGenerator.sample``."""
         return ShowerSet.concatenate(list(self.sample_batches(
             energy_mev, theta, phi, detector, generator=generator, seed=seed, batch_size=batch_size,
+            **options,
         )))
 
 
@@ -249,7 +236,7 @@ def load_onnx_generator(
     meta = read_metadata(path)
     if meta.get("graph") not in ("sampler", "par04"):
         raise InputError(path, f"metadata '{METADATA_KEY}'.graph", f"is {meta.get('graph')!r}",
-                         "a 'sampler' or 'par04' graph (the denoiser graph alone does not generate)")
+                         "a 'sampler' or 'par04' graph (a family's extra graph alone does not generate)")
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = int(threads)
@@ -258,3 +245,42 @@ def load_onnx_generator(
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     session = ort.InferenceSession(str(path), options, providers=providers)
     return OnnxGenerator(path, session, meta)
+
+
+def check_export(
+    checkpoint: Any, path: str | PathLike[str], n: int = 4, seed: int = 0, tolerance: float = 1e-3
+) -> float:
+    """Run an exported ``sampler`` graph with onnxruntime and the checkpoint's PyTorch sampler (a
+    ``ShowerGenerator`` or a checkpoint path) on the same conditions and noise.
+
+    Returns the largest absolute difference divided by the largest deposit (MeV / MeV) over ``n`` showers
+    spread over the training ranges; raises ``CaloforgeError`` above ``tolerance``.
+    """
+    import torch
+
+    from caloforge.generate import ShowerGenerator, load_generator
+
+    generator = checkpoint if isinstance(checkpoint, ShowerGenerator) else load_generator(checkpoint)
+    exported = load_onnx_generator(path, providers=["CPUExecutionProvider"])
+    sampler = generator.sampler_for(**exported.options)
+    ranges = generator.content.ranges
+    rng = np.random.default_rng(seed)
+    energy = np.exp(rng.uniform(math.log(ranges.energy_min), math.log(ranges.energy_max), n))
+    theta = rng.uniform(ranges.theta_min, ranges.theta_max, n)
+    phi = rng.uniform(ranges.phi_min, ranges.phi_max, n)
+    detector = rng.integers(0, generator.content.spec.n_detectors, n)
+    noise = [spec.draw_numpy(n, rng) for spec in sampler.noise]
+    with torch.no_grad():
+        expected = sampler(
+            *(torch.from_numpy(a.astype(np.float32)) for a in (energy, theta, phi)),
+            torch.from_numpy(detector.astype(np.int64)), *(torch.from_numpy(x) for x in noise),
+        ).numpy()
+    got = exported.run(energy, theta, phi, detector, *noise)
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    difference = float(np.abs(got - expected).max()) / scale
+    if not difference <= tolerance:
+        raise CaloforgeError(
+            f"{path}: onnxruntime and PyTorch differ by {difference:.3g} of the largest deposit "
+            f"(tolerance {tolerance:g}); the export is not faithful"
+        )
+    return difference

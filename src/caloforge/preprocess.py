@@ -121,8 +121,8 @@ class PreprocessTransform(nn.Module):
         self, mean: Tensor, std: Tensor, eps_mev: float, threshold_mev: float, log_max: float
     ) -> None:
         super().__init__()
-        self.register_buffer("mean", mean.float())
-        self.register_buffer("std", std.float())
+        self.register_buffer("mean", mean.float(), persistent=False)
+        self.register_buffer("std", std.float(), persistent=False)
         self.eps_mev = float(eps_mev)
         self.threshold_mev = float(threshold_mev)
         self.log_max = float(log_max)
@@ -151,7 +151,7 @@ class EnergyRatio(nn.Module):
 
     def __init__(self, table: Tensor, log_lo: float, log_hi: float, threshold_mev: float) -> None:
         super().__init__()
-        self.register_buffer("table", table.float())
+        self.register_buffer("table", table.float(), persistent=False)
         self.log_lo, self.log_hi = float(log_lo), float(log_hi)
         self.threshold_mev = float(threshold_mev)
 
@@ -265,10 +265,10 @@ class LayerEnergies(nn.Module):
         threshold: float,
     ) -> None:
         super().__init__()
-        self.register_buffer("mean", mean.float())
-        self.register_buffer("std", std.float())
-        self.register_buffer("span", span.float())
-        self.register_buffer("matrix", matrix.float())
+        self.register_buffer("mean", mean.float(), persistent=False)
+        self.register_buffer("std", std.float(), persistent=False)
+        self.register_buffer("span", span.float(), persistent=False)
+        self.register_buffer("matrix", matrix.float(), persistent=False)
         self.delta, self.threshold_mev, self.threshold = float(delta), float(threshold_mev), float(threshold)
 
     @property

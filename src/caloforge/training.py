@@ -1,20 +1,20 @@
-"""Training through Lightning: typed run configs, the LightningModule (with EMA), the Trainer builder.
+"""Training any family through Lightning: the shared module base, the Trainer builder, ``train()``.
 
-A run directory holds ``config.yaml`` (the resolved config), ``logs/`` (CSV, optionally TensorBoard),
-``checkpoints/last.ckpt`` (written every ``checkpoint_every`` steps; ``resume=True`` continues from it
-after a kill) and ``model.ckpt`` (written at the end). Every checkpoint is a Lightning checkpoint with a
-``caloforge`` entry (``caloforge.checkpoint``) holding what generation needs, so the EMA weights in it
-plus that entry are all ``caloforge generate`` reads.
+A run directory holds ``config.yaml`` (the resolved run config), ``logs/`` (CSV, optionally TensorBoard),
+``checkpoints/last.ckpt`` (written every ``checkpoint_every`` steps; ``resume=True`` continues from it after a
+kill) and ``model.ckpt`` (written at the end). Every checkpoint carries the ``caloforge`` entry
+(``caloforge.checkpoint``), which is all ``caloforge generate`` reads.
+
+``init_from`` starts from another run's sampler weights (adapting a model to a new detector: the condition
+spec, with its spare detector slots, is the source run's, so the weights fit). ``teacher`` hands a trained
+sampler to families that distil one.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import os
 import sys
-from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -26,170 +26,69 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer, TQDMPr
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, TensorDataset
 
-from caloforge.checkpoint import CHECKPOINT_KEY, CheckpointContent, read_checkpoint
-from caloforge.conditioning import ConditionRanges, ConditionSpec
-from caloforge.config import load_yaml, to_dict
+from caloforge.averaging import exponential_average
+from caloforge.checkpoint import CHECKPOINT_KEY, CheckpointContent, checkpoint_entry, read_checkpoint
+from caloforge.context import RunContext
 from caloforge.data import ShowerSet
-from caloforge.diffusion import EDM, EDMConfig
 from caloforge.errors import InputError
-from caloforge.geometry import CylindricalGeometry
-from caloforge.models import DiT, DiTConfig, LayerMLP, LayerModelConfig
-from caloforge.preprocess import PreprocessConfig, ShowerPreprocessor
+from caloforge.families import get_family
+from caloforge.optim import build_scheduler
+from caloforge.progress import PeriodicLines, is_terminal
+from caloforge.runconfig import RunConfig, TrainConfig
+from caloforge.sampler import ShowerSampler
 
-__all__ = [
-    "DiffusionModule",
-    "OptimConfig",
-    "RunConfig",
-    "SampleConfig",
-    "TrainConfig",
-    "build_denoiser",
-    "build_layer_denoiser",
-    "build_trainer",
-    "load_run_config",
-    "shape_condition",
-    "train",
-]
+__all__ = ["FamilyModule", "build_trainer", "load_sampler", "train", "voxel_dataset"]
 
 log = logging.getLogger(__name__)
 
 
-# ---- configs ----------------------------------------------------------------------------------------------
-@dataclass
-class OptimConfig:
-    """AdamW with linear warm-up then cosine decay to ``lr * min_lr_factor``.
+# ---- the shared module base ------------------------------------------------------------------------------
+class FamilyModule(L.LightningModule):
+    """What every family's LightningModule shares: the run's config and context, a seeded noise generator
+    that resumes, weight averaging, the learning-rate schedule, clipping and the checkpoint entry.
 
-    The decay follows training progress: the larger of step / max_steps and elapsed / max_minutes, so a
-    time-budgeted run still anneals.
+    A family subclasses it and implements ``training_step``, ``configure_optimizers`` (with
+    ``self.schedule(optimizer)``), ``sampler_state_dict`` and ``load_sampler_state_dict``, and builds its
+    networks from ``train.seed`` inside ``torch.random.fork_rng()`` (no global random state).
     """
 
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    min_lr_factor: float = 0.05
-    schedule: str = "cosine"  # or "constant"
-
-
-@dataclass
-class TrainConfig:
-    """How long and where to train.
-
-    Args:
-        batch_size: showers per step (per device).
-        max_steps: optimiser steps.
-        max_minutes: wall-clock budget for training (``None``: no limit); whichever comes first stops.
-        ema_decay: decay of the exponential moving average of the weights used for generation.
-        grad_clip: gradient-norm clip (0: none).
-        precision, accelerator, devices, strategy: passed to ``lightning.Trainer``.
-        checkpoint_every: steps between ``checkpoints/last.ckpt`` writes.
-        log_every: steps between logged losses.
-        seed: seeds the weights, the data order and the noise.
-        tensorboard: also log to TensorBoard (``logs/``).
-    """
-
-    batch_size: int = 128
-    max_steps: int = 20000
-    max_minutes: float | None = None
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    strategy: str = "auto"
-    checkpoint_every: int = 500
-    log_every: int = 25
-    seed: int = 0
-    tensorboard: bool = False
-
-
-@dataclass
-class SampleConfig:
-    """Default sampling for generation from this run (the CLI can override)."""
-
-    n_steps: int = 24
-    sampler: str = "heun"
-
-
-@dataclass
-class RunConfig:
-    """Everything a run needs; saved in every checkpoint and as ``config.yaml``."""
-
-    model: DiTConfig = field(default_factory=DiTConfig)
-    layers: LayerModelConfig = field(default_factory=LayerModelConfig)
-    diffusion: EDMConfig = field(default_factory=EDMConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-
-
-def load_run_config(path: str | PathLike[str] | None) -> RunConfig:
-    """A ``RunConfig`` from YAML (sections model, layers, diffusion, preprocess, optim, train, sample).
-
-    ``None`` gives the defaults.
-    """
-    return RunConfig() if path is None else load_yaml(RunConfig, path)
-
-
-def build_denoiser(config: RunConfig, geometry: CylindricalGeometry, cond_dim: int) -> EDM:
-    """The DiT backbone wrapped in EDM preconditioning, freshly initialised.
-
-    With the layer-energy stage on, the DiT is conditioned on the stage's standardised vector too: its
-    condition is the ``cond_dim`` condition vector followed by the 1 + L layer values (``shape_condition``).
-    """
-    extra = 1 + geometry.n_layers if config.preprocess.layer_energies else 0
-    return EDM(DiT(config.model, geometry, cond_dim + extra), config.diffusion)
-
-
-def shape_condition(cond: Tensor, layers: Tensor | None) -> Tensor:
-    """The DiT's condition: cond (N, C), then the layer-energy vector (N, 1 + L) when there is one."""
-    return cond if layers is None else torch.cat([cond, layers], dim=1)
-
-
-def build_layer_denoiser(config: RunConfig, n_layers: int, cond_dim: int) -> EDM:
-    """The layer-energy stage (``LayerMLP`` over 1 + n_layers values) in EDM preconditioning, fresh."""
-    return EDM(LayerMLP(1 + n_layers, cond_dim, config.layers), config.diffusion)
-
-
-# ---- the LightningModule ----------------------------------------------------------------------------------
-class DiffusionModule(L.LightningModule):
-    """Trains ``edm`` with the EDM loss and keeps ``ema``, the moving average used for generation.
-
-    With ``preprocess.layer_energies`` on, it trains the layer-energy stage ``layer_edm`` beside it (its
-    loss, times ``layers.loss_weight``, is added) and keeps ``layer_ema`` likewise.
-
-    ``payload`` (the ``caloforge`` checkpoint entry: config, preprocessing, geometry, condition spec
-    and ranges) is written into every checkpoint this module saves.
-    """
-
-    def __init__(
-        self, config: RunConfig, geometry: CylindricalGeometry, spec: ConditionSpec, payload: dict[str, Any]
-    ) -> None:
+    def __init__(self, config: RunConfig, context: RunContext) -> None:
         super().__init__()
-        schedule = config.optim.schedule
-        if schedule not in ("cosine", "constant"):
-            raise InputError(None, "optim.schedule", f"is '{schedule}'", "'cosine' or 'constant'")
-        if config.layers.noise_draws < 1:
-            raise InputError(None, "layers.noise_draws", f"is {config.layers.noise_draws}", "an integer >= 1")
         self.config = config
-        with torch.random.fork_rng():  # initial weights from the run's seed without touching global state
-            torch.manual_seed(config.train.seed)
-            self.edm = build_denoiser(config, geometry, spec.dim)
-            self.layer_edm = (
-                build_layer_denoiser(config, geometry.n_layers, spec.dim)
-                if config.preprocess.layer_energies
-                else None
-            )
-        self.ema = copy.deepcopy(self.edm).requires_grad_(False)
-        self.layer_ema = (
-            None if self.layer_edm is None else copy.deepcopy(self.layer_edm).requires_grad_(False)
-        )
-        self.payload = payload
+        self.context = context
+        self._averaged: list[tuple[nn.Module, AveragedModel]] = []
         self._noise: torch.Generator | None = None
         self._noise_state: Tensor | None = None
 
-    def _generator(self) -> torch.Generator:
+    # -- to implement
+    def sampler_state_dict(self) -> dict[str, Tensor]:
+        """The weights the family's sampler loads (usually the averaged ones)."""
+        raise NotImplementedError
+
+    def load_sampler_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Set the trained networks (and their averages) from a sampler state (``--init-from``)."""
+        raise NotImplementedError
+
+    # -- helpers
+    def average(self, network: nn.Module) -> AveragedModel:
+        """An exponential moving average of ``network`` (decay ``train.ema_decay``), updated after every
+        training batch; register it as an attribute so it is saved."""
+        averaged = exponential_average(network, self.config.train.ema_decay)
+        self._averaged.append((network, averaged))
+        return averaged
+
+    def update_averages(self) -> None:
+        for network, averaged in self._averaged:
+            averaged.update_parameters(network)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.update_averages()
+
+    def noise_generator(self) -> torch.Generator:
+        """The training noise: seeded per rank from ``train.seed``, restored on resume."""
         if self._noise is None:
             self._noise = torch.Generator(device=self.device)
             self._noise.manual_seed(self.config.train.seed * 1000 + self.global_rank + 1)
@@ -197,79 +96,55 @@ class DiffusionModule(L.LightningModule):
                 self._noise.set_state(self._noise_state)
         return self._noise
 
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        x0, cond = batch[0], batch[1]
-        layers = batch[2] if self.layer_edm is not None else None
-        loss = self.edm.loss(x0, shape_condition(cond, layers), generator=self._generator())
-        if self.layer_edm is not None and layers is not None:
-            draws = self.config.layers.noise_draws
-            layer_loss = self.layer_edm.loss(
-                layers.repeat(draws, 1), cond.repeat(draws, 1), generator=self._generator()
-            )
-            self.log("train/layer_loss", layer_loss, on_step=True, on_epoch=False)
-            loss = loss + self.config.layers.loss_weight * layer_loss
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)  # type: ignore[union-attr]
-        return loss
+    def time_fraction(self) -> float:
+        """Fraction of ``train.max_minutes`` spent (0 without a budget)."""
+        minutes = self.config.train.max_minutes
+        if not minutes or self._trainer is None:
+            return 0.0
+        timers = [c for c in self.trainer.callbacks if isinstance(c, Timer)]  # type: ignore[attr-defined]
+        return timers[0].time_elapsed("train") / (60.0 * minutes) if timers else 0.0
 
-    def _progress(self) -> float:
-        train = self.config.train
-        progress = self.global_step / max(train.max_steps, 1)
-        if train.max_minutes:
-            timers = [c for c in self.trainer.callbacks if isinstance(c, Timer)]  # type: ignore[attr-defined]
-            if timers:
-                elapsed = timers[0].time_elapsed("train")
-                progress = max(progress, elapsed / (60.0 * train.max_minutes))
-        return min(progress, 1.0)
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        optim = self.config.optim
-        step = self.global_step
-        if step < optim.warmup_steps:
-            factor = (step + 1) / optim.warmup_steps
-        elif optim.schedule == "cosine":
-            factor = optim.min_lr_factor + (1 - optim.min_lr_factor) * 0.5 * (
-                1 + math.cos(math.pi * self._progress())
-            )
-        else:
-            factor = 1.0
-        for group in self.optimizers().param_groups:  # type: ignore[union-attr]
-            group["lr"] = optim.lr * factor
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # EMA with the usual warm-up of the decay so early averages are not dominated by the initial weights.
-        step = self.global_step
-        decay = min(self.config.train.ema_decay, (1 + step) / (10 + step))
-        # One multi-tensor op: ~100 small lerps cost more in dispatch than in arithmetic.
-        ema: list[Tensor] = list(self._ema_parameters())
-        trained = [p.detach() for p in self._parameters_trained()]
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, trained, 1 - decay)
-
-    def _parameters_trained(self) -> list[nn.Parameter]:
-        stages = [self.edm] if self.layer_edm is None else [self.edm, self.layer_edm]
-        return [p for stage in stages for p in stage.parameters()]
-
-    def _ema_parameters(self) -> list[nn.Parameter]:
-        stages = [self.ema] if self.layer_ema is None else [self.ema, self.layer_ema]
-        return [p for stage in stages for p in stage.parameters()]
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        optim = self.config.optim
-        # The fused kernel (CPU and CUDA) updates all tensors in one pass: ~7 % less time per step for the
-        # CPU DiT (89 -> 83 ms at batch 32), whose ~100 parameter tensors are small.
-        return torch.optim.AdamW(
-            self._parameters_trained(), lr=optim.lr, weight_decay=optim.weight_decay, fused=True
+    def schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The ``lr_scheduler`` entry for ``configure_optimizers``: warm-up and cosine decay over the larger
+        of step / max_steps and the time budget spent (``caloforge.optim``), stepped every step."""
+        max_steps = max(self.config.train.max_steps, 1)
+        scheduler = build_scheduler(
+            optimizer, self.config.optim, lambda step: max(step / max_steps, self.time_fraction())
         )
+        return {"scheduler": scheduler, "interval": "step"}
+
+    def clip(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip gradients to ``train.grad_clip`` (by norm): for modules with manual optimisation (with
+        automatic optimisation the Trainer clips)."""
+        if self.config.train.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.config.train.grad_clip,
+                                gradient_clip_algorithm="norm")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = self.payload
+        checkpoint[CHECKPOINT_KEY] = checkpoint_entry(self.config, self.context, self.sampler_state_dict())
         if self._noise is not None:
             checkpoint["noise_generator_state"] = self._noise.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("noise_generator_state")
         self._noise_state = state if isinstance(state, Tensor) else None
+
+
+# ---- data -------------------------------------------------------------------------------------------------
+def voxel_dataset(showers: ShowerSet, context: RunContext) -> TensorDataset:
+    """The ``voxels`` representation: preprocessed showers (N, V), condition vectors (N, C) and, when the
+    preprocessing has a layer-energy stage, the standardised layer vectors (N, 1 + L)."""
+    tensors = [torch.from_numpy(context.preprocessor.transform(showers)), context.spec.encode(showers)]
+    if context.preprocessor.layer_mean is not None:
+        tensors.append(torch.from_numpy(context.preprocessor.layer_targets(showers)))
+    return TensorDataset(*tensors)
+
+
+def load_sampler(path: str | PathLike[str]) -> ShowerSampler:
+    """The sampler of a checkpoint, in eval mode and frozen (a teacher for distillation)."""
+    from caloforge.generate import load_generator
+
+    return load_generator(path).sampler.requires_grad_(False)
 
 
 # ---- the Trainer ------------------------------------------------------------------------------------------
@@ -289,10 +164,47 @@ class _StderrProgressBar(TQDMProgressBar):
         )
 
 
+class _ProgressLines(Callback):
+    """Training progress as a few plain lines (``caloforge.progress.PeriodicLines``) when stderr is not a
+    terminal: one per tenth of ``max_steps``, or one per tenth of the time budget when there is one."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.lines: PeriodicLines | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        budget = None if self.config.max_minutes is None else 60.0 * self.config.max_minutes
+        self.lines = PeriodicLines(
+            None if budget else self.config.max_steps, "train", "step",
+            seconds_without_total=max(budget / 10, 2.0) if budget else 30.0,
+        )
+        self.lines.update(trainer.global_step)  # a resumed run starts where it stopped
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.lines is not None:
+            loss = trainer.callback_metrics.get("train/loss")
+            if loss is not None:
+                self.lines.set_postfix_str(f"loss {float(loss):.4f}")
+            self.lines.update(1)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.lines is not None:
+            self.lines.close()
+
+
 def build_trainer(
-    config: TrainConfig, out_dir: Path, progress: bool = True, callbacks: list[Callback] | None = None
+    config: TrainConfig,
+    out_dir: Path,
+    progress: bool = True,
+    callbacks: list[Callback] | None = None,
+    automatic_optimization: bool = True,
 ) -> L.Trainer:
-    """A Trainer writing logs and checkpoints under ``out_dir`` (see module doc)."""
+    """A Trainer writing logs and checkpoints under ``out_dir`` (see module doc), showing progress (with
+    ``progress``) as a bar on a terminal and as a few lines otherwise.
+
+    The Trainer clips gradients only under automatic optimisation (Lightning refuses it otherwise); a
+    module that optimises by hand clips with ``FamilyModule.clip``.
+    """
     loggers: list[Logger] = [CSVLogger(out_dir, name="logs", version="")]
     if config.tensorboard:
         loggers.append(TensorBoardLogger(out_dir, name="logs", version="tensorboard"))
@@ -303,8 +215,11 @@ def build_trainer(
         save_top_k=0,
     )
     extra: list[Callback] = [checkpoint, *(callbacks or [])]
-    if progress:
+    bar = progress and is_terminal(sys.stderr)
+    if bar:
         extra.append(_StderrProgressBar())
+    elif progress:
+        extra.append(_ProgressLines(config))
     return L.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
@@ -313,11 +228,11 @@ def build_trainer(
         max_steps=config.max_steps,
         max_epochs=-1,
         max_time=None if config.max_minutes is None else {"seconds": round(60 * config.max_minutes)},
-        gradient_clip_val=config.grad_clip or None,
+        gradient_clip_val=(config.grad_clip or None) if automatic_optimization else None,
         logger=loggers,
         callbacks=extra,
         log_every_n_steps=config.log_every,
-        enable_progress_bar=progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         default_root_dir=out_dir,
         num_sanity_val_steps=0,
@@ -331,6 +246,44 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# The sections that decide the shape of the networks: a resumed run must keep them.
+_FIXED_ON_RESUME = ("family", "model", "preprocess", "conditions")
+
+
+def _check_resumable(config: RunConfig, saved: CheckpointContent, last: Path) -> None:
+    given, before = config.to_dict(), saved.config.to_dict()
+    for section in _FIXED_ON_RESUME:
+        if given[section] != before[section]:
+            key, now, then = _first_difference(section, given[section], before[section])
+            raise InputError(last, key, f"is {now!r} in the config given, {then!r} in the run being resumed",
+                             f"the run's own {section} settings when resuming (only train and optim may "
+                             "change); start a new --out, or use --init-from to start from its weights")
+
+
+def _first_difference(prefix: str, a: Any, b: Any) -> tuple[str, Any, Any]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(f"{prefix}.{key}", a.get(key), b.get(key))
+    return prefix, a, b
+
+
+def _context_for(showers: ShowerSet, config: RunConfig, source: CheckpointContent | None) -> RunContext:
+    """A new run's context: fitted to ``showers``; with ``--init-from``, the source's condition spec."""
+    context = RunContext.fit(showers, config.preprocess, config.conditions.detector_slots)
+    if source is None:
+        return context
+    spec = source.spec
+    if context.spec.n_detectors > spec.n_detectors:
+        raise InputError(showers.source, "detector", f"has indices up to {context.spec.n_detectors - 1}",
+                         f"indices below the {spec.n_detectors} detector slots of the --init-from model "
+                         "(pre-train with conditions.detector_slots to keep spare ones)")
+    if (context.spec.use_theta and not spec.use_theta) or (context.spec.use_phi and not spec.use_phi):
+        raise InputError(showers.source, "theta/phi", "vary in the data",
+                         "only the angles the --init-from model is conditioned on")
+    return RunContext(context.geometry, context.preprocessor, spec, context.ranges)
+
+
 def train(
     showers: ShowerSet,
     out_dir: str | PathLike[str],
@@ -338,63 +291,80 @@ def train(
     resume: bool = False,
     progress: bool = True,
     callbacks: list[Callback] | None = None,
+    init_from: str | PathLike[str] | None = None,
+    teacher: str | PathLike[str] | None = None,
 ) -> Path:
-    """Train a DiT diffusion model on ``showers``; returns the path of ``out_dir/model.ckpt``.
+    """Train ``config.family`` on ``showers``; returns the path of ``out_dir/model.ckpt``.
 
-    With ``resume``, continues from ``out_dir/checkpoints/last.ckpt`` using the preprocessing, condition
-    spec and (unless ``config`` is given) the config saved there. Without it, refuses a directory that
-    already holds a run rather than overwrite it.
+    With ``resume``, continues from ``out_dir/checkpoints/last.ckpt`` with the context saved there and (unless
+    ``config`` is given, which must then keep the run's family, model, preprocess and conditions) its
+    config. Without it, refuses a directory that already holds a run rather than overwrite it.
+    ``init_from`` (a checkpoint of the same family and geometry) starts from that run's sampler weights;
+    ``teacher`` (a checkpoint) is handed to families that distil. Everything is checked before anything
+    is written.
     """
     out = Path(out_dir)
     last = out / "checkpoints" / "last.ckpt"
     if resume:
+        if init_from is not None:
+            raise InputError(None, "--init-from", "was given with --resume", "one of them")
         if not last.exists():
-            raise InputError(
-                last,
-                None,
-                "does not exist, so there is nothing to resume",
-                "a run directory with checkpoints/last.ckpt (or leave out --resume)",
-            )
+            raise InputError(last, None, "does not exist, so there is nothing to resume",
+                             "a run directory with checkpoints/last.ckpt (or leave out --resume)")
         saved = read_checkpoint(last, weights=False)
+        if saved.format != 2:
+            raise InputError(last, f"{CHECKPOINT_KEY}.format", f"is {saved.format}",
+                             "format 2 to resume (an older run can be continued with --init-from)")
+        if config is not None:
+            _check_resumable(config, saved, last)
         config = config or saved.config
         if saved.geometry != showers.geometry:
-            raise InputError(
-                showers.source,
-                "geometry",
-                f"is '{showers.geometry.name}'",
-                f"'{saved.geometry.name}' as in the run being resumed",
-            )
-        content = saved
+            raise InputError(showers.source, "geometry", f"is '{showers.geometry.name}'",
+                             f"'{saved.geometry.name}' as in the run being resumed")
+        context = saved.context
+        source = None
     else:
         if last.exists() or (out / "model.ckpt").exists():
             raise InputError(out, None, "already holds a training run", "a new --out directory, or --resume")
-        config = config or RunConfig()
+        source = None if init_from is None else read_checkpoint(init_from)
+        config = config or (source.config if source is not None else RunConfig())
+        if source is not None:
+            if source.family != config.family:
+                raise InputError(init_from, "family", f"is '{source.family}'",
+                                 f"'{config.family}', the family being trained")
+            if source.geometry != showers.geometry:
+                raise InputError(init_from, "geometry", f"is '{source.geometry.name}'",
+                                 f"'{showers.geometry.name}', the geometry of the training data")
         showers.check()
-        content = CheckpointContent(
-            config=config,
-            geometry=showers.geometry,
-            preprocessor=ShowerPreprocessor.fit(showers, config.preprocess),
-            spec=ConditionSpec.fit(showers),
-            ranges=ConditionRanges.from_showers(showers),
-        )
-    content = CheckpointContent(config, content.geometry, content.preprocessor, content.spec, content.ranges)
-    module = DiffusionModule(config, content.geometry, content.spec, content.payload())  # checks the config
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        context = _context_for(showers, config, source)
 
-    x = torch.from_numpy(content.preprocessor.transform(showers))
-    cond = content.spec.encode(showers)
-    tensors = [x, cond]
-    if config.preprocess.layer_energies:
-        tensors.append(torch.from_numpy(content.preprocessor.layer_targets(showers)))
+    family = get_family(config.family)
+    if teacher is not None and not family.takes_teacher:
+        raise InputError(None, "--teacher", f"was given, but family '{family.name}' does not distil",
+                         "a family that takes a teacher (see 'caloforge families')")
+    module = family.build_module(config, context, None if teacher is None else load_sampler(teacher))
+    if not isinstance(module, FamilyModule):
+        raise TypeError(f"family '{family.name}' built a {type(module).__name__}, not a FamilyModule")
+    if source is not None:
+        assert source.sampler_state is not None
+        try:
+            module.load_sampler_state_dict(source.sampler_state)
+        except RuntimeError as error:
+            raise InputError(init_from, "sampler weights", f"do not fit the configured model ({error})",
+                             "a checkpoint whose model section matches the config") from None
+
+    dataset = voxel_dataset(showers, context)
     data = DataLoader(
-        TensorDataset(*tensors),
+        dataset,
         batch_size=min(config.train.batch_size, len(showers)),
         shuffle=True,
         drop_last=True,
         generator=torch.Generator().manual_seed(config.train.seed),
     )
-    trainer = build_trainer(config.train, out, progress=progress, callbacks=callbacks)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    trainer = build_trainer(config.train, out, progress=progress, callbacks=callbacks,
+                            automatic_optimization=module.automatic_optimization)
     trainer.fit(module, train_dataloaders=data, ckpt_path=str(last) if resume else None)
 
     final = out / "model.ckpt"
@@ -404,3 +374,4 @@ def train(
         os.replace(tmp, final)
     log.info("trained %d steps; model written to %s", trainer.global_step, final)
     return final
+

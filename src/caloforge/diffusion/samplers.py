@@ -103,9 +103,14 @@ def stochastic(
     s_tmin: float = 0.05,
     s_tmax: float = 50.0,
     s_noise: float = 1.003,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Stochastic 2nd-order sampler (Karras et al. 2022, Algorithm 2): each step first adds noise to raise
-    sigma by gamma = min(s_churn / n, sqrt(2) - 1) inside [s_tmin, s_tmax], then takes a Heun step."""
+    sigma by gamma = min(s_churn / n, sqrt(2) - 1) inside [s_tmin, s_tmax], then takes a Heun step.
+
+    ``noise`` (N, n, *x.shape[1:]) standard normal, slice i for step i, replaces the draws from
+    ``generator``: with it the sampler is a deterministic function of its inputs (and exports to ONNX).
+    """
     x, levels = x_init, _levels(sigmas)
     ones = x.new_ones(x.shape[0])
     n = len(levels) - 1
@@ -113,10 +118,12 @@ def stochastic(
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s <= s_tmax else 0.0
         s_hat = s * (1 + gamma)
         if gamma > 0:
-            # drawn where the generator lives, so one seed gives the same noise on every device
-            where = generator.device if generator is not None else x.device
-            noise = torch.randn(x.shape, generator=generator, device=where, dtype=x.dtype).to(x.device)
-            x = x + math.sqrt(s_hat**2 - s**2) * s_noise * noise
+            if noise is not None:
+                fresh = noise[:, i]
+            else:  # drawn where the generator lives, so one seed gives the same noise on every device
+                where = generator.device if generator is not None else x.device
+                fresh = torch.randn(x.shape, generator=generator, device=where, dtype=x.dtype).to(x.device)
+            x = x + math.sqrt(s_hat**2 - s**2) * s_noise * fresh
         denoised = denoiser(x, s_hat * ones, cond)
         d = (x - denoised) / s_hat
         x_next = x + (s_next - s_hat) * d

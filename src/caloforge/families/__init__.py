@@ -1,0 +1,94 @@
+"""The registry of model families (``../shared/DESIGN.md``, "The family contract").
+
+A family is one module (or package) under ``families/`` that defines ``FAMILY``, a ``Family``, plus one
+line in ``_REGISTRY`` below. Families are imported when first asked for, so a family's own dependencies
+(and Lightning, which only ``build_module`` needs) load only when that family is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from caloforge.errors import InputError, UnknownNameError
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from caloforge.context import RunContext
+    from caloforge.runconfig import RunConfig
+    from caloforge.sampler import ShowerSampler
+
+__all__ = ["REPRESENTATIONS", "Family", "family_names", "get_family", "register"]
+
+REPRESENTATIONS = ("voxels",)  # what a family trains on; point clouds come with the first point family
+
+
+@dataclass(frozen=True)
+class Family:
+    """A generative model family.
+
+    Attributes:
+        name: the registry name (``caloforge train --family NAME``).
+        summary: one line for ``caloforge families``.
+        config: the dataclass of the run config's ``model`` section.
+        build_module: ``(run_config, context, teacher) -> LightningModule`` owning losses and optimisers
+            (manual optimisation allowed). ``teacher`` is a trained ``ShowerSampler`` for distillation, or
+            ``None``. The module must offer ``sampler_state_dict()`` (the weights ``build_sampler``'s module
+            loads) and ``load_sampler_state_dict(state)`` (the inverse, for ``--init-from``).
+        build_sampler: ``(model_config, context, **options) -> ShowerSampler`` (``caloforge.sampler``), with
+            no Lightning import; ``options`` are sampling settings named in ``sample_options``.
+        representation: the data the module trains on (``REPRESENTATIONS``).
+        sample_options: the option names ``build_sampler`` takes (``n_steps``, ``sampler``, ...).
+        takes_teacher: whether ``build_module`` uses a teacher (``caloforge train --teacher``).
+    """
+
+    name: str
+    summary: str
+    config: type[Any]
+    build_module: Callable[[RunConfig, RunContext, ShowerSampler | None], L.LightningModule]
+    build_sampler: Callable[..., ShowerSampler]
+    representation: str = "voxels"
+    sample_options: tuple[str, ...] = ()
+    takes_teacher: bool = False
+
+    def sampler(self, model_config: Any, context: RunContext, **options: Any) -> ShowerSampler:
+        """``build_sampler`` after checking the option names; options set to ``None`` are left out."""
+        given = {k: v for k, v in options.items() if v is not None}
+        unknown = sorted(set(given) - set(self.sample_options))
+        if unknown:
+            takes = ", ".join(self.sample_options) or "none"
+            raise InputError(None, unknown[0], f"is not a sampling option of family '{self.name}'",
+                             f"one of its options: {takes}")
+        return self.build_sampler(model_config, context, **given)
+
+
+# name -> module defining FAMILY. Adding a family: one module under families/ and one line here.
+_REGISTRY: dict[str, str] = {
+    "edm-dit": "caloforge.families.edm_dit",
+}
+
+
+def register(name: str, module: str) -> None:
+    """Register family ``name`` defined as ``FAMILY`` in the importable ``module`` (e.g. a plug-in)."""
+    _REGISTRY[name] = module
+
+
+def family_names() -> list[str]:
+    """The registered family names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_family(name: str) -> Family:
+    """The family registered as ``name``; imports its module on first use."""
+    if name not in _REGISTRY:
+        raise UnknownNameError("model family", name, _REGISTRY)
+    family = importlib.import_module(_REGISTRY[name]).FAMILY
+    if not isinstance(family, Family) or family.name != name:
+        raise TypeError(f"{_REGISTRY[name]}.FAMILY is not the Family '{name}'")
+    if family.representation not in REPRESENTATIONS:
+        raise TypeError(f"family '{name}': representation '{family.representation}' is not one of "
+                        f"{REPRESENTATIONS}")
+    return family

@@ -1,0 +1,100 @@
+"""Family ``edm-dit``: a diffusion transformer in EDM preconditioning, with an optional layer-energy stage.
+
+The flagship: the DiT (``caloforge.models.dit``) denoises each shower in the preprocessed voxel space
+(``caloforge.preprocess``), trained with the EDM loss of Karras et al. (``caloforge.diffusion.edm``) and
+sampled with the ODE/SDE solvers of ``caloforge.diffusion.samplers``. With ``preprocess.layer_energies``
+a small MLP diffusion model first draws each shower's layer energies and the DiT is conditioned on them
+(docs/decisions.md, "Layer energies").
+
+Layout: ``sampler.py`` (no Lightning: what generation and export run), ``module.py`` (the
+LightningModule, imported only to train).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from caloforge.diffusion import SAMPLERS, EDMConfig
+from caloforge.errors import InputError, UnknownNameError
+from caloforge.families import Family
+from caloforge.models import DiTConfig, LayerModelConfig
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from caloforge.context import RunContext
+    from caloforge.families.edm_dit.sampler import EdmDitSampler
+    from caloforge.runconfig import RunConfig
+    from caloforge.sampler import ShowerSampler
+
+__all__ = ["FAMILY", "EdmDitConfig", "SampleConfig"]
+
+
+@dataclass
+class SampleConfig:
+    """Default sampling for generation from this run (``--steps``/``--sampler`` override)."""
+
+    n_steps: int = 24
+    sampler: str = "heun"
+
+    def __post_init__(self) -> None:
+        if self.n_steps < 1:
+            raise InputError(None, "model.sample.n_steps", f"is {self.n_steps}", "at least 1")
+        if self.sampler not in SAMPLERS:
+            raise UnknownNameError("sampler", self.sampler, SAMPLERS)
+
+
+@dataclass
+class EdmDitConfig:
+    """The ``model`` section of an ``edm-dit`` run.
+
+    Args:
+        dit: the backbone (size preset, patches, per-voxel head).
+        layers: the layer-energy stage (used when ``preprocess.layer_energies`` is on).
+        diffusion: EDM noise distribution and sampling grid.
+        sample: default sampler and steps.
+    """
+
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    layers: LayerModelConfig = field(default_factory=LayerModelConfig)
+    diffusion: EDMConfig = field(default_factory=EDMConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``InputError`` for settings no model can be built with (also after in-place changes)."""
+        if self.layers.noise_draws < 1:
+            raise InputError(None, "model.layers.noise_draws", f"is {self.layers.noise_draws}",
+                             "an integer >= 1")
+        self.dit.resolved()  # an unknown size preset fails here, not when the model is built
+
+
+def _build_sampler(
+    config: EdmDitConfig, context: RunContext, n_steps: int | None = None, sampler: str | None = None
+) -> EdmDitSampler:
+    from caloforge.families.edm_dit.sampler import EdmDitSampler
+
+    return EdmDitSampler(config, context, n_steps, sampler)
+
+
+def _build_module(
+    config: RunConfig, context: RunContext, teacher: ShowerSampler | None = None
+) -> L.LightningModule:
+    from caloforge.families.edm_dit.module import EdmDitModule
+
+    return EdmDitModule(config, context)
+
+
+FAMILY = Family(
+    name="edm-dit",
+    summary="diffusion transformer (EDM) over voxel patches, with a layer-energy stage; the flagship",
+    config=EdmDitConfig,
+    build_module=_build_module,
+    build_sampler=_build_sampler,
+    representation="voxels",
+    sample_options=("n_steps", "sampler"),
+)
+

@@ -1,0 +1,147 @@
+"""The run config: which family, its own section, and the sections every family shares.
+
+One YAML file (and the ``config`` of every checkpoint) reads::
+
+    family: edm-dit            # a name from ``caloforge families`` (default: the diffusion transformer)
+    model: {...}               # the family's own section, validated by its config dataclass
+    preprocess: {...}          # caloforge.preprocess.PreprocessConfig
+    conditions: {...}          # ConditionConfig (spare detector slots)
+    optim: {...}               # OptimConfig (caloforge.optim)
+    train: {...}               # TrainConfig
+
+Every section rejects unknown keys, naming the dotted key and the known ones. No Lightning here: a
+checkpoint's config is read on the generation path too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from os import PathLike
+from typing import Any
+
+from caloforge.config import from_dict, read_yaml_mapping, to_dict
+from caloforge.errors import InputError
+from caloforge.optim import OptimConfig
+from caloforge.preprocess import PreprocessConfig
+
+__all__ = [
+    "DEFAULT_FAMILY",
+    "ConditionConfig",
+    "RunConfig",
+    "TrainConfig",
+    "load_run_config",
+    "run_config_from_dict",
+]
+
+DEFAULT_FAMILY = "edm-dit"
+
+
+@dataclass
+class TrainConfig:
+    """How long and where to train (any family).
+
+    Args:
+        batch_size: showers per step (per device).
+        max_steps: optimiser steps.
+        max_minutes: wall-clock budget for training (``None``: no limit); whichever comes first stops.
+        ema_decay: decay of the exponential moving average of the weights used for generation.
+        grad_clip: gradient-norm clip (0: none).
+        precision, accelerator, devices, strategy: passed to ``lightning.Trainer``.
+        checkpoint_every: steps between ``checkpoints/last.ckpt`` writes.
+        log_every: steps between logged losses.
+        seed: seeds the weights, the data order and the noise.
+        tensorboard: also log to TensorBoard (``logs/``).
+    """
+
+    batch_size: int = 128
+    max_steps: int = 20000
+    max_minutes: float | None = None
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    checkpoint_every: int = 500
+    log_every: int = 25
+    seed: int = 0
+    tensorboard: bool = False
+
+
+@dataclass
+class ConditionConfig:
+    """The condition vector's layout beyond what the training data shows.
+
+    Args:
+        detector_slots: one-hot detector slots to reserve (0: as many as the data's detectors). Spare slots
+            let a model pre-trained on k detectors be adapted to a new one (``--init-from``) with the
+            weights still fitting: the new detector takes a free slot.
+    """
+
+    detector_slots: int = 0
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved in every checkpoint and as ``config.yaml``.
+
+    ``model`` is the family's own config dataclass (``caloforge.families``); ``None`` means its defaults
+    (filled in by ``run_config_from_dict`` and ``RunConfig.for_family``).
+    """
+
+    family: str = DEFAULT_FAMILY
+    model: Any = None
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    conditions: ConditionConfig = field(default_factory=ConditionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            from caloforge.families import get_family
+
+            self.model = get_family(self.family).config()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts (for YAML and checkpoints); ``run_config_from_dict`` inverts it."""
+        return to_dict(self)
+
+
+def run_config_from_dict(
+    data: dict[str, Any], path: str | PathLike[str] | None = None, family: str | None = None
+) -> RunConfig:
+    """A ``RunConfig`` from plain dicts; ``family`` (e.g. ``--family``) must agree with ``data['family']``.
+
+    The family's section ``model`` is built by the family's own config dataclass, so its unknown keys are
+    refused as ``model.KEY``.
+    """
+    from caloforge.families import get_family
+
+    data = dict(data)
+    named = data.pop("family", None)
+    if named is not None and not isinstance(named, str):
+        raise InputError(path, "family", f"is {named!r}", "a family name (see 'caloforge families')")
+    if family is not None and named is not None and family != named:
+        raise InputError(path, "family", f"is '{named}' but '{family}' was asked for (--family)",
+                         "one family: leave out --family or make them agree")
+    name = family or named or DEFAULT_FAMILY
+    chosen = get_family(name)
+    model = from_dict(chosen.config, data.pop("model", None), path, prefix="model")
+    shared = from_dict(_SharedSections, data, path)
+    return RunConfig(name, model, shared.preprocess, shared.conditions, shared.optim, shared.train)
+
+
+@dataclass
+class _SharedSections:
+    """The sections every family shares (``RunConfig`` less ``family`` and ``model``), for validation."""
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    conditions: ConditionConfig = field(default_factory=ConditionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_run_config(path: str | PathLike[str] | None, family: str | None = None) -> RunConfig:
+    """A ``RunConfig`` from YAML (module doc); ``None`` gives the defaults of ``family`` (or the DiT's)."""
+    data = {} if path is None else read_yaml_mapping(path)
+    return run_config_from_dict(data, path, family)
