@@ -22,6 +22,7 @@ exported and used with ``--init-from``, not resumed.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -120,7 +121,7 @@ def read_checkpoint(path: str | PathLike[str], weights: bool = True) -> Checkpoi
     path = Path(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, OSError) as error:
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as error:
         if isinstance(error, FileNotFoundError):
             raise
         raise InputError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from caloforge.errors import InputError, UnknownNameError
@@ -43,6 +43,8 @@ class Family:
         representation: the data the module trains on (``REPRESENTATIONS``).
         sample_options: the option names ``build_sampler`` takes (``n_steps``, ``sampler``, ...).
         takes_teacher: whether ``build_module`` uses a teacher (``caloforge train --teacher``).
+        tiny: a ``model`` section small enough to train in seconds on a CPU on a toy geometry of
+            4 layers x 4 alpha x 2 radial bins (the conformance suite's).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Family:
     representation: str = "voxels"
     sample_options: tuple[str, ...] = ()
     takes_teacher: bool = False
+    tiny: dict[str, Any] = field(default_factory=dict)
 
     def sampler(self, model_config: Any, context: RunContext, **options: Any) -> ShowerSampler:
         """``build_sampler`` after checking the option names; options set to ``None`` are left out."""

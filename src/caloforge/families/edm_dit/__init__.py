@@ -96,5 +96,7 @@ FAMILY = Family(
     build_sampler=_build_sampler,
     representation="voxels",
     sample_options=("n_steps", "sampler"),
+    tiny={"dit": {"size": "tiny", "patch_size": [2, 2, 2]}, "layers": {"width": 16, "depth": 1},
+          "sample": {"n_steps": 2}},
 )
 
