@@ -37,8 +37,9 @@ from caloforge.evaluate.classifier import ClassifierConfig
 from caloforge.evaluate.pipeline import EvaluateConfig, collect, compute_metrics, low_level_capacity
 from caloforge.generate import ShowerGenerator, load_generator
 from caloforge.geometry import get_geometry
+from caloforge.runconfig import load_run_config
 from caloforge.simulate import simulate
-from caloforge.training import load_run_config, train
+from caloforge.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = ("dpmpp_2m_logsnr:4,dpmpp_2m_logsnr:6,dpmpp_2m_logsnr:8,dpmpp_2m_logsnr:12,dpmpp_2m:4,"

@@ -28,15 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from tqdm import tqdm
 
 from caloforge.data import ShowerSet
 from caloforge.evaluate.classifier import ClassifierConfig
 from caloforge.evaluate.pipeline import EvaluateConfig, Sample, collect, compute_metrics, low_level_capacity
 from caloforge.generate import ShowerGenerator, load_generator
 from caloforge.geometry import get_geometry
+from caloforge.progress import progress_bar
+from caloforge.runconfig import load_run_config
+from caloforge.sampler import ShowerSampler
 from caloforge.simulate import simulate
-from caloforge.training import load_run_config, train
+from caloforge.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +73,7 @@ def generate(
     generator: ShowerGenerator, energy: np.ndarray, args: argparse.Namespace, desc: str
 ) -> ShowerSet:
     parts = []
-    with tqdm(total=len(energy), desc=desc, unit="shower", file=sys.stderr) as bar:
+    with progress_bar(len(energy), desc, unit="shower") as bar:
         for part in generator.sample_batches(
             energy,
             n_steps=args.steps,
@@ -84,9 +86,12 @@ def generate(
     return ShowerSet.concatenate(parts)
 
 
-def apply_energy_ratio(generator: ShowerGenerator, showers: ShowerSet, args: argparse.Namespace) -> ShowerSet:
-    """Rescale showers generated without the E_tot/E_inc model with it (fresh uniforms)."""
-    assert generator.energy_ratio is not None
+def apply_energy_ratio(
+    generator: ShowerGenerator, sampler: ShowerSampler, showers: ShowerSet, args: argparse.Namespace
+) -> ShowerSet:
+    """Rescale showers generated without the E_tot/E_inc model with ``sampler``'s (fresh uniforms)."""
+    ratio = sampler.energy_ratio
+    assert ratio is not None
     noise = torch.Generator().manual_seed(args.seed + 11)
     device = generator.device
     energy = torch.from_numpy(showers.energy).float()
@@ -96,7 +101,7 @@ def apply_energy_ratio(generator: ShowerGenerator, showers: ShowerSet, args: arg
         e_inc, batch = energy[part].to(device), torch.from_numpy(showers.showers[part]).to(device)
         u = torch.rand(len(e_inc), generator=noise).to(device)
         with torch.no_grad():
-            out[part] = generator.energy_ratio.rescale(batch, e_inc, u).cpu().numpy()
+            out[part] = ratio.rescale(batch, e_inc, u).cpu().numpy()
     return ShowerSet(out, showers.geometry, showers.energy, source="generated")
 
 
@@ -220,10 +225,14 @@ def main() -> None:
     ref_sample = sample_of(reference, "reference")
     # With the E_tot/E_inc model alone, generate without it and then apply it, so one sampling run gives
     # both the model's numbers and the ablation (the same arithmetic as ShowerGenerator.sample, with the
-    # uniforms drawn here). A layer-energy stage conditions the DiT, so it has no such ablation.
-    ratio = generator.energy_ratio if generator.layer_denoiser is None else None
+    # uniforms drawn here). A layer-energy stage conditions the DiT, so it has no such ablation: the
+    # edm-dit sampler then has no energy_ratio. The sampler toggled is the one generate() samples with
+    # (the run's default, or the one built for --steps/--sampler). Its noise spec keeps ``u``, which is
+    # drawn but unused while energy_ratio is None, so the raw showers are the model's from the same noise.
+    sampler = generator.sampler_for(n_steps=args.steps, sampler=args.sampler)
+    ratio = getattr(sampler, "energy_ratio", None)
     if ratio is not None:
-        generator.energy_ratio = None
+        sampler.energy_ratio = None
     t0 = time.perf_counter()
     generated = generate(generator, reference.energy, args, "generating")
     timings["generate_s"] = time.perf_counter() - t0
@@ -231,8 +240,8 @@ def main() -> None:
     ablation = None
     if ratio is not None:
         ablation = summarise(compute_metrics(sample_of(generated, "raw"), ref_sample, eval_config))
-        generator.energy_ratio = ratio
-        generated = apply_energy_ratio(generator, generated, args)
+        sampler.energy_ratio = ratio
+        generated = apply_energy_ratio(generator, sampler, generated, args)
     model_metrics = compute_metrics(
         sample_of(generated, "generated"), ref_sample, eval_config, show_progress=True
     )
@@ -293,8 +302,8 @@ def main() -> None:
         "steps_trained": steps_trained,
         "n_train": args.n_train,
         "n_eval": args.n_eval,
-        "sampler": args.sampler or config.sample.sampler,
-        "sampler_steps": args.steps or config.sample.n_steps,
+        "sampler": args.sampler or config.model.sample.sampler,
+        "sampler_steps": args.steps or config.model.sample.n_steps,
         "generation_showers_per_s": gen_rate,
         "model": summarise(model_metrics),
         "model_without_energy_stage": ablation,

@@ -37,14 +37,14 @@ import onnxruntime as ort
 import torch
 
 from caloforge.checkpoint import CheckpointContent
-from caloforge.conditioning import ConditionRanges, ConditionSpec
+from caloforge.context import RunContext
 from caloforge.export import export_par04, export_sampler
+from caloforge.families import get_family
 from caloforge.generate import ShowerGenerator, load_generator
 from caloforge.geometry import get_geometry
 from caloforge.onnx_runtime import load_onnx_generator
-from caloforge.preprocess import ShowerPreprocessor
+from caloforge.runconfig import load_run_config
 from caloforge.simulate import simulate
-from caloforge.training import build_denoiser, build_layer_denoiser, load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,21 +75,14 @@ def untrained_generator(config_path: str, geometry_name: str, seed: int) -> Show
     geometry = get_geometry(geometry_name)
     rng = np.random.default_rng(seed)
     fit_set = simulate(geometry, np.exp(rng.uniform(math.log(1e3), math.log(1e6), 500)), seed=seed)
-    preprocessor = ShowerPreprocessor.fit(fit_set, config.preprocess)
-    spec = ConditionSpec.fit(fit_set)
-    content = CheckpointContent(config, geometry, preprocessor, spec, ConditionRanges.from_showers(fit_set))
+    context = RunContext.fit(fit_set, config.preprocess, config.conditions.detector_slots)
+    family = get_family(config.family)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        denoiser = build_denoiser(config, geometry, spec.dim).eval().requires_grad_(False)
-        layer_energies = preprocessor.layer_energies(geometry)
-        layer_denoiser = None
-        if layer_energies is not None:
-            layer_denoiser = build_layer_denoiser(config, geometry.n_layers, spec.dim)
-            layer_denoiser.eval().requires_grad_(False)
-    return ShowerGenerator(
-        content, denoiser, spec.encoder(), preprocessor.module(), preprocessor.energy_ratio(), layer_denoiser,
-        layer_energies,
-    )
+        sampler = family.sampler(config.model, context).eval().requires_grad_(False)
+    # sampler_for(...) builds the other sampler settings from these weights, as from a checkpoint's
+    content = CheckpointContent(config, context, sampler.state_dict(), step=0)
+    return ShowerGenerator(content, family, sampler)
 
 
 def time_generation(
@@ -106,7 +99,8 @@ def time_generation(
 
 def profile_denoiser(generator: ShowerGenerator, batch_size: int, repeats: int) -> dict[str, float]:
     """Share of one denoiser call (batch ``batch_size``) spent per part of the DiT, from forward hooks."""
-    backbone = generator.denoiser.backbone
+    sampler = generator.sampler
+    backbone = sampler.denoiser.backbone
     spent: dict[str, float] = defaultdict(float)
     starts: dict[int, float] = {}
     parts: list[tuple[str, torch.nn.Module]] = []
@@ -126,14 +120,14 @@ def profile_denoiser(generator: ShowerGenerator, batch_size: int, repeats: int) 
     n_voxels = generator.geometry.n_voxels
     x = torch.randn(batch_size, n_voxels, generator=torch.Generator().manual_seed(0))
     sigma = torch.full((batch_size,), 1.0)
-    layer_dim = 0 if generator.layer_energies is None else generator.layer_energies.dim
+    layer_dim = 0 if sampler.layer_energies is None else sampler.layer_energies.dim
     cond = torch.zeros(batch_size, generator.content.spec.dim + layer_dim)  # conditions, then layer vector
     with torch.no_grad():
-        generator.denoiser(x, sigma, cond)
+        sampler.denoiser(x, sigma, cond)
         spent.clear()
         start = time.perf_counter()
         for _ in range(repeats):
-            generator.denoiser(x, sigma, cond)
+            sampler.denoiser(x, sigma, cond)
         total = time.perf_counter() - start
     for handle in handles:
         handle.remove()
@@ -193,8 +187,8 @@ def main() -> None:
     energy_all = np.exp(rng.uniform(math.log(1e3), math.log(1e6), max([*batch_sizes, args.min_showers])))
     model = {"checkpoint": args.checkpoint, "config": None if args.checkpoint else args.config,
              "geometry": geometry.name, "n_voxels": geometry.n_voxels,
-             "parameters": sum(p.numel() for p in generator.denoiser.parameters()),
-             "dit": {k: getattr(generator.content.config.model, k) for k in ("size", "patch_size")}}
+             "parameters": sum(p.numel() for p in generator.sampler.denoiser.parameters()),
+             "dit": {k: getattr(generator.content.config.model.dit, k) for k in ("size", "patch_size")}}
     print(f"machine: {info['cpu']}, {info['usable_cpus']} usable CPUs, load "
           f"{info['load_average_1min_at_start']}, {args.threads} thread(s); torch {info['torch']}, "
           f"onnxruntime {info['onnxruntime']}", file=sys.stderr)
@@ -210,7 +204,8 @@ def main() -> None:
                 runners[f"pytorch-{args.device}"] = run_torch
             if "onnxruntime" in backends:
                 t0 = time.perf_counter()
-                path = export_sampler(generator, Path(tmp) / f"{sampler}-{steps}.onnx", steps, sampler)
+                path = export_sampler(generator, Path(tmp) / f"{sampler}-{steps}.onnx", n_steps=steps,
+                                      sampler=sampler)
                 export_s = time.perf_counter() - t0
                 onnx_gen = load_onnx_generator(path, threads=args.threads, providers=["CPUExecutionProvider"])
 
@@ -218,7 +213,8 @@ def main() -> None:
                     return g.sample_batches(e, seed=args.seed, batch_size=b)
                 runners["onnxruntime-cpu"] = run_ort
             if "par04" in backends:
-                path = export_par04(generator, Path(tmp) / f"par04-{sampler}-{steps}.onnx", steps, sampler)
+                path = export_par04(generator, Path(tmp) / f"par04-{sampler}-{steps}.onnx", n_steps=steps,
+                                    sampler=sampler)
                 par04_gen = load_onnx_generator(path, threads=args.threads,
                                                 providers=["CPUExecutionProvider"])
 
