@@ -1,4 +1,4 @@
-"""Fidelity benchmark: train the DiT on simulator showers for a fixed budget, then measure how well it fits.
+"""Fidelity benchmark: train the DiT on simulator (or file) showers for a fixed budget, then measure how well it fits.
 
 Dataset-2 geometry (45 x 16 x 9), electrons log-uniform 1 GeV - 1 TeV from the embedded GFlash simulator:
 a training sample, a held-out reference sample and a second independent sample (the floor: what two
@@ -9,6 +9,11 @@ and optionally (``--curve K``) the low-level AUC at K points during training.
     python bench/fidelity.py --budget-minutes 60            # the CPU benchmark
     python bench/fidelity.py --budget-minutes 20 --config configs/ds2-gpu.yaml   # on a GPU
     python bench/fidelity.py --evaluate RUN_DIR --steps 32    # score a finished run again (other sampler)
+    python bench/fidelity.py --data ../shared/data/g4-siw/train.h5 --n-eval 10000   # against Geant4 showers
+
+With ``--data`` the showers come from a file instead of the simulator: a seeded permutation holds out
+2 x n_eval showers (its halves are the reference and the floor sample, so the floor is two disjoint halves
+of the evaluation part scored against each other) and training takes the rest.
 
 A run directory records the training time and the curve's snapshots in ``fidelity_run.json``, so
 ``--evaluate`` reports the same figures as the run itself, with the same reference and floor samples.
@@ -34,6 +39,7 @@ from caloforge.evaluate.classifier import ClassifierConfig
 from caloforge.evaluate.pipeline import EvaluateConfig, Sample, collect, compute_metrics, low_level_capacity
 from caloforge.generate import ShowerGenerator, load_generator
 from caloforge.geometry import get_geometry
+from caloforge.io import read_showers
 from caloforge.progress import progress_bar
 from caloforge.runconfig import load_run_config
 from caloforge.sampler import ShowerSampler
@@ -62,6 +68,21 @@ class Snapshots(Callback):
             path = self.directory / f"snapshot-{trainer.global_step}.ckpt"
             trainer.save_checkpoint(path)
             self.saved.append((elapsed, trainer.global_step, path))
+
+
+def split_file(
+    path: str, n_train: int | None, n_eval: int, seed: int
+) -> tuple[ShowerSet, ShowerSet, ShowerSet]:
+    """A shower file split reproducibly (a permutation seeded by ``seed``): the evaluation part is the first
+    2 x n_eval showers of the permutation, its halves the reference and the floor sample; training takes
+    ``n_train`` (default: all) of the rest."""
+    showers = read_showers(path)
+    if len(showers) < 2 * n_eval + 1:
+        sys.exit(f"--data {path}: {len(showers)} showers, need more than 2 x --n-eval = {2 * n_eval}")
+    order = np.random.default_rng(seed).permutation(len(showers))
+    rest = order[2 * n_eval:]
+    train_part = rest if n_train is None else rest[:n_train]
+    return showers[np.sort(train_part)], showers[order[:n_eval]], showers[order[n_eval : 2 * n_eval]]
 
 
 def draw_energies(n: int, seed: int) -> np.ndarray:
@@ -131,7 +152,12 @@ def main() -> None:
         default=None,
         help="run config YAML (default configs/ds2-cpu.yaml, or ds2-gpu.yaml with CUDA)",
     )
-    parser.add_argument("--n-train", type=int, default=40_000, help="training showers")
+    parser.add_argument("--n-train", type=int, default=None,
+                        help="training showers (default: 40000 simulated, or all of --data not held out)")
+    parser.add_argument("--data", default=None, help="shower file (e.g. Geant4's) to train on and score "
+                        "against instead of the embedded simulator; split reproducibly by --seed")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop training after this many steps too (default: the budget alone decides)")
     parser.add_argument("--n-eval", type=int, default=20_000, help="generated = reference = floor showers")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the config's)")
     parser.add_argument("--sampler", default=None, help="sampler (default: the config's)")
@@ -163,12 +189,14 @@ def main() -> None:
         # the run's settings, so the reference and floor samples are the ones it was scored against
         args.config, args.budget_minutes = recorded["config"], recorded["budget_minutes"]
         args.n_train, args.seed = recorded["n_train"], recorded["seed"]
+        args.data = recorded.get("data")
+        args.n_eval = recorded.get("n_eval", args.n_eval)
 
     cuda = torch.cuda.is_available()
     config_path = args.config or str(ROOT / "configs" / ("ds2-gpu.yaml" if cuda else "ds2-cpu.yaml"))
     config = load_run_config(config_path)
     config.train.max_minutes = args.budget_minutes
-    config.train.max_steps = max(config.train.max_steps, 10_000_000)  # the budget decides
+    config.train.max_steps = args.max_steps or max(config.train.max_steps, 10_000_000)  # the budget decides
     config.train.seed = args.seed
     geometry = get_geometry("calochallenge-2")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -176,18 +204,25 @@ def main() -> None:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    train_set = (
-        None
-        if args.evaluate
-        else simulate(geometry, draw_energies(args.n_train, args.seed + 1), seed=args.seed + 1)
-    )
-    reference = simulate(geometry, draw_energies(args.n_eval, args.seed + 2), seed=args.seed + 2)
-    floor = simulate(geometry, draw_energies(args.n_eval, args.seed + 3), seed=args.seed + 3)
+    if args.data:
+        train_set, reference, floor = split_file(args.data, args.n_train, args.n_eval, args.seed)
+        geometry = reference.geometry
+        args.n_train = len(train_set)
+        if args.evaluate:
+            train_set = None
+        source = f"read {args.data}: {args.n_train} training"
+    else:
+        args.n_train = args.n_train or 40_000
+        train_set = (
+            None
+            if args.evaluate
+            else simulate(geometry, draw_energies(args.n_train, args.seed + 1), seed=args.seed + 1)
+        )
+        reference = simulate(geometry, draw_energies(args.n_eval, args.seed + 2), seed=args.seed + 2)
+        floor = simulate(geometry, draw_energies(args.n_eval, args.seed + 3), seed=args.seed + 3)
+        source = f"simulated {args.n_train}"
     timings["simulate_s"] = time.perf_counter() - t0
-    print(
-        f"simulated {args.n_train} + 2 x {args.n_eval} showers in {timings['simulate_s']:.0f} s",
-        file=sys.stderr,
-    )
+    print(f"{source} + 2 x {args.n_eval} showers in {timings['simulate_s']:.0f} s", file=sys.stderr)
 
     record = run_dir / "fidelity_run.json"  # what --evaluate needs to score the run again
     if train_set is not None:
@@ -199,7 +234,8 @@ def main() -> None:
         del train_set
         saved = [(e, s, str(p)) for e, s, p in snapshots.saved]
         settings = {"config": config_path, "budget_minutes": args.budget_minutes, "n_train": args.n_train,
-                    "seed": args.seed, "train_s": timings["train_s"], "snapshots": saved}
+                    "seed": args.seed, "train_s": timings["train_s"], "snapshots": saved,
+                    "data": args.data, "n_eval": args.n_eval}
         record.write_text(json.dumps(settings, indent=2))
     else:
         model_path = run_dir / "model.ckpt"
@@ -293,6 +329,8 @@ def main() -> None:
     result = {
         "benchmark": "fidelity",
         "geometry": geometry.name,
+        "data": args.data or "embedded GFlash simulator",
+        "max_steps": args.max_steps,
         "device": "cuda" if cuda else "cpu",
         "torch_threads": torch.get_num_threads(),
         "config": config_path,
@@ -320,7 +358,7 @@ def main() -> None:
 
     m, f = result["model"], result["floor"]
     print(
-        f"fidelity (dataset-2 geometry, {args.budget_minutes:g}-minute budget, {steps_trained} steps, "
+        f"fidelity ({result['data']}, {args.budget_minutes:g}-minute budget, {steps_trained} steps, "
         f"{result['device']}):"
     )
     print(f"{'':28s}{'model':>10s}{'floor':>10s}")

@@ -1,4 +1,4 @@
-"""The demo end to end at its --quick size: every artefact written, the report path printed."""
+"""The demos end to end at their --quick size: every artefact written, the report path printed."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from caloforge.demo import DEMO, QUICK_DEMO
 from caloforge.io import read_showers
 
 
-def test_demo_quick_runs_end_to_end(tmp_path: Path) -> None:
+def test_demo_train_quick_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    result = CliRunner().invoke(app, ["demo", "--train", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = out / "report" / "index.html"
     assert f"report: {report}" in result.stdout
@@ -29,7 +29,7 @@ def test_demo_quick_runs_end_to_end(tmp_path: Path) -> None:
     assert (out / "run" / "model.ckpt").exists()
 
     # a second demo into the same directory is refused, not overwritten
-    again = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    again = CliRunner().invoke(app, ["demo", "--train", "--quick", "--out", str(out)])
     assert again.exit_code != 0
 
 

@@ -38,7 +38,14 @@ from caloforge.geometry import CylindricalGeometry
 from caloforge.preprocess import ShowerPreprocessor
 from caloforge.runconfig import RunConfig, run_config_from_dict
 
-__all__ = ["CHECKPOINT_KEY", "FORMAT_VERSION", "CheckpointContent", "checkpoint_entry", "read_checkpoint"]
+__all__ = [
+    "CHECKPOINT_KEY",
+    "FORMAT_VERSION",
+    "CheckpointContent",
+    "checkpoint_entry",
+    "read_checkpoint",
+    "write_sampler_checkpoint",
+]
 
 CHECKPOINT_KEY = "caloforge"
 FORMAT_VERSION = 2
@@ -151,3 +158,18 @@ def read_checkpoint(path: str | PathLike[str], weights: bool = True) -> Checkpoi
     if state is not None and not state:
         raise InputError(path, CHECKPOINT_KEY, "holds no sampler weights", "a checkpoint of a trained model")
     return CheckpointContent(config, context, state, int(checkpoint.get("global_step", 0)), int(version))
+
+
+def write_sampler_checkpoint(content: CheckpointContent, path: str | PathLike[str]) -> Path:
+    """Write ``content`` (read with weights, any format) as a slim format-2 checkpoint: the ``caloforge``
+    entry and the step count, no optimiser or loop state. It generates and exports like the full one (a
+    fraction of its size: what the package ships), but cannot be resumed; ``--init-from`` takes it."""
+    from caloforge.io import atomic_output
+
+    if content.sampler_state is None:
+        raise InputError(None, "sampler weights", "were not read", "read_checkpoint(path, weights=True)")
+    target = Path(path)
+    with atomic_output(target) as tmp:
+        torch.save({CHECKPOINT_KEY: checkpoint_entry(content.config, content.context, content.sampler_state),
+                    "global_step": content.step}, tmp)
+    return target

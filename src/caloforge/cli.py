@@ -263,6 +263,39 @@ def train_command(
     typer.echo(f"model written to {path}")
 
 
+def _model_source(checkpoint: str | None, pretrained: str | None) -> str:
+    """The checkpoint (or .onnx) file to use: the argument, or the shipped model ``--pretrained`` names."""
+    if (checkpoint is None) == (pretrained is None):
+        raise InputError(None, "CHECKPOINT / --pretrained", "both given" if checkpoint else "neither given",
+                         "a checkpoint file, or --pretrained NAME (see 'caloforge models')")
+    if pretrained is not None:
+        from caloforge.pretrained import model_path
+
+        return str(model_path(pretrained))
+    assert checkpoint is not None
+    return checkpoint
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the pretrained models shipped in the package (generate/export --pretrained NAME)."""
+    from caloforge.pretrained import list_models, list_samples
+
+    models = list_models()
+    if not models:
+        typer.echo("no pretrained models are shipped in this installation")
+    for m in models:
+        typer.echo(f"{m.name}  ({m.family}) {m.description}")
+        typer.echo(f"  trained on  {m.training_data}")
+        typer.echo(f"  conditions  {m.conditions}")
+        figures = ", ".join(f"{k} {v}" for k, v in m.metrics.items() if k != "measured")
+        typer.echo(f"  measured    {figures}")
+        if "measured" in m.metrics:
+            typer.echo(f"              ({m.metrics['measured']})")
+    for s in list_samples():
+        typer.echo(f"reference sample {s.name}: {s.description}")
+
+
 def _sampling_options(steps: int | None, sampler: str | None) -> dict[str, Any]:
     """The generic sampling options of the command line (``None``: the run's own)."""
     return {"n_steps": steps, "sampler": sampler}
@@ -270,9 +303,12 @@ def _sampling_options(steps: int | None, sampler: str | None) -> dict[str, Any]:
 
 @app.command("generate")
 def generate_command(
-    checkpoint: str = typer.Argument(..., help="model.ckpt written by 'caloforge train', or a .onnx "
-                                     "sampler graph written by 'caloforge export' (run by onnxruntime)."),
+    checkpoint: str | None = typer.Argument(None, help="model.ckpt written by 'caloforge train', or a "
+                                            ".onnx sampler graph written by 'caloforge export' (run by "
+                                            "onnxruntime)."),
     n: int = typer.Option(..., "--n", min=1, help="Number of showers."),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="A model shipped in the package "
+                                          "instead of CHECKPOINT (see 'caloforge models')."),
     energy: str = typer.Option(..., "--energy", help="Incident energy spectrum in MeV, e.g. 50000 or "
                                "log-uniform:1000,1000000."),
     out: str = typer.Option(..., "--out", help="Output HDF5 file (written atomically)."),
@@ -297,6 +333,7 @@ def generate_command(
     from caloforge.safeguards import check_request, energy_response
     from caloforge.spectra import parse_spectrum
 
+    checkpoint = _model_source(checkpoint, pretrained)
     rng = np.random.default_rng(seed)
     energies = parse_spectrum(energy, "--energy", positive=True).sample(n, rng)
     thetas = None if theta is None else parse_spectrum(theta, "--theta").sample(n, rng)
@@ -335,22 +372,29 @@ def generate_command(
 @app.command("demo")
 def demo_command(
     out: str = typer.Option("demo", "--out", help="Directory for the showers, the run and the report."),
-    quick: bool = typer.Option(False, "--quick", help="Tiny sizes: the whole pipeline in under a minute "
-                               "(the model is barely trained)."),
+    train: bool = typer.Option(False, "--train", help="Instead of the shipped model: simulate showers, "
+                               "train a small DiT on the CPU and evaluate it (about 15 minutes on two "
+                               "cores)."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny sizes, for a smoke test in under a minute."),
     seed: int = typer.Option(0, "--seed", help="Seeds the simulation, the training and the generation."),
 ) -> None:
-    """Simulate showers, train a small DiT on the CPU, generate, evaluate, and write an HTML report
-    (about 15 minutes on two cores; --quick for a smoke test)."""
+    """Generate with the pretrained model shipped in the package, compare it with shipped Geant4 showers and
+    write an HTML report (a few minutes); --train runs the whole pipeline on the embedded simulator."""
+    import dataclasses
     import time
 
-    from caloforge.demo import run_demo
+    from caloforge.demo import PRETRAINED_DEMO, run_demo, run_pretrained_demo
 
     start = time.perf_counter()
 
     def stage(text: str) -> None:
         typer.echo(f"[{(time.perf_counter() - start) / 60:4.1f} min] {text}", err=True)
 
-    result = run_demo(out, quick=quick, seed=seed, stage=stage)
+    if train:
+        result = run_demo(out, quick=quick, seed=seed, stage=stage)
+    else:
+        small = dataclasses.replace(PRETRAINED_DEMO, n_eval=200, n_steps=4, classifier_epochs=1, plots=False)
+        result = run_pretrained_demo(out, seed=seed, stage=stage, config=small if quick else PRETRAINED_DEMO)
     numbers = ", ".join(f"{k} {v:.3g}" for k, v in result.headline.items() if v is not None)
     typer.echo(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min: {numbers}")
     typer.echo(f"model: {result.model}")
@@ -447,8 +491,10 @@ def evaluate_command(
 # ---- deployment: ONNX export (caloforge.export; the graphs are documented in docs/onnx.md) -------------
 @app.command("export")
 def export_command(
-    checkpoint: str = typer.Argument(..., help="model.ckpt written by 'caloforge train'."),
+    checkpoint: str | None = typer.Argument(None, help="model.ckpt written by 'caloforge train'."),
     out: str = typer.Option(..., "--out", help="ONNX file to write (atomically)."),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="A model shipped in the package "
+                                          "instead of CHECKPOINT (see 'caloforge models')."),
     target: str = typer.Option("caloforge", "--target", help="caloforge: the sampler graph at OUT and the "
                                "family's extra graphs (edm-dit: the denoiser) at <OUT stem>.<name>.onnx; "
                                "par04: the Geant4 Par04 (CaloDiT-2 contract) graph at OUT."),
@@ -465,6 +511,7 @@ def export_command(
     from caloforge.export import export_checkpoint
     from caloforge.onnx_runtime import check_export
 
+    checkpoint = _model_source(checkpoint, pretrained)
     written = export_checkpoint(checkpoint, out, target=target, extras=extras,
                                 **_sampling_options(steps, sampler))
     for path in written:

@@ -1,6 +1,11 @@
-"""The end-to-end demo: simulate -> train a small DiT on the CPU -> generate -> evaluate -> HTML report.
+"""The demos: a shipped model against Geant4, and the whole pipeline from the embedded simulator.
 
-``run_demo(out_dir)`` writes into ``out_dir``: ``reference.h5`` (held-out simulator showers),
+``run_pretrained_demo(out_dir)`` (``caloforge demo``) generates with the pretrained model shipped in the
+package at the energies of the shipped Geant4 reference sample, scores the showers against it and writes
+``reference.h5`` (a copy of the sample), ``generated.h5`` and ``report/index.html``, in a few minutes.
+
+``run_demo(out_dir)`` (``caloforge demo --train``): simulate -> train a small DiT on the CPU -> generate ->
+evaluate -> HTML report. It writes into ``out_dir``: ``reference.h5`` (held-out simulator showers),
 ``run/`` (the training run, ``run/model.ckpt``), ``generated.h5`` and ``report/index.html``. The default
 sizes aim at 15 minutes on two CPU cores (dataset-2 geometry, 20k training showers, a 6-minute training
 budget, 4000 showers generated with 10 Heun steps and evaluated); training stops at its wall-clock budget,
@@ -26,7 +31,16 @@ from caloforge.optim import OptimConfig
 from caloforge.preprocess import PreprocessConfig
 from caloforge.runconfig import RunConfig, TrainConfig
 
-__all__ = ["DEMO", "QUICK_DEMO", "DemoConfig", "DemoResult", "run_demo"]
+__all__ = [
+    "DEMO",
+    "PRETRAINED_DEMO",
+    "QUICK_DEMO",
+    "DemoConfig",
+    "DemoResult",
+    "PretrainedDemoConfig",
+    "run_demo",
+    "run_pretrained_demo",
+]
 
 
 @dataclass(frozen=True)
@@ -121,8 +135,7 @@ def run_demo(
 
     ``stage(text)`` is called at the start of each step (the CLI prints it).
     """
-    from caloforge.evaluate.classifier import ClassifierConfig
-    from caloforge.evaluate.pipeline import EvaluateConfig, evaluate_files
+    from caloforge.evaluate.pipeline import evaluate_files
     from caloforge.generate import generate_to_file, load_generator
     from caloforge.geometry import get_geometry
     from caloforge.io import write_showers
@@ -161,19 +174,7 @@ def run_demo(
     )
 
     say("evaluating generated against reference showers (CaloChallenge metrics)")
-    n = cfg.n_eval
-    evaluation = EvaluateConfig(
-        classifier=ClassifierConfig(epochs=cfg.classifier_epochs),
-        seed=seed,
-        plots=cfg.plots,
-        fpd_min_samples=min(10_000, n // 2),
-        fpd_max_samples=min(50_000, n),
-        kpd_batch_size=min(10_000, n),
-        # fewer resamplings than the benchmark's: the demo is about seeing the pipeline, not the third digit
-        fpd_batches=10,
-        fpd_points=5,
-        kpd_batches=5,
-    )
+    evaluation = _evaluation(cfg.n_eval, cfg.classifier_epochs, seed, cfg.plots)
     metrics = evaluate_files(
         generated_path, reference_path, out / "report", evaluation, show_progress=progress
     )
@@ -190,3 +191,89 @@ def _headline(metrics: dict[str, Any]) -> dict[str, float | None]:
         "fpd_x1e3": metrics.get("fpd_x1e3", {}).get("value"),
         "kpd_x1e3": metrics.get("kpd_x1e3", {}).get("value"),
     }
+
+
+@dataclass(frozen=True)
+class PretrainedDemoConfig:
+    """Sizes of the pretrained demo.
+
+    Args:
+        model: name of the shipped model (``caloforge models``).
+        sample: name of the shipped reference sample.
+        n_eval: showers generated and compared (at most the sample's; ``None``: all of it).
+        n_steps, sampler: sampling options (``None``: the model's own).
+        classifier_epochs: epochs of the classifier tests.
+        plots: draw the report's plots.
+    """
+
+    model: str = "g4-siw-dit"
+    sample: str = "g4-siw-electrons"
+    n_eval: int | None = None
+    n_steps: int | None = None
+    sampler: str | None = None
+    classifier_epochs: int = 10
+    plots: bool = True
+
+
+PRETRAINED_DEMO = PretrainedDemoConfig()
+
+
+def _evaluation(n: int, epochs: int, seed: int, plots: bool) -> Any:
+    from caloforge.evaluate.classifier import ClassifierConfig
+    from caloforge.evaluate.pipeline import EvaluateConfig
+
+    return EvaluateConfig(
+        classifier=ClassifierConfig(epochs=epochs),
+        seed=seed,
+        plots=plots,
+        fpd_min_samples=min(10_000, n // 2),
+        fpd_max_samples=min(50_000, n),
+        kpd_batch_size=min(10_000, n),
+        # fewer resamplings than the benchmark's: the demo is about seeing the pipeline, not the third digit
+        fpd_batches=10,
+        fpd_points=5,
+        kpd_batches=5,
+    )
+
+
+def run_pretrained_demo(
+    out_dir: str | PathLike[str],
+    seed: int = 0,
+    progress: bool = True,
+    stage: Callable[[str], None] | None = None,
+    config: PretrainedDemoConfig | None = None,
+) -> DemoResult:
+    """Generate with a shipped model at the shipped Geant4 sample's energies, score against the sample and
+    write the report into ``out_dir`` (refuses a directory that already holds one)."""
+    from caloforge.evaluate.pipeline import evaluate_files
+    from caloforge.generate import generate_to_file, load_generator
+    from caloforge.io import read_showers, write_showers
+    from caloforge.pretrained import list_samples, model_path, sample_path
+
+    cfg = config or PRETRAINED_DEMO
+    say = stage or (lambda text: None)
+    out = Path(out_dir)
+    if (out / "report").exists() or (out / "generated.h5").exists():
+        raise InputError(out, None, "already holds a demo", "a new --out directory")
+    model = model_path(cfg.model)
+    reference = read_showers(sample_path(cfg.sample))
+    if cfg.n_eval is not None:
+        reference = reference[: cfg.n_eval]
+    description = {s.name: s.description for s in list_samples()}[cfg.sample]
+    out.mkdir(parents=True, exist_ok=True)
+    reference_path = out / "reference.h5"
+    write_showers(reference_path, reference)
+
+    generator = load_generator(model)
+    options: dict[str, Any] = {"n_steps": cfg.n_steps, "sampler": cfg.sampler}
+    settings = generator.sampler_for(**options).options
+    say(f"generating {len(reference)} showers with the pretrained model '{cfg.model}' "
+        f"({', '.join(f'{k} {v}' for k, v in settings.items())}) at the energies of {description}")
+    generated_path = out / "generated.h5"
+    generate_to_file(generator, generated_path, reference.energy, seed=seed, progress=progress, **options)
+
+    say("evaluating generated against Geant4 showers (CaloChallenge metrics)")
+    evaluation = _evaluation(len(reference), cfg.classifier_epochs, seed, cfg.plots)
+    report = out / "report"
+    metrics = evaluate_files(generated_path, reference_path, report, evaluation, show_progress=progress)
+    return DemoResult(report / "index.html", model, generated_path, reference_path, _headline(metrics))

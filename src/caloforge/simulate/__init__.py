@@ -4,6 +4,7 @@
 ``simulate_to_file`` writes them in chunks to a CaloChallenge or Par04 HDF5 file.
 """
 
+from caloforge.simulate.gflash import GFlashTuning
 from caloforge.simulate.materials import MATERIALS, CalorimeterMaterial, get_material
 from caloforge.simulate.simulator import GFlashConfig, simulate, simulate_to_file
 
@@ -11,6 +12,7 @@ __all__ = [
     "MATERIALS",
     "CalorimeterMaterial",
     "GFlashConfig",
+    "GFlashTuning",
     "get_material",
     "simulate",
     "simulate_to_file",

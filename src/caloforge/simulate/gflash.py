@@ -12,15 +12,18 @@ Every function here is vectorised over showers (arrays of shape (N,)) or over sp
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.special import gammainc, gammaln
 
+from caloforge.errors import InputError
 from caloforge.simulate.materials import CalorimeterMaterial
 
 __all__ = [
+    "GFlashTuning",
     "ShowerParameters",
     "gamma_profile",
     "gamma_profile_integral",
@@ -32,6 +35,70 @@ __all__ = [
 ]
 
 F64 = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class GFlashTuning:
+    """Adjustments of the parameterisation, for fitting it to a full simulation (``caloforge fit-gflash``).
+
+    The defaults change nothing: G&P's formulas and the medium's constants as they are. Physicists tune
+    GFlash to their detector's full simulation the same way (G&P, "parameterisation of sampling
+    calorimeters": the constants are fits; Geant4 lets a user replace the tuning class). Each field says
+    which formula it enters.
+
+    Args:
+        sampling_fraction: visible fraction of the deposited energy; None takes the medium's ê f_mip
+            (``CalorimeterMaterial.sampling_fraction``).
+        sampling_resolution: stochastic term a of the visible energy's sigma/E = a / sqrt(E / GeV); None
+            takes the medium's. It sets the per-spot fluctuations only: the spot count keeps GFlash's
+            formula with the medium's a (scale it with ``GFlashConfig.spot_multiplier``). Given for a
+            homogeneous medium it adds that resolution there too.
+        depth_offset: X0 added to the centre of the per-shower depth of maximum T (the log-normal's
+            <T> = ln y - 0.812 - sampling corrections).
+        depth_slope: multiplies ln y in that centre (how fast the depth grows with energy).
+        depth_spread: multiplies sigma(ln T), the shower-to-shower fluctuation of the depth.
+        alpha_offset: added to the centre of the profile's shape parameter alpha (<alpha> = 0.81 +
+            (0.458 + 2.26 / Z) ln y - 0.476 / F_S in a sampling medium); larger alpha: a longer, relatively
+            narrower profile around the same maximum.
+        alpha_slope: multiplies the ln y coefficient (0.458 + 2.26 / Z) of that centre.
+        alpha_spread: multiplies sigma(ln alpha).
+        core_radius_scale: multiplies the core radius R_C of the radial profile.
+        tail_radius_scale: multiplies the tail radius R_T.
+        core_fraction_scale: multiplies the core probability p (then clipped to [0, 1]).
+    """
+
+    sampling_fraction: float | None = None
+    sampling_resolution: float | None = None
+    depth_offset: float = 0.0
+    depth_slope: float = 1.0
+    depth_spread: float = 1.0
+    alpha_offset: float = 0.0
+    alpha_slope: float = 1.0
+    alpha_spread: float = 1.0
+    core_radius_scale: float = 1.0
+    tail_radius_scale: float = 1.0
+    core_fraction_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and not math.isfinite(value):
+                raise InputError(None, f"tuning.{f.name}", f"is {value}", "a finite number")
+        if self.sampling_fraction is not None and not 0 < self.sampling_fraction <= 1:
+            raise InputError(None, "tuning.sampling_fraction", f"is {self.sampling_fraction}",
+                             "a fraction in (0, 1]")
+        if self.sampling_resolution is not None and self.sampling_resolution < 0:
+            raise InputError(None, "tuning.sampling_resolution", f"is {self.sampling_resolution}",
+                             "a stochastic term >= 0 (e.g. 0.1 for 10 % / sqrt(E / GeV))")
+        for name in ("depth_slope", "alpha_slope", "core_radius_scale", "tail_radius_scale"):
+            if not getattr(self, name) > 0:
+                raise InputError(None, f"tuning.{name}", f"is {getattr(self, name)}", "a number > 0")
+        for name in ("depth_spread", "alpha_spread", "core_fraction_scale"):
+            if not getattr(self, name) >= 0:
+                raise InputError(None, f"tuning.{name}", f"is {getattr(self, name)}", "a number >= 0")
+
+
+NO_TUNING = GFlashTuning()
 
 
 def gamma_profile(t: F64, alpha: F64, beta: F64) -> F64:
@@ -100,7 +167,9 @@ class ShowerParameters:
         return ShowerParameters(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
-def _log_normal_moments(material: CalorimeterMaterial, ln_y: F64) -> tuple[F64, F64, F64, F64, F64]:
+def _log_normal_moments(
+    material: CalorimeterMaterial, ln_y: F64, tuning: GFlashTuning = NO_TUNING
+) -> tuple[F64, F64, F64, F64, F64]:
     """(<ln T>, <ln alpha>, sigma(ln T), sigma(ln alpha), rho) of the correlated log-normal fluctuations.
 
     Homogeneous (G&P, individual profiles; Geant4 ``GVFlashHomoShowerTuning``): <ln T> = ln(ln y - 0.812),
@@ -110,11 +179,12 @@ def _log_normal_moments(material: CalorimeterMaterial, ln_y: F64) -> tuple[F64, 
     <T_sam> = <T_hom> - 0.55 / F_S - 0.69 (1 - ê),
     <alpha_sam> = <alpha_hom> - 0.476 / F_S, sigma(ln T) = 1 / (-2.5 + 1.25 ln y),
     sigma(ln alpha) = 1 / (-0.82 + 0.79 ln y), rho = 0.784 - 0.023 ln y.
-    Floors and the 0.5 cap on the sigmas keep low y finite, as Geant4's sampling code does.
+    Floors and the 0.5 cap on the sigmas keep low y finite, as Geant4's sampling code does. ``tuning``
+    scales the ln y terms and the sigmas and shifts the centres (identity by default).
     """
     z = material.z_eff
-    t_mean = np.maximum(ln_y - 0.812, 0.1)
-    a_mean = np.maximum(0.81 + (0.458 + 2.26 / z) * ln_y, 0.1)
+    t_mean = np.maximum(tuning.depth_slope * ln_y - 0.812, 0.1)
+    a_mean = np.maximum(0.81 + tuning.alpha_slope * (0.458 + 2.26 / z) * ln_y, 0.1)
     if not material.sampling:
         sig_t = 1.0 / (-1.4 + 1.26 * ln_y)
         sig_a = 1.0 / (-0.58 + 0.86 * ln_y)
@@ -128,22 +198,28 @@ def _log_normal_moments(material: CalorimeterMaterial, ln_y: F64) -> tuple[F64, 
     # A non-positive denominator (very low y) means "no fit there": fall back to the cap.
     sig_t = np.where(sig_t > 0, np.minimum(sig_t, 0.5), 0.5)
     sig_a = np.where(sig_a > 0, np.minimum(sig_a, 0.5), 0.5)
+    if tuning != NO_TUNING:  # the floors again, after the shifts (no-ops at the defaults)
+        t_mean = np.maximum(t_mean + tuning.depth_offset, 0.1)
+        a_mean = np.maximum(a_mean + tuning.alpha_offset, 1.1 if material.sampling else 0.1)
+        sig_t, sig_a = sig_t * tuning.depth_spread, sig_a * tuning.alpha_spread
     return np.log(t_mean), np.log(a_mean), sig_t, sig_a, np.clip(rho, -0.99, 0.99)
 
 
 def sample_shower_parameters(
-    material: CalorimeterMaterial, energy_mev: F64, rng: np.random.Generator
+    material: CalorimeterMaterial, energy_mev: F64, rng: np.random.Generator,
+    tuning: GFlashTuning = NO_TUNING,
 ) -> ShowerParameters:
     """Draw correlated (ln T, ln alpha) per shower and derive the spot profile (G&P, individual
     profiles and energy spots).
 
     The pair is normal with the correlation matrix [[1, rho], [rho, 1]]; its Cholesky factor
     [[1, 0], [rho, sqrt(1 - rho^2)]] turns two independent standard normals into the correlated pair
-    (the same distribution as G&P's symmetric sqrt((1 +- rho)/2) form).
+    (the same distribution as G&P's symmetric sqrt((1 +- rho)/2) form). ``tuning`` adjusts the
+    log-normal moments (``GFlashTuning``).
     """
     energy_mev = np.asarray(energy_mev, dtype=np.float64)
     ln_y = np.log(energy_mev / material.ec_mev)
-    mu_t, mu_a, sig_t, sig_a, rho = _log_normal_moments(material, ln_y)
+    mu_t, mu_a, sig_t, sig_a, rho = _log_normal_moments(material, ln_y, tuning)
     z1, z2 = rng.standard_normal((2, energy_mev.shape[0]))
     t_max = np.exp(mu_t + sig_t * z1)
     alpha = np.maximum(np.exp(mu_a + sig_a * (rho * z1 + np.sqrt(1 - rho**2) * z2)), 1.1)
@@ -183,6 +259,7 @@ def radial_parameters(
     energy_mev: F64 | float,
     tau: NDArray[np.floating],
     shower: NDArray[np.int64] | None = None,
+    tuning: GFlashTuning = NO_TUNING,
 ) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating]]:
     """(R_C, R_T, p) of the two-component radial profile at reduced depth tau (G&P, radial profiles;
     PRM "Radial Shower Profiles"; constants of Geant4's GFlash tuning classes).
@@ -201,6 +278,7 @@ def radial_parameters(
             that broadcasts against ``tau``.
         tau: (M,) reduced depths; float32 in gives float32 out.
         shower: (M,) shower index of each tau, or None.
+        tuning: scales R_C, R_T and p after the formulas above (identity by default).
     """
     z = material.z_eff
     ln_e = np.log(np.asarray(energy_mev, dtype=np.float64) / 1000.0)
@@ -224,4 +302,11 @@ def radial_parameters(
         r_core += -0.0203 * one_minus_e + (0.0397 / fs) * e_tau
         r_tail += -0.14 * one_minus_e - (0.495 / fs) * e_tau
         p += one_minus_e * (0.348 - (0.642 / fs) * np.exp(-((tau - 1) ** 2)))
-    return np.maximum(r_core, 1e-3), np.maximum(r_tail, 1e-3), np.clip(p, 0.0, 1.0)
+    r_core, r_tail, p = np.maximum(r_core, 1e-3), np.maximum(r_tail, 1e-3), np.clip(p, 0.0, 1.0)
+    if tuning.core_radius_scale != 1.0:
+        r_core *= np.asarray(tuning.core_radius_scale, dtype=r_core.dtype)
+    if tuning.tail_radius_scale != 1.0:
+        r_tail *= np.asarray(tuning.tail_radius_scale, dtype=r_tail.dtype)
+    if tuning.core_fraction_scale != 1.0:
+        p = np.clip(p * np.asarray(tuning.core_fraction_scale, dtype=p.dtype), 0.0, 1.0)
+    return r_core, r_tail, p

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -41,6 +41,7 @@ from caloforge.errors import InputError
 from caloforge.geometry import CylindricalGeometry
 from caloforge.simulate.deposit import VoxelMap, deposit
 from caloforge.simulate.gflash import (
+    GFlashTuning,
     ShowerParameters,
     n_spots,
     radial_parameters,
@@ -69,6 +70,8 @@ class GFlashConfig:
         radial_scale: multiplies every radius; != 1 deliberately distorts the showers (validation).
         longitudinal_scale: multiplies every depth; != 1 deliberately distorts the showers.
         material: simulate this medium instead of ``geometry.material`` (a key of ``MATERIALS``).
+        tuning: adjustments of the parameterisation (``GFlashTuning``; a ``tuning:`` section in YAML),
+            e.g. fitted to a full simulation by ``caloforge fit-gflash``; the defaults change nothing.
     """
 
     threshold_mev: float | None = None
@@ -78,6 +81,7 @@ class GFlashConfig:
     radial_scale: float = 1.0
     longitudinal_scale: float = 1.0
     material: str | None = None
+    tuning: GFlashTuning = field(default_factory=GFlashTuning)
 
     def __post_init__(self) -> None:
         for name in ("spot_multiplier", "radial_scale", "longitudinal_scale"):
@@ -93,6 +97,19 @@ class GFlashConfig:
 
     def threshold_for(self, material: CalorimeterMaterial) -> float:
         return material.threshold_mev if self.threshold_mev is None else self.threshold_mev
+
+    def sampling_fraction_for(self, material: CalorimeterMaterial) -> float:
+        """Visible fraction of the deposit: the tuning's, else the medium's."""
+        fraction = self.tuning.sampling_fraction
+        return material.sampling_fraction if fraction is None else fraction
+
+    def sampling_resolution_for(self, material: CalorimeterMaterial) -> float:
+        """Stochastic term a of the visible energy (0: no sampling fluctuations)."""
+        if not self.sampling_fluctuations:
+            return 0.0
+        if self.tuning.sampling_resolution is not None:
+            return self.tuning.sampling_resolution
+        return material.sampling_resolution if material.sampling else 0.0
 
 
 def _as_condition(values: F64 | float | None, n: int, name: str, default: float) -> F64:
@@ -132,7 +149,7 @@ def _simulate_chunk(
 ) -> None:
     """Add one chunk of showers to ``out`` (n, n_voxels), zeroed, in MeV."""
     n = energy.shape[0]
-    par = sample_shower_parameters(material, energy, rng)
+    par = sample_shower_parameters(material, energy, rng, config.tuning)
     # Spot counts: GFlash mean, scaled and capped, rounded stochastically so the mean is kept.
     mean_spots = np.minimum(n_spots(material, energy) * config.spot_multiplier, config.max_spots)
     counts = np.maximum(np.floor(mean_spots + rng.random(n)).astype(np.int64), 1)
@@ -190,19 +207,20 @@ def _add_spots(
     log_w = d_alpha[shower] * np.log(t) - d_beta[shower] * t - ref[shower]
     w = np.exp(np.minimum(log_w, 600.0))
     w_sum = np.bincount(shower, weights=w, minlength=n)
-    spot_energy = w * (energy * material.sampling_fraction / w_sum)[shower]
+    spot_energy = w * (energy * config.sampling_fraction_for(material) / w_sum)[shower]
 
-    if material.sampling and config.sampling_fluctuations and material.sampling_resolution > 0:
+    resolution = config.sampling_resolution_for(material)
+    if resolution > 0:
         # Relative variance of the visible sum: a^2 / E[GeV] = (1/k) sum w^2 / (sum w)^2 for a Gamma(k, 1/k)
         # factor per spot, so k = sum w^2 / ((sum w)^2 a^2 / E[GeV]).
         w2_sum = np.bincount(shower, weights=w * w, minlength=n)
-        k = w2_sum / (w_sum**2 * material.sampling_resolution**2 / (energy / 1000.0))
+        k = w2_sum / (w_sum**2 * resolution**2 / (energy / 1000.0))
         spot_energy *= _gamma_per_shower(rng, k, counts) / k[shower]
 
     # Radial position: core or tail at the spot's reduced depth, in Moliere radii -> mm.
     # float32 from here on: radii and angles need no more, and it halves the memory traffic.
     tau = (t * par.tau_scale[shower]).astype(np.float32)
-    r_core, r_tail, p_core = radial_parameters(material, energy, tau, shower)
+    r_core, r_tail, p_core = radial_parameters(material, energy, tau, shower, config.tuning)
     radius = np.where(rng.random(m, dtype=np.float32) < p_core, r_core, r_tail)
     u = rng.random(m, dtype=np.float32)
     r = radius * np.sqrt(u / (1.0 - u)) * np.float32(material.moliere_mm * config.radial_scale)

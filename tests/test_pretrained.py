@@ -1,0 +1,93 @@
+"""Shipped models: the index, slim checkpoints, `caloforge models`, `--pretrained` for generate and export,
+and the pretrained demo. A tiny model and sample stand in for the package's own files (monkeypatched), so
+these tests check the mechanism; test_shipped_* check what the package really ships."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from toys import TOY_GEOMETRY, tiny_dit_config, toy_showers
+
+import caloforge.pretrained as pretrained
+from caloforge.checkpoint import read_checkpoint, write_sampler_checkpoint
+from caloforge.generate import load_generator
+from caloforge.io import read_showers, write_showers
+from caloforge.runconfig import TrainConfig
+from caloforge.training import train
+
+
+@pytest.fixture(scope="module")
+def shelf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A package directory with one tiny model (slim checkpoint) and one sample, as the index lists them."""
+    root = tmp_path_factory.mktemp("pretrained")
+    config = tiny_dit_config()
+    config.train = TrainConfig(batch_size=16, max_steps=2, checkpoint_every=2)
+    config.model.sample.n_steps = 2
+    full = train(toy_showers(64), root / "run", config, progress=False)
+    write_sampler_checkpoint(read_checkpoint(full), root / "toy.ckpt")
+    write_showers(root / "toy_sample.h5", toy_showers(40, seed=5))
+    (root / "index.json").write_text(json.dumps({
+        "models": [{"name": "toy-dit", "file": "toy.ckpt", "family": "edm-dit", "description": "a toy",
+                    "training_data": "toy showers", "conditions": "energy 1-100 GeV",
+                    "metrics": {"auc_low": 0.99, "measured": "by nobody"}}],
+        "samples": [{"name": "toy-sample", "file": "toy_sample.h5", "description": "40 toy showers"}],
+    }))
+    return root
+
+
+@pytest.fixture
+def shipped(shelf: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(pretrained, "_root", lambda: shelf)
+    return shelf
+
+
+def test_slim_checkpoint_generates_what_the_full_one_does(shelf: Path) -> None:
+    full, slim = shelf / "run" / "model.ckpt", shelf / "toy.ckpt"
+    assert slim.stat().st_size < 0.5 * full.stat().st_size  # no optimiser state, no training copies
+    assert set(torch.load(slim, weights_only=True)) == {"caloforge", "global_step"}
+    assert read_checkpoint(slim).step == 2
+    a = load_generator(full).sample([2e3, 3e4], seed=1).showers
+    b = load_generator(slim).sample([2e3, 3e4], seed=1).showers
+    np.testing.assert_array_equal(a, b)
+
+
+def test_models_lists_the_shipped_models(shipped: Path, run) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run("models")
+    assert code == 0
+    assert "toy-dit  (edm-dit) a toy" in out and "toy showers" in out and "auc_low 0.99" in out
+    assert "reference sample toy-sample: 40 toy showers" in out
+
+
+def test_generate_and_export_take_a_pretrained_name(shipped: Path, tmp_path: Path, run) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = run("generate", "--pretrained", "toy-dit", "--n", 4, "--energy", "log-uniform:1e3,1e5",
+                         "--out", tmp_path / "g.h5")
+    assert code == 0, err
+    assert "wrote 4 showers" in out and read_showers(tmp_path / "g.h5").geometry == TOY_GEOMETRY
+    code, out, err = run("export", "--pretrained", "toy-dit", "--out", tmp_path / "m.onnx", "--no-extras")
+    assert code == 0, err
+    assert "largest difference" in out
+    code, _, err = run("generate", "--pretrained", "toy-dt", "--n", 1, "--energy", 1e4,
+                       "--out", tmp_path / "x.h5")
+    assert code == 2 and "unknown pretrained model 'toy-dt'" in err and "toy-dit" in err
+    code, _, err = run("generate", "--n", 1, "--energy", 1e4, "--out", tmp_path / "x.h5")
+    assert code == 2 and "--pretrained" in err and "neither given" in err
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_pretrained_demo_writes_a_report_against_the_shipped_sample(shipped: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from caloforge.demo import PRETRAINED_DEMO, run_pretrained_demo
+
+    config = dataclasses.replace(PRETRAINED_DEMO, model="toy-dit", sample="toy-sample", classifier_epochs=1,
+                                 plots=False)
+    result = run_pretrained_demo(tmp_path / "demo", config=config, progress=False)
+    assert result.report.exists() and result.report.stat().st_size > 1000
+    assert result.headline["auc_low"] is not None
+    generated, reference = read_showers(result.generated), read_showers(result.reference)
+    np.testing.assert_array_equal(generated.energy, reference.energy)
+    assert len(reference) == 40
