@@ -142,7 +142,10 @@ def simulate_command(
     file_format: str = typer.Option("calochallenge", "--format", help="calochallenge or par04."),
     float16: bool = typer.Option(False, "--float16", help="Store showers as float16 (max 65504 MeV)."),
     config: str | None = typer.Option(None, "--config", help="YAML file with GFlashConfig keys "
-                                      "(threshold_mev, max_spots, radial_scale, ...)."),
+                                      "(threshold_mev, max_spots, radial_scale, tuning, ...)."),
+    gflash_params: str | None = typer.Option(None, "--gflash-params", help="Fitted parameters from "
+                                             "'caloforge fit-gflash' (a GFlashConfig YAML, read like "
+                                             "--config; both may be given if no key differs)."),
 ) -> None:
     """Simulate electron showers with the embedded GFlash parameterisation and write them to a file."""
     import dataclasses
@@ -153,10 +156,7 @@ def simulate_command(
     from caloforge.spectra import parse_spectrum
 
     g = get_geometry(geometry)
-    settings = GFlashConfig()
-    if config is not None:
-        from caloforge.config import load_yaml
-        settings = load_yaml(GFlashConfig, config)
+    settings = _gflash_settings(config, gflash_params) if config or gflash_params else GFlashConfig()
     if threshold_mev is not None:
         settings = dataclasses.replace(settings, threshold_mev=threshold_mev)
     specs = (parse_spectrum(energy, "--energy", positive=True),
@@ -167,7 +167,90 @@ def simulate_command(
                      dtype="float16" if float16 else "float32", progress=True)
     seconds = time.perf_counter() - start
     typer.echo(f"simulated {n} showers in {seconds:.2f} s ({n / max(seconds, 1e-9):.0f} showers/s), "
-               f"geometry {g.name}, wrote {out}")
+               f"geometry {g.name}, wrote {out}"
+               + (f", GFlash parameters of {gflash_params}" if gflash_params else ""))
+
+
+def _gflash_settings(config: str | None, gflash_params: str | None) -> Any:
+    """The GFlashConfig of --config and/or --gflash-params: one loader (``load_yaml``); given both, their
+    keys are merged, and a key the two files set to different values is an error."""
+    from caloforge.config import from_dict, load_yaml, read_yaml_mapping
+    from caloforge.simulate import GFlashConfig
+
+    paths = [p for p in (config, gflash_params) if p is not None]
+    for path in paths:
+        load_yaml(GFlashConfig, path)  # each file checked on its own: errors name the file at fault
+    if len(paths) == 1:
+        return load_yaml(GFlashConfig, paths[0])
+    assert config is not None and gflash_params is not None
+
+    def merge(a: dict[str, Any], b: dict[str, Any], prefix: str) -> dict[str, Any]:
+        merged = dict(a)
+        for key, value in b.items():
+            if isinstance(value, dict) and isinstance(a.get(key), dict):
+                merged[key] = merge(a[key], value, f"{prefix}{key}.")
+            elif key in a and a[key] != value:
+                raise InputError(gflash_params, f"{prefix}{key}", f"is {value!r} but --config {config} "
+                                 f"sets {a[key]!r}", "one value: give the key in one of the two files")
+            else:
+                merged[key] = value
+        return merged
+
+    data = merge(read_yaml_mapping(config), read_yaml_mapping(gflash_params), "")
+    return from_dict(GFlashConfig, data, f"{config} + {gflash_params}")
+
+
+@app.command("fit-gflash")
+def fit_gflash_command(
+    data: str = typer.Argument(..., help="Full-simulation shower file (e.g. Geant4) to fit to."),
+    out: str = typer.Option(..., "--out", help="Output YAML of fitted GFlash parameters (written "
+                            "atomically; use with 'caloforge simulate --gflash-params')."),
+    n_showers: int = typer.Option(2000, "--n-showers", min=1, help="Showers of DATA to fit to (a seeded "
+                                  "random choice; all when the file holds fewer)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the choice of showers and of the simulation "
+                             "(the same for every evaluation)."),
+    max_evaluations: int = typer.Option(300, "--max-evaluations", min=1, help="Most simulations the "
+                                        "optimiser may run (each ~0.8 s per 2000 SiW showers of 1-100 GeV)."),
+    start: str | None = typer.Option(None, "--start", help="GFlashConfig YAML to start from, e.g. an "
+                                     "earlier fit to refine; its threshold, max_spots and material stay."),
+    max_spots: int | None = typer.Option(None, "--max-spots", min=1, help="Cap on spots per shower in the "
+                                         "fit and in the written parameters (default 20000, or --start's): "
+                                         "GFlash's own count reaches ~11000 at 100 GeV in SiW; a lower cap "
+                                         "is faster but hits fewer cells at high energy."),
+    geometry: str | None = typer.Option(None, "--geometry", "-g", help="Geometry preset of DATA, if the "
+                                        "file does not name one and its shape fits several."),
+) -> None:
+    """Fit the GFlash parameterisation's free parameters to a full-simulation file (scipy Nelder-Mead on
+    histogram distances) and write them for 'caloforge simulate --gflash-params'."""
+    import dataclasses
+    import datetime
+
+    from caloforge.io import atomic_output
+    from caloforge.simulate import GFlashConfig
+    from caloforge.simulate.fit import FIT_MAX_SPOTS, fit_gflash, params_yaml, read_fit_sample
+
+    start_config = GFlashConfig(max_spots=FIT_MAX_SPOTS)
+    if start is not None:
+        from caloforge.config import load_yaml
+        start_config = load_yaml(GFlashConfig, start)
+    if max_spots is not None:
+        start_config = dataclasses.replace(start_config, max_spots=max_spots)
+    reference = read_fit_sample(data, n_showers, seed=seed, geometry=geometry)
+    typer.echo(f"fitting GFlash to {len(reference)} showers of {data} (geometry "
+               f"{reference.geometry.name}), at most {max_evaluations} evaluations", err=True)
+    result = fit_gflash(reference, start=start_config, seed=seed, max_evaluations=max_evaluations)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    text = params_yaml(result, data, date)
+    with atomic_output(out) as tmp:
+        tmp.write_text(text)
+    width = max(len(key) for key in result.parameters) if result.parameters else 0
+    typer.echo(f"{'parameter':<{width}}  {'start':>10}  {'fitted':>10}")
+    for key, (before, after) in result.parameters.items():
+        typer.echo(f"{key:<{width}}  {before:>10.5g}  {after:>10.5g}")
+    typer.echo(f"objective (mean separation power over {len(result.terms)} feature kinds): "
+               f"{result.objective_start:.4f} -> {result.objective:.4f} after {result.n_evaluations} "
+               f"evaluations in {result.seconds:.0f} s ({result.message})")
+    typer.echo(f"wrote {out}; use it with: caloforge simulate --gflash-params {out} ...")
 
 
 # ---- model families: families, train, generate, demo (caloforge.families, training, generate) -----------
