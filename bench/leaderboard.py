@@ -1,0 +1,249 @@
+"""Leaderboard: every registered model family, the GFlash baselines and the Geant4 floor, side by side on
+the same data, the same held-out showers and the same classifier settings.
+
+The shower file (e.g. Geant4's) is split as ``bench/fidelity.py --data`` splits it (a seeded permutation:
+2 x n_eval held out, whose halves are the reference and the floor sample; training takes the rest). Each
+family trains on the training part with the same wall-clock budget (``--reuse NAME=RUN_DIR`` scores a
+finished ``bench/fidelity.py --data`` run of that family instead, after checking it used the same split),
+generates at the reference showers' energies with its run's sampler, and is scored against the reference.
+GFlash (the embedded simulator; with ``--gflash-params`` also the parameters ``caloforge fit-gflash`` fitted)
+simulates at the same energies. Generation is timed in ms per shower at each ``--timing-batches`` size:
+PyTorch and onnxruntime on the CPU, and PyTorch on a GPU when there is one; GFlash with numpy.
+
+Writes JSON (``--out-json``) and a Markdown page (``--out-md``, default ``docs/leaderboard.md``) with the
+command, the commit and the machine.
+
+    python bench/leaderboard.py --data ../shared/data/g4-siw/train.h5 --n-eval 10000 --budget-minutes 60 \\
+        --reuse edm-dit=bench/results/fidelity-g4-run --gflash-params bench/results/gflash_g4.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fidelity import split_file, summarise
+
+from caloforge.config import load_yaml
+from caloforge.data import ShowerSet
+from caloforge.evaluate.classifier import ClassifierConfig
+from caloforge.evaluate.pipeline import EvaluateConfig, collect, compute_metrics, low_level_capacity
+from caloforge.families import family_names
+from caloforge.generate import ShowerGenerator, load_generator
+from caloforge.progress import progress_bar
+from caloforge.runconfig import load_run_config
+from caloforge.simulate import GFlashConfig, simulate
+from caloforge.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}"
+
+
+def ms_per_shower(run: Any, energy: np.ndarray, batch: int, repeats: int = 1) -> float:
+    """Best-of-``repeats`` milliseconds per shower of ``run(energies)`` on one batch of ``batch``."""
+    energies = np.resize(energy, batch)
+    run(energies[: min(batch, 2)])  # warm-up: first-call allocations and graph set-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(energies)
+        best = min(best, time.perf_counter() - start)
+    return 1e3 * best / batch
+
+
+def time_family(model: Path, energy: np.ndarray, batches: list[int]) -> dict[str, Any]:
+    """ms per shower at each batch size: PyTorch CPU, onnxruntime CPU (the exported sampler), GPU if any."""
+    from caloforge.export import export_sampler
+    from caloforge.onnx_runtime import load_onnx_generator
+
+    def torch_run(device: str) -> Any:
+        on = load_generator(model, device)
+        return lambda e: on.sample(e, seed=0, batch_size=len(e))
+
+    timing: dict[str, Any] = {"pytorch_cpu": {}, "onnxruntime_cpu": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = export_sampler(load_generator(model), Path(tmp) / "s.onnx")
+        exported = load_onnx_generator(graph, providers=["CPUExecutionProvider"])
+        for b in batches:
+            timing["pytorch_cpu"][b] = ms_per_shower(torch_run("cpu"), energy, b)
+            timing["onnxruntime_cpu"][b] = ms_per_shower(
+                lambda e: exported.sample(e, seed=0, batch_size=len(e)), energy, b)
+            print(f"  batch {b}: PyTorch CPU {timing['pytorch_cpu'][b]:.2f} ms/shower, onnxruntime CPU "
+                  f"{timing['onnxruntime_cpu'][b]:.2f}", file=sys.stderr)
+    if torch.cuda.is_available():
+        timing["pytorch_gpu"] = {b: ms_per_shower(torch_run("cuda"), energy, b, repeats=3) for b in batches}
+    return timing
+
+
+def generate(generator: ShowerGenerator, energy: np.ndarray, seed: int, name: str) -> ShowerSet:
+    parts = []
+    with progress_bar(len(energy), f"generating ({name})", unit="shower") as bar:
+        for part in generator.sample_batches(energy, seed=seed, batch_size=500, on_batch=bar.update):
+            parts.append(part)
+    return ShowerSet.concatenate(parts)
+
+
+def trained_run(
+    name: str, args: argparse.Namespace, train_set: ShowerSet | None
+) -> tuple[Path, dict[str, Any]]:
+    """The model of family ``name``: a reused run (checked to share the split) or one trained here."""
+    reuse = dict(item.split("=", 1) for item in args.reuse)
+    if name in reuse:
+        run_dir = Path(reuse[name])
+        record = json.loads((run_dir / "fidelity_run.json").read_text())
+        same = (Path(record.get("data") or "").resolve() == Path(args.data).resolve()
+                and record["seed"] == args.seed and record.get("n_eval") == args.n_eval)
+        if not same:
+            sys.exit(f"--reuse {name}={run_dir}: that run split another file or seed/n_eval; retrain it")
+        return run_dir / "model.ckpt", {"train_minutes": record["train_s"] / 60, "reused": str(run_dir)}
+    assert train_set is not None
+    config_path = ROOT / "configs" / "ds2-cpu.yaml" if name == "edm-dit" else None
+    config = load_run_config(config_path, family=name)
+    config.train.max_minutes = args.budget_minutes
+    config.train.max_steps = max(config.train.max_steps, 10_000_000)
+    config.train.seed = args.seed
+    run_dir = Path(args.work) / f"run-{name}"
+    start = time.perf_counter()
+    model = train(train_set, run_dir, config)
+    return model, {"train_minutes": (time.perf_counter() - start) / 60, "run_dir": str(run_dir)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", required=True, help="shower file to train on and score against")
+    parser.add_argument("--n-eval", type=int, default=10_000, help="reference = floor showers")
+    parser.add_argument("--n-train", type=int, default=None, help="training showers (default: the rest)")
+    parser.add_argument("--budget-minutes", type=float, default=60.0, help="training budget per family")
+    parser.add_argument("--families", default=None, help="comma-separated (default: every registered one)")
+    parser.add_argument("--reuse", action="append", default=[],
+                        help="NAME=RUN_DIR: score this bench/fidelity.py --data run instead of training")
+    parser.add_argument("--gflash-params", default=None, help="params.yaml from caloforge fit-gflash")
+    parser.add_argument("--timing-batches", default="1,100,10000", help="batch sizes timed")
+    parser.add_argument("--classifier-epochs", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--work", default=str(ROOT / "bench" / "results" / "leaderboard-runs"))
+    parser.add_argument("--out-json", default=str(ROOT / "bench" / "results" / "leaderboard.json"))
+    parser.add_argument("--out-md", default=str(ROOT / "docs" / "leaderboard.md"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.families.split(",") if args.families else family_names()
+    batches = [int(b) for b in args.timing_batches.split(",")]
+
+    train_set, reference, floor = split_file(args.data, args.n_train, args.n_eval, args.seed)
+    geometry = reference.geometry
+    needs_training = [n for n in names if not any(r.startswith(f"{n}=") for r in args.reuse)]
+    if not needs_training:
+        train_set = None
+    eval_config = EvaluateConfig(
+        classifier=ClassifierConfig(epochs=args.classifier_epochs), seed=args.seed, plots=False,
+        fpd_min_samples=min(10_000, args.n_eval // 2), fpd_max_samples=args.n_eval,
+        kpd_batch_size=min(10_000, args.n_eval),
+    )
+    capacity = low_level_capacity(geometry.n_voxels, eval_config)
+    ref_sample = collect([reference], "reference", eval_config, capacity)
+
+    def score(showers: ShowerSet, name: str) -> dict[str, Any]:
+        print(f"scoring {name}", file=sys.stderr)
+        return summarise(compute_metrics(collect([showers], name, eval_config, capacity), ref_sample,
+                                         eval_config))
+
+    rows: list[dict[str, Any]] = [{"name": "Geant4 (floor: held-out half vs half)", "kind": "floor",
+                                   "metrics": score(floor, "floor")}]
+    gflash_configs = [("GFlash (default parameters)", GFlashConfig())]
+    if args.gflash_params:
+        fitted = load_yaml(GFlashConfig, args.gflash_params)
+        gflash_configs.append((f"GFlash (fitted: {args.gflash_params})", fitted))
+    for label, settings in gflash_configs:
+        showers = simulate(geometry, reference.energy, config=settings, seed=args.seed + 5)
+        def run(e: np.ndarray, s: GFlashConfig = settings) -> ShowerSet:
+            return simulate(geometry, e, config=s, seed=1)
+
+        timing = {"numpy_cpu": {b: ms_per_shower(run, reference.energy, b) for b in batches}}
+        rows.append({"name": label, "kind": "gflash", "metrics": score(showers, label), "timing": timing})
+
+    for name in names:
+        model, training = trained_run(name, args, train_set)
+        generator = load_generator(model)
+        generated = generate(generator, reference.energy, args.seed + 7, name)
+        rows.append({
+            "name": name, "kind": "family", "model": str(model), "steps": generator.content.step,
+            "sampling": generator.sampler.options, **training,
+            "metrics": score(generated, name), "timing": time_family(model, reference.energy, batches),
+        })
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip()
+    command = "python " + " ".join(sys.argv)
+    result = {"benchmark": "leaderboard", "data": args.data, "n_eval": args.n_eval, "seed": args.seed,
+              "commit": commit, "machine": machine(), "command": command, "date": time.strftime("%Y-%m-%d"),
+              "rows": rows}
+    out = Path(args.out_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    Path(args.out_md).write_text(markdown(result, batches))
+    print(markdown(result, batches))
+    print(f"wrote {out} and {args.out_md}")
+
+
+def markdown(result: dict[str, Any], batches: list[int]) -> str:
+    def cell(row: dict[str, Any], backend: str) -> str:
+        timing = row.get("timing", {}).get(backend)
+        if not timing:
+            return "-"
+        return " / ".join(f"{timing[b]:.3g}" if b in timing else "-" for b in batches)
+
+    head = " / ".join(str(b) for b in batches)
+    lines = [
+        "# Leaderboard: generative models against Geant4",
+        "",
+        f"Data: `{result['data']}` ({result['n_eval']} held-out showers as the reference, {result['n_eval']} "
+        "more as the floor). Every row is scored against the same reference with the same classifier "
+        "settings (CaloChallenge low-level: voxels; high-level: layer energies, centres, widths).",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Commit: {result['commit']}; machine: {result['machine']}; date: {result['date']}.",
+        "",
+        f"| model | AUC low | AUC high | FPD x1e3 | KPD x1e3 | mean sep. power | ms/shower CPU, batch {head} "
+        f"| ms/shower onnxruntime CPU, batch {head} | training |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        m = row["metrics"]
+        cpu = cell(row, "numpy_cpu") if row["kind"] == "gflash" else cell(row, "pytorch_cpu")
+        training = f"{row['train_minutes']:.0f} min, {row['steps']} steps" if row["kind"] == "family" else "-"
+        lines.append(
+            f"| {row['name']} | {m['auc_low']:.3f} | {m['auc_high']:.3f} | {m['fpd_x1e3']:.1f} | "
+            f"{m['kpd_x1e3']:.3f} | {m['mean_separation_power']:.4f} | {cpu} | "
+            f"{cell(row, 'onnxruntime_cpu')} | {training} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
