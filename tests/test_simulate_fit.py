@@ -19,6 +19,7 @@ from caloforge.geometry import get_geometry
 from caloforge.io import read_showers, write_showers
 from caloforge.simulate import GFlashConfig, GFlashTuning, get_material, simulate, simulate_to_file
 from caloforge.simulate.fit import GFlashObjective, fit_gflash
+from caloforge.simulate.gflash import sample_shower_parameters
 
 GEOMETRY = get_geometry("calochallenge-2")
 SIW = get_material("SiW")
@@ -58,6 +59,23 @@ def test_sampling_resolution_sets_the_spread_of_the_visible_energy() -> None:
     assert ratio.std() / ratio.mean() == pytest.approx(0.3 / np.sqrt(10), rel=0.12)
     default = _ratio(simulate(GEOMETRY, np.full(600, 1e4), seed=2, config=NO_THRESHOLD))
     assert default.std() / default.mean() == pytest.approx(SIW.sampling_resolution / np.sqrt(10), rel=0.15)
+
+
+def test_longitudinal_tuning_sets_the_log_normal_moments() -> None:
+    # SiW at 10 GeV, by hand (G&P sampling calorimeters): <T> = ln y - 0.812 - 0.55 / F_S - 0.69 (1 - ê),
+    # sigma(ln T) = 1 / (-2.5 + 1.25 ln y), sigma(ln alpha) = 1 / (-0.82 + 0.79 ln y),
+    # rho = 0.784 - 0.023 ln y.
+    ln_y = np.log(1e4 / SIW.ec_mev)
+    t_centre = ln_y - 0.812 - 0.55 / SIW.fs - 0.69 * (1 - SIW.ehat)
+    sig_t, sig_a = 1 / (-2.5 + 1.25 * ln_y), 1 / (-0.82 + 0.79 * ln_y)
+    rho = 0.784 - 0.023 * ln_y
+    tuning = GFlashTuning(depth_offset=1.0, depth_spread=2.0, alpha_spread=0.5, correlation_offset=-0.3)
+    par = sample_shower_parameters(SIW, np.full(40_000, 1e4), np.random.default_rng(0), tuning)
+    ln_t, ln_a = np.log(par.t_max), np.log(par.alpha)
+    assert np.exp(np.median(ln_t)) == pytest.approx(t_centre + 1.0, rel=0.01)
+    assert ln_t.std() == pytest.approx(2 * sig_t, rel=0.02)
+    assert ln_a.std() == pytest.approx(0.5 * sig_a, rel=0.02)
+    assert np.corrcoef(ln_t, ln_a)[0, 1] == pytest.approx(rho - 0.3, abs=0.01)
 
 
 def _depth_and_radius(config: GFlashConfig, seed: int = 4) -> tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,8 @@ class GFlashTuning:
             narrower profile around the same maximum.
         alpha_slope: multiplies the ln y coefficient (0.458 + 2.26 / Z) of that centre.
         alpha_spread: multiplies sigma(ln alpha).
+        correlation_offset: added to the correlation rho of ln T and ln alpha (0.784 - 0.023 ln y in a
+            sampling medium; clipped to [-0.99, 0.99]): how much deeper showers are also longer.
         core_radius_scale: multiplies the core radius R_C of the radial profile.
         tail_radius_scale: multiplies the tail radius R_T.
         core_fraction_scale: multiplies the core probability p (then clipped to [0, 1]).
@@ -75,6 +77,7 @@ class GFlashTuning:
     alpha_offset: float = 0.0
     alpha_slope: float = 1.0
     alpha_spread: float = 1.0
+    correlation_offset: float = 0.0
     core_radius_scale: float = 1.0
     tail_radius_scale: float = 1.0
     core_fraction_scale: float = 1.0
@@ -202,6 +205,7 @@ def _log_normal_moments(
         t_mean = np.maximum(t_mean + tuning.depth_offset, 0.1)
         a_mean = np.maximum(a_mean + tuning.alpha_offset, 1.1 if material.sampling else 0.1)
         sig_t, sig_a = sig_t * tuning.depth_spread, sig_a * tuning.alpha_spread
+        rho = rho + tuning.correlation_offset
     return np.log(t_mean), np.log(a_mean), sig_t, sig_a, np.clip(rho, -0.99, 0.99)
 
 
