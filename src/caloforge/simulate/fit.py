@@ -526,7 +526,8 @@ def fit_gflash(
                 except _Stop:
                     stop = "evaluation budget spent"
                 runs.append(objective.n_evaluations - extra - used)
-            message = f"Nelder-Mead, {len(runs)} runs of {', '.join(map(str, runs))} evaluations, {stop}"
+            counts, plural = ", ".join(map(str, runs)), "s" if len(runs) != 1 else ""
+            message = f"Nelder-Mead, {len(runs)} run{plural} of {counts} evaluations, {stop}"
         else:
             evaluate(x0)
             message = "no free parameters"
@@ -576,7 +577,7 @@ def read_fit_sample(
     if info.n_showers == 0:
         raise InputError(path, "showers", "holds no showers", f"at least {MIN_SHOWERS} showers to fit to")
     if n_showers is not None and n_showers < MIN_SHOWERS:
-        raise InputError(None, "n_showers", f"is {n_showers}", f"at least {MIN_SHOWERS}")
+        raise InputError(path, "n_showers", f"is {n_showers}", f"at least {MIN_SHOWERS} showers to fit to")
     try:
         GFlashConfig().material_for(info.geometry)
     except CaloforgeError as error:
