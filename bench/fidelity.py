@@ -1,4 +1,4 @@
-"""Fidelity benchmark: train the DiT on simulator (or file) showers for a fixed budget, then measure how well it fits.
+"""Fidelity benchmark: train the DiT on simulator (or file) showers for a budget, then score the fit.
 
 Dataset-2 geometry (45 x 16 x 9), electrons log-uniform 1 GeV - 1 TeV from the embedded GFlash simulator:
 a training sample, a held-out reference sample and a second independent sample (the floor: what two
