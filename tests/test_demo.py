@@ -37,3 +37,14 @@ def test_full_demo_is_sized_for_two_cores() -> None:
     # the full demo trains for a fixed wall-clock budget, so its run time is bounded by construction
     assert DEMO.train_minutes is not None and DEMO.train_minutes <= 8
     assert DEMO.run_config().model.dit.resolved().hidden == DEMO.hidden
+
+
+def test_demo_quick_scores_the_shipped_model_against_geant4(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"report: {out / 'report' / 'index.html'}" in result.stdout
+    assert "g4-siw-dit" in result.stdout
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert 0.0 <= metrics["classifier"]["low"]["auc"] <= 1.0
+    assert len(read_showers(out / "generated.h5")) == len(read_showers(out / "reference.h5")) == 200

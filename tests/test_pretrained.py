@@ -91,3 +91,14 @@ def test_pretrained_demo_writes_a_report_against_the_shipped_sample(shipped: Pat
     generated, reference = read_showers(result.generated), read_showers(result.reference)
     np.testing.assert_array_equal(generated.energy, reference.energy)
     assert len(reference) == 40
+
+
+def test_shipped_model_generates_from_the_package_alone() -> None:
+    (model,) = [m for m in pretrained.list_models() if m.name == "g4-siw-dit"]
+    assert model.family == "edm-dit" and 0.5 <= model.metrics["auc_low"] <= 1.0
+    generator = load_generator(pretrained.model_path("g4-siw-dit"))
+    showers = generator.sample([2e3, 5e4], seed=0, n_steps=2).showers
+    assert showers.shape == (2, 6480) and np.isfinite(showers).all() and (showers >= 0).all()
+    sample = read_showers(pretrained.sample_path("g4-siw-electrons"))
+    assert len(sample) == 2500 and sample.geometry.name == "calochallenge-2"
+    assert 1e3 <= sample.energy.min() and sample.energy.max() <= 1e5
