@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fidelity import summarise as headline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,19 +76,11 @@ def read_split(path: str, seed: int, n_fit: int, n_eval: int) -> dict[str, Any]:
 
 
 def summarise(metrics: dict[str, Any], showers: Any) -> dict[str, Any]:
-    """The headline numbers of a ``compute_metrics`` result, and two physics summaries of the sample."""
-    histograms = [v for v in metrics["separation_power"]["histograms"].values() if v is not None]
-    classifier = metrics["classifier"]
+    """``bench/fidelity.py``'s headline numbers of a ``compute_metrics`` result, and two physics summaries
+    of the sample."""
     ratio = showers.showers.sum(axis=1, dtype=np.float64) / showers.energy
     return {
-        "auc_low": classifier.get("low", {}).get("auc"),
-        "auc_high": classifier.get("high", {}).get("auc"),
-        "fpd_x1e3": metrics["fpd_x1e3"]["value"],
-        "fpd_error_x1e3": metrics["fpd_x1e3"]["error"],
-        "kpd_x1e3": metrics["kpd_x1e3"]["value"],
-        "kpd_error_x1e3": metrics["kpd_x1e3"]["error"],
-        "mean_separation_power": float(np.mean(histograms)) if histograms else None,
-        "separation_power_summary": {k: v["mean"] for k, v in metrics["separation_power"]["summary"].items()},
+        **headline(metrics),
         "visible_fraction_mean": float(ratio.mean()),
         "hit_fraction": float((showers.showers > 0).mean()),
     }
