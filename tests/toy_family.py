@@ -89,6 +89,9 @@ def build_module(config: RunConfig, context: RunContext, teacher: ShowerSampler 
             self.log("train/loss", loss, prog_bar=True)
             self.log("train/nll", nll)
 
+        def validation_loss(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+            return ((self.ema.module.net(batch[1]) - batch[0]) ** 2).mean()
+
         def configure_optimizers(self):  # type: ignore[no-untyped-def]
             mean_opt = build_optimizer(self.sampler.net.parameters(), config.optim)
             scale_opt = torch.optim.SGD([self.sampler.log_scale], lr=1e-2)

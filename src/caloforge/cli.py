@@ -294,7 +294,9 @@ def _set_key(data: dict[str, Any], assignment: str) -> None:
 
 @app.command("train")
 def train_command(
-    data: str = typer.Option(..., "--data", help="HDF5 training showers (CaloChallenge or Par04 layout)."),
+    data: list[str] = typer.Option(..., "--data", help="HDF5 training showers (CaloChallenge or Par04 "  # noqa: B008
+                                   "layout); repeat for several files of one geometry. Files larger than a "
+                                   "quarter of memory are streamed (config data.stream)."),
     out: str = typer.Option(..., "--out", help="Run directory: config.yaml, logs/, checkpoints/, "
                             "model.ckpt."),
     config: str | None = typer.Option(None, "--config", help="YAML run config (family, model, preprocess, "
@@ -314,10 +316,20 @@ def train_command(
                                              help="Overrides train.max_minutes (wall-clock budget)."),
     geometry: str | None = typer.Option(None, "--geometry", "-g", help="Geometry preset, if the file "
                                         "does not name one."),
+    accelerator: str | None = typer.Option(None, "--accelerator", help="Overrides train.accelerator "
+                                           "(cpu, gpu, auto)."),
+    devices: str | None = typer.Option(None, "--devices", help="Overrides train.devices: processes (GPUs) "
+                                       "per node, e.g. 4, or auto."),
+    num_nodes: int | None = typer.Option(None, "--num-nodes", min=1, help="Overrides train.num_nodes."),
+    strategy: str | None = typer.Option(None, "--strategy", help="Overrides train.strategy (ddp, fsdp, "
+                                        "auto); see docs/scale.md for many nodes."),
+    precision: str | None = typer.Option(None, "--precision", help="Overrides train.precision "
+                                         "(32-true; bf16-mixed on GPUs)."),
 ) -> None:
-    """Train a model family on a shower file."""
+    """Train a model family on shower files (streamed when larger than memory; on several processes and
+    nodes with --devices / --num-nodes / --strategy ddp)."""
     from caloforge.config import read_yaml_mapping
-    from caloforge.io import read_showers
+    from caloforge.io.source import ShowerSource
     from caloforge.runconfig import run_config_from_dict
 
     from_run = Path(out) / "checkpoints" / "last.ckpt" if resume else init_from
@@ -336,14 +348,23 @@ def train_command(
         run_config.train.max_steps = max_steps
     if max_minutes is not None:
         run_config.train.max_minutes = max_minutes
-    showers = read_showers(data, geometry)
-    typer.echo(f"training {run_config.family} on {len(showers)} showers of {data} "
+    for key, value in (("accelerator", accelerator), ("num_nodes", num_nodes), ("strategy", strategy),
+                       ("precision", precision)):
+        if value is not None:
+            setattr(run_config.train, key, value)
+    if devices is not None:
+        run_config.train.devices = int(devices) if devices.isdigit() else devices
+    showers = ShowerSource.open(data, run_config.data.block_rows, geometry)
+    typer.echo(f"training {run_config.family} on {len(showers)} showers of {', '.join(data)} "
                f"(geometry {showers.geometry.name})", err=True)
     from caloforge.training import train
 
     # With --resume, train() refuses a config whose model sections differ from the run's, before writing.
     path = train(showers, out, run_config, resume=resume, init_from=init_from, teacher=teacher)
-    typer.echo(f"model written to {path}")
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # under DDP every process runs this command; one reports
+        typer.echo(f"model written to {path}")
 
 
 def _model_source(checkpoint: str | None, pretrained: str | None) -> str:

@@ -29,10 +29,36 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
-from caloforge.data import CONDITION_DEFAULTS, ShowerSet
+from caloforge.data import CONDITION_DEFAULTS, ShowerChunks, ShowerSet
 from caloforge.errors import InputError
 
-__all__ = ["ConditionEncoder", "ConditionRanges", "ConditionRequest", "ConditionSpec"]
+__all__ = [
+    "ConditionEncoder", "ConditionRanges", "ConditionRequest", "ConditionSpec", "ConditionTable",
+]
+
+
+@dataclass(frozen=True)
+class ConditionTable:
+    """Every shower's conditions and response, without the voxels: what condition specs and ranges are
+    fitted on. energy (N,) MeV, theta and phi (N,) radians (defaults filled in), detector (N,) index,
+    ratio (N,) E_tot / E_inc."""
+
+    energy: NDArray[np.float64]
+    theta: NDArray[np.float64]
+    phi: NDArray[np.float64]
+    detector: NDArray[np.float64]
+    ratio: NDArray[np.float64]
+
+    @classmethod
+    def of(cls, showers: ShowerChunks) -> ConditionTable:
+        """One pass over the chunks of a ``ShowerSet`` or an ``io.ShowerSource``."""
+        columns: dict[str, list[NDArray[np.float64]]] = {k: [] for k in ("energy", "theta", "phi",
+                                                                          "detector", "ratio")}
+        for chunk in showers.chunks():
+            for name in ("energy", "theta", "phi", "detector"):
+                columns[name].append(chunk.condition(name))
+            columns["ratio"].append(chunk.showers.sum(axis=1, dtype=np.float64) / columns["energy"][-1])
+        return cls(**{name: np.concatenate(parts) for name, parts in columns.items()})
 
 
 @dataclass(frozen=True)
@@ -69,19 +95,18 @@ class ConditionSpec:
         return len(self.features)
 
     @classmethod
-    def fit(cls, showers: ShowerSet) -> ConditionSpec:
+    def fit(cls, showers: ShowerChunks | ConditionTable) -> ConditionSpec:
         """The spec a model trained on ``showers`` needs: angles only if they vary, detectors seen."""
-        log_e = np.log(showers.energy.astype(np.float64))
+        table = showers if isinstance(showers, ConditionTable) else ConditionTable.of(showers)
+        log_e = np.log(table.energy)
         lo, hi = float(log_e.min()), float(log_e.max())
         if hi - lo < 1e-6:  # a single energy: any range containing it works, keep the scale finite
             lo, hi = lo - 0.5, hi + 0.5
-        theta, phi = showers.condition("theta"), showers.condition("phi")
-        detector = showers.condition("detector")
         return cls(
             log_energy_range=(lo, hi),
-            use_theta=bool(np.ptp(theta) > 1e-6),
-            use_phi=bool(np.ptp(phi) > 1e-6),
-            n_detectors=int(detector.max()) + 1,
+            use_theta=bool(np.ptp(table.theta) > 1e-6),
+            use_phi=bool(np.ptp(table.phi) > 1e-6),
+            n_detectors=int(table.detector.max()) + 1,
         )
 
     def encoder(self) -> ConditionEncoder:
@@ -169,17 +194,16 @@ class ConditionRanges:
     mean_energy_ratio: float
 
     @classmethod
-    def from_showers(cls, showers: ShowerSet) -> ConditionRanges:
-        theta, phi = showers.condition("theta"), showers.condition("phi")
-        ratio = showers.showers.sum(axis=1, dtype=np.float64) / showers.energy.astype(np.float64)
+    def from_showers(cls, showers: ShowerChunks | ConditionTable) -> ConditionRanges:
+        table = showers if isinstance(showers, ConditionTable) else ConditionTable.of(showers)
         return cls(
-            float(showers.energy.min()),
-            float(showers.energy.max()),
-            float(theta.min()),
-            float(theta.max()),
-            float(phi.min()),
-            float(phi.max()),
-            float(ratio.mean()),
+            float(table.energy.min()),
+            float(table.energy.max()),
+            float(table.theta.min()),
+            float(table.theta.max()),
+            float(table.phi.min()),
+            float(table.phi.max()),
+            float(table.ratio.mean()),
         )
 
     def outside(self, energy: Any, theta: Any, phi: Any) -> list[str]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from caloforge.conditioning import ConditionRanges, ConditionSpec
-from caloforge.data import ShowerSet
+from caloforge.conditioning import ConditionRanges, ConditionSpec, ConditionTable
+from caloforge.data import ShowerChunks
 from caloforge.geometry import CylindricalGeometry
 from caloforge.preprocess import PreprocessConfig, ShowerPreprocessor
 
@@ -27,18 +27,20 @@ class RunContext:
 
     @classmethod
     def fit(
-        cls, showers: ShowerSet, preprocess: PreprocessConfig | None = None, detector_slots: int = 0
+        cls, showers: ShowerChunks, preprocess: PreprocessConfig | None = None, detector_slots: int = 0
     ) -> RunContext:
-        """Fit the preprocessing and the condition spec to ``showers`` (at least ``detector_slots``
-        one-hot detector slots) and record their condition ranges."""
-        spec = ConditionSpec.fit(showers)
+        """Fit the preprocessing and the condition spec to ``showers`` (a ``ShowerSet`` or an
+        ``io.ShowerSource``; three passes over its chunks, none holding more than a chunk) with at least
+        ``detector_slots`` one-hot detector slots, and record their condition ranges."""
+        table = ConditionTable.of(showers)
+        spec = ConditionSpec.fit(table)
         if detector_slots > spec.n_detectors:
             spec = replace(spec, n_detectors=detector_slots)
         return cls(
             geometry=showers.geometry,
             preprocessor=ShowerPreprocessor.fit(showers, preprocess),
             spec=spec,
-            ranges=ConditionRanges.from_showers(showers),
+            ranges=ConditionRanges.from_showers(table),
         )
 
     def to_dict(self) -> dict[str, Any]:

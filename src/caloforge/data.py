@@ -25,9 +25,9 @@ axis and y completes a right-handed frame. A direction (theta, phi) is, in that 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,7 +35,9 @@ from numpy.typing import NDArray
 from caloforge.errors import InputError
 from caloforge.geometry import CylindricalGeometry
 
-__all__ = ["CONDITION_DEFAULTS", "CONDITION_NAMES", "ShowerSet", "incident_direction"]
+__all__ = [
+    "CONDITION_DEFAULTS", "CONDITION_NAMES", "ShowerChunks", "ShowerSet", "incident_direction",
+]
 
 CONDITION_NAMES: tuple[str, ...] = ("energy", "theta", "phi", "detector")
 # Value used when a file carries no such condition (CaloChallenge files: normal incidence, one detector).
@@ -128,9 +130,16 @@ class ShowerSet:
             raise InputError(where, "energy", f"has {int((self.energy <= 0).sum())} values <= 0 (min "
                              f"{float(self.energy.min()):.4g})", "incident energies > 0 MeV")
 
+    def chunks(self, size: int = 10_000) -> Iterator[ShowerSet]:
+        """The set in consecutive slices of at most ``size`` showers (views, no copies)."""
+        for start in range(0, len(self), size):
+            yield self[start : start + size]
+
     @staticmethod
-    def concatenate(parts: Sequence[ShowerSet]) -> ShowerSet:
-        """Join sets of the same geometry; a condition absent from any part is dropped."""
+    def concatenate(parts: Sequence[ShowerSet], fill_defaults: bool = False) -> ShowerSet:
+        """Join sets of the same geometry; a condition absent from any part is dropped, or, with
+        ``fill_defaults``, kept when any part records it, with its default (``CONDITION_DEFAULTS``)
+        where a part does not."""
         if not parts:
             raise ValueError("nothing to concatenate")
         geometry = parts[0].geometry
@@ -139,10 +148,29 @@ class ShowerSet:
 
         def joined(name: str) -> NDArray[Any] | None:
             values = [getattr(p, name) for p in parts]
-            return None if any(v is None for v in values) else np.concatenate(values)
+            if all(v is None for v in values) or (not fill_defaults and any(v is None for v in values)):
+                return None
+            if all(v is not None for v in values):
+                return np.concatenate(values)
+            filled = [p.condition(name) if v is None else v for p, v in zip(parts, values, strict=True)]
+            return np.concatenate(filled).astype(np.int64 if name == "detector" else np.float64)
 
         return ShowerSet(
             showers=np.concatenate([p.showers for p in parts]), geometry=geometry,
             energy=np.concatenate([p.energy for p in parts]), theta=joined("theta"), phi=joined("phi"),
             detector=joined("detector"), source=parts[0].source,
         )
+
+
+class ShowerChunks(Protocol):
+    """Showers that can be walked chunk by chunk: a ``ShowerSet`` in memory or an ``io.ShowerSource`` on
+    disk. Fitting preprocessing and condition specs takes either, so a file larger than memory is fitted
+    in bounded memory."""
+
+    @property
+    def geometry(self) -> CylindricalGeometry: ...
+
+    @property
+    def source(self) -> str | None: ...
+
+    def chunks(self) -> Iterator[ShowerSet]: ...

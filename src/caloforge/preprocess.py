@@ -40,6 +40,7 @@ sample far out in a tail cannot overflow. ``PreprocessTransform`` is the torch v
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,19 +49,20 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from caloforge.data import ShowerSet
+from caloforge.data import ShowerChunks, ShowerSet
 from caloforge.errors import InputError
 from caloforge.geometry import CylindricalGeometry
 
 __all__ = [
     "EnergyRatio",
     "LayerEnergies",
+    "LayerMoments",
     "PreprocessConfig",
     "PreprocessTransform",
     "ShowerPreprocessor",
     "fit_energy_ratio",
-    "fit_layer_energies",
     "layer_matrix",
+    "smallest_layer_fraction",
 ]
 
 _CHUNK = 4096  # showers per chunk when transforming: bounds memory on large sets
@@ -303,39 +305,41 @@ class LayerEnergies(nn.Module):
         return torch.where(scaled < self.threshold_mev, torch.zeros_like(scaled), scaled)
 
 
-def fit_layer_energies(
-    showers: NDArray[np.floating],
-    energy: NDArray[np.floating],
-    matrix: NDArray[np.floating],
-    std_floor: float,
-    delta_fraction: float = 0.5,
-) -> tuple[NDArray[np.float64], NDArray[np.float64], float, NDArray[np.float64]]:
-    """mean and std (1 + L,), delta and the range (2, 1 + L) (least and greatest y per component) of
-    ``LayerEnergies``, fitted on showers (N, V) MeV, energy (N,) MeV: delta is ``delta_fraction`` x the
-    smallest nonzero layer fraction.
+def smallest_layer_fraction(showers: NDArray[np.floating], matrix: NDArray[np.floating]) -> float:
+    """The smallest nonzero fraction E_l / E_tot over showers (N, V) MeV (inf when there is none)."""
+    layers = np.asarray(showers, dtype=np.float64) @ matrix.astype(np.float64)
+    fraction = layers / np.maximum(layers.sum(axis=1, keepdims=True), 1e-300)
+    return float(fraction[fraction > 0].min()) if np.any(fraction > 0) else math.inf
 
-    Two passes over chunks (the smallest nonzero layer fraction sets delta, then the moments), so a
-    training set as large as memory allows costs no copy of it.
-    """
-    chunks = [slice(start, start + _CHUNK) for start in range(0, len(showers), _CHUNK)]
-    smallest = math.inf
-    for part in chunks:
-        layers = np.asarray(showers[part], dtype=np.float64) @ matrix.astype(np.float64)
-        fraction = layers / np.maximum(layers.sum(axis=1, keepdims=True), 1e-300)
-        if np.any(fraction > 0):
-            smallest = min(smallest, float(fraction[fraction > 0].min()))
-    smallest = smallest if math.isfinite(smallest) else 2e-9
-    delta = delta_fraction * smallest
-    sums, sums_sq = np.zeros(1 + matrix.shape[1]), np.zeros(1 + matrix.shape[1])
-    span = np.array([np.full(1 + matrix.shape[1], np.inf), np.full(1 + matrix.shape[1], -np.inf)])
-    for part in chunks:
-        y = layer_vector(showers[part], energy[part], matrix, delta)
-        sums += y.sum(axis=0)
-        sums_sq += (y * y).sum(axis=0)
-        span = np.array([np.minimum(span[0], y.min(axis=0)), np.maximum(span[1], y.max(axis=0))])
-    mean = sums / len(showers)
-    std = np.sqrt(np.maximum(sums_sq / len(showers) - mean**2, 0.0))
-    return mean, np.maximum(std, std_floor), delta, span
+
+class LayerMoments:
+    """Accumulates the fit of ``LayerEnergies`` over chunks of showers: mean and std (1 + L,) and the range
+    (2, 1 + L) (least and greatest y per component). ``delta`` is ``delta_fraction`` x the smallest nonzero
+    layer fraction of the same showers (``smallest_layer_fraction``, found in an earlier pass)."""
+
+    def __init__(self, matrix: NDArray[np.floating], smallest: float, delta_fraction: float = 0.5) -> None:
+        self.matrix = matrix
+        self.delta = delta_fraction * (smallest if math.isfinite(smallest) else 2e-9)
+        width = 1 + matrix.shape[1]
+        self.sums, self.sums_sq, self.n = np.zeros(width), np.zeros(width), 0
+        self.span = np.array([np.full(width, np.inf), np.full(width, -np.inf)])
+
+    def add(self, showers: NDArray[np.floating], energy: NDArray[np.floating]) -> None:
+        """Showers (n, V) MeV, energy (n,) MeV."""
+        y = layer_vector(showers, energy, self.matrix, self.delta)
+        self.sums += y.sum(axis=0)
+        self.sums_sq += (y * y).sum(axis=0)
+        self.span = np.array([np.minimum(self.span[0], y.min(axis=0)),
+                              np.maximum(self.span[1], y.max(axis=0))])
+        self.n += len(y)
+
+    def result(
+        self, std_floor: float
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], float, NDArray[np.float64]]:
+        """mean, std (floored), delta, span."""
+        mean = self.sums / self.n
+        std = np.sqrt(np.maximum(self.sums_sq / self.n - mean**2, 0.0))
+        return mean, np.maximum(std, std_floor), self.delta, self.span
 
 
 def _apply_chunked(module: nn.Module, showers: ShowerSet, width: int) -> NDArray[np.float32]:
@@ -349,6 +353,12 @@ def _apply_chunked(module: nn.Module, showers: ShowerSet, width: int) -> NDArray
                 torch.from_numpy(showers.energy[start:stop].astype(np.float32)),
             ).numpy()
     return out
+
+
+def _pieces(showers: ShowerChunks) -> Iterator[ShowerSet]:
+    """The set's chunks, each cut to at most ``_CHUNK`` showers (float64 work arrays stay small)."""
+    for chunk in showers.chunks():
+        yield from chunk.chunks(_CHUNK)
 
 
 @dataclass
@@ -375,16 +385,28 @@ class ShowerPreprocessor:
     layer_span: NDArray[np.float64] | None = None
 
     @classmethod
-    def fit(cls, showers: ShowerSet, config: PreprocessConfig | None = None) -> ShowerPreprocessor:
-        """Fit on a training set (energies must be > 0 and deposits >= 0)."""
+    def fit(cls, showers: ShowerChunks, config: PreprocessConfig | None = None) -> ShowerPreprocessor:
+        """Fit on a training set (energies must be > 0 and deposits >= 0): a ``ShowerSet`` in memory or
+        an ``io.ShowerSource`` on disk, read in two passes over its chunks (the first finds the smallest
+        deposit and layer fraction, which set eps and delta; the second the moments), so memory is
+        bounded by a chunk, not by the set."""
         config = config or PreprocessConfig()
-        showers.check()
-        nonzero = showers.showers[showers.showers > 0]
+        matrix = layer_matrix(showers.geometry) if config.layer_energies else None
+        d_min, smallest, log_max, n = math.inf, math.inf, -math.inf, 0
+        energies, ratios = [], []
+        for chunk in _pieces(showers):
+            chunk.check()
+            deposits = chunk.showers[chunk.showers > 0]
+            if deposits.size:
+                d_min = min(d_min, float(deposits.min()))
+            energies.append(chunk.energy.astype(np.float64))
+            ratios.append(chunk.showers.sum(axis=1, dtype=np.float64) / energies[-1])
+            if matrix is not None:
+                smallest = min(smallest, smallest_layer_fraction(chunk.showers, matrix))
         if config.zero_threshold_mev is not None:
             threshold = float(config.zero_threshold_mev)
             d_min = threshold
-        elif nonzero.size:
-            d_min = float(nonzero.min())
+        elif math.isfinite(d_min):
             threshold = 0.999 * d_min
         else:
             raise InputError(showers.source, "showers", "are all zero", "some nonzero deposits to fit on")
@@ -393,37 +415,30 @@ class ShowerPreprocessor:
             raise InputError(
                 None, "preprocess", f"eps_mev={eps}, zero_threshold_mev={threshold}", "values > 0"
             )
-        energy = showers.energy.astype(np.float64)
-        n_voxels = showers.showers.shape[1]
-        total, total_sq, log_max = np.zeros(n_voxels), np.zeros(n_voxels), -math.inf
-        for start in range(0, len(showers), _CHUNK):
-            u = np.log(
-                (showers.showers[start : start + _CHUNK].astype(np.float64) + eps)
-                / energy[start : start + _CHUNK, None]
-            )
+        n_voxels = showers.geometry.n_voxels
+        total, total_sq = np.zeros(n_voxels), np.zeros(n_voxels)
+        layers = None if matrix is None else LayerMoments(matrix, smallest, config.layer_delta_fraction)
+        for chunk in _pieces(showers):
+            u = np.log((chunk.showers.astype(np.float64) + eps) / chunk.energy.astype(np.float64)[:, None])
             total += u.sum(axis=0)
             total_sq += (u * u).sum(axis=0)
             log_max = max(log_max, float(u.max()))
-        n = len(showers)
+            n += len(chunk)
+            if layers is not None:
+                layers.add(chunk.showers, chunk.energy)
         if config.standardize == "global":
             total, total_sq, n = total.sum(keepdims=True), total_sq.sum(keepdims=True), n * n_voxels
         mean = total / n
         std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
         table, log_range = None, (0.0, 1.0)
         if config.energy_ratio:
-            ratio = showers.showers.sum(axis=1, dtype=np.float64) / energy
-            table, lo, hi = fit_energy_ratio(ratio, energy, config.ratio_bins, config.ratio_quantiles)
+            table, lo, hi = fit_energy_ratio(np.concatenate(ratios), np.concatenate(energies),
+                                             config.ratio_bins, config.ratio_quantiles)
             log_range = (lo, hi)
         layer_mean = layer_std = layer_span = None
         delta = 0.0
-        if config.layer_energies:
-            layer_mean, layer_std, delta, layer_span = fit_layer_energies(
-                showers.showers,
-                energy,
-                layer_matrix(showers.geometry),
-                config.std_floor,
-                config.layer_delta_fraction,
-            )
+        if layers is not None:
+            layer_mean, layer_std, delta, layer_span = layers.result(config.std_floor)
         return cls(
             config,
             threshold,

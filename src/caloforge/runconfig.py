@@ -8,6 +8,7 @@ One YAML file (and the ``config`` of every checkpoint) reads::
     conditions: {...}          # ConditionConfig (spare detector slots)
     optim: {...}               # OptimConfig (caloforge.optim)
     train: {...}               # TrainConfig
+    data: {...}                # DataConfig (streaming, validation split, workers)
 
 Every section rejects unknown keys, naming the dotted key and the known ones. No Lightning here: a
 checkpoint's config is read on the generation path too.
@@ -27,6 +28,7 @@ from caloforge.preprocess import PreprocessConfig
 __all__ = [
     "DEFAULT_FAMILY",
     "ConditionConfig",
+    "DataConfig",
     "RunConfig",
     "TrainConfig",
     "load_run_config",
@@ -46,7 +48,10 @@ class TrainConfig:
         max_minutes: wall-clock budget for training (``None``: no limit); whichever comes first stops.
         ema_decay: decay of the exponential moving average of the weights used for generation.
         grad_clip: gradient-norm clip (0: none).
-        precision, accelerator, devices, strategy: passed to ``lightning.Trainer``.
+        precision: ``lightning.Trainer`` precision: ``32-true``, or ``bf16-mixed`` on GPUs that have it
+            (the safe mixed precision: float32's range; float16 mixed needs loss scaling).
+        accelerator, devices, num_nodes, strategy: passed to ``lightning.Trainer`` (``ddp`` for several
+            processes; see docs/scale.md).
         checkpoint_every: steps between ``checkpoints/last.ckpt`` writes.
         log_every: steps between logged losses.
         seed: seeds the weights, the data order and the noise.
@@ -61,11 +66,51 @@ class TrainConfig:
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: int | str = "auto"
+    num_nodes: int = 1
     strategy: str = "auto"
     checkpoint_every: int = 500
     log_every: int = 25
     seed: int = 0
     tensorboard: bool = False
+
+
+@dataclass
+class DataConfig:
+    """How training showers reach the model (``caloforge.datamodule``; any family).
+
+    Args:
+        stream: read the training files block by block instead of loading them (``None``: stream when
+            their showers would take more than a quarter of this machine's memory).
+        block_rows: showers per block read from a file (one contiguous HDF5 slice).
+        shuffle_blocks: blocks shuffled together in memory (a streamed run holds this many blocks per
+            dataloader worker).
+        dtype: dtype showers are held in (``float16`` halves the memory of float32 files; ``None``: as
+            stored). Model inputs are float32 whatever this is.
+        validation_fraction: fraction of the blocks (of the showers, in memory) held out for ``val/loss``,
+            for families that declare a validation loss.
+        validation_every: training steps between validation passes.
+        workers: dataloader worker processes per rank (0: read in the training process).
+    """
+
+    stream: bool | None = None
+    block_rows: int = 4096
+    shuffle_blocks: int = 8
+    dtype: str | None = None
+    validation_fraction: float = 0.0
+    validation_every: int = 500
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.block_rows < 1 or self.shuffle_blocks < 1 or self.workers < 0 or self.validation_every < 1:
+            raise InputError(None, "data", f"has block_rows={self.block_rows}, shuffle_blocks="
+                             f"{self.shuffle_blocks}, workers={self.workers}, validation_every="
+                             f"{self.validation_every}", "block_rows, shuffle_blocks, validation_every >= 1 "
+                             "and workers >= 0")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise InputError(None, "data.validation_fraction", f"is {self.validation_fraction}",
+                             "a fraction in [0, 1)")
+        if self.dtype not in (None, "float16", "float32"):
+            raise InputError(None, "data.dtype", f"is {self.dtype!r}", "float16, float32 or null")
 
 
 @dataclass
@@ -95,6 +140,7 @@ class RunConfig:
     conditions: ConditionConfig = field(default_factory=ConditionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -128,7 +174,8 @@ def run_config_from_dict(
     chosen = get_family(name)
     model = from_dict(chosen.config, data.pop("model", None), path, prefix="model")
     shared = from_dict(_SharedSections, data, path)
-    return RunConfig(name, model, shared.preprocess, shared.conditions, shared.optim, shared.train)
+    return RunConfig(name, model, shared.preprocess, shared.conditions, shared.optim, shared.train,
+                     shared.data)
 
 
 @dataclass
@@ -139,6 +186,7 @@ class _SharedSections:
     conditions: ConditionConfig = field(default_factory=ConditionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
 
 def load_run_config(path: str | PathLike[str] | None, family: str | None = None) -> RunConfig:

@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import replace
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer, TQDMProgressBar
@@ -27,20 +29,21 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, TensorDataset
 
 from caloforge.averaging import exponential_average
 from caloforge.checkpoint import CHECKPOINT_KEY, CheckpointContent, checkpoint_entry, read_checkpoint
 from caloforge.context import RunContext
 from caloforge.data import ShowerSet
+from caloforge.datamodule import ShowerDataModule
 from caloforge.errors import InputError
 from caloforge.families import get_family
+from caloforge.io.source import ShowerSource
 from caloforge.optim import build_scheduler
 from caloforge.progress import PeriodicLines, is_terminal
-from caloforge.runconfig import RunConfig, TrainConfig
+from caloforge.runconfig import DataConfig, RunConfig, TrainConfig
 from caloforge.sampler import ShowerSampler
 
-__all__ = ["FamilyModule", "build_trainer", "load_sampler", "train", "voxel_dataset"]
+__all__ = ["FamilyModule", "build_trainer", "load_sampler", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,18 @@ class FamilyModule(L.LightningModule):
     def load_sampler_state_dict(self, state: dict[str, Tensor]) -> None:
         """Set the trained networks (and their averages) from a sampler state (``--init-from``)."""
         raise NotImplementedError
+
+    def validation_loss(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor | None:
+        """The family's loss on a held-out batch, the same whenever it is asked (draw any noise from a
+        generator seeded with ``batch_idx``); ``None`` (the default) declares none. Logged as
+        ``val/loss`` when the run holds data out (``data.validation_fraction``); ``caloforge tune`` can
+        minimise it."""
+        return None
+
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        loss = self.validation_loss(batch, batch_idx)
+        if loss is not None:
+            self.log("val/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(batch[0]))
 
     # -- helpers
     def average(self, network: nn.Module) -> AveragedModel:
@@ -130,16 +145,7 @@ class FamilyModule(L.LightningModule):
         self._noise_state = state if isinstance(state, Tensor) else None
 
 
-# ---- data -------------------------------------------------------------------------------------------------
-def voxel_dataset(showers: ShowerSet, context: RunContext) -> TensorDataset:
-    """The ``voxels`` representation: preprocessed showers (N, V), condition vectors (N, C) and, when the
-    preprocessing has a layer-energy stage, the standardised layer vectors (N, 1 + L)."""
-    tensors = [torch.from_numpy(context.preprocessor.transform(showers)), context.spec.encode(showers)]
-    if context.preprocessor.layer_mean is not None:
-        tensors.append(torch.from_numpy(context.preprocessor.layer_targets(showers)))
-    return TensorDataset(*tensors)
-
-
+# ---- teachers ----------------------------------------------------------------------------------------------
 def load_sampler(path: str | PathLike[str]) -> ShowerSampler:
     """The sampler of a checkpoint, in eval mode and frozen (a teacher for distillation)."""
     from caloforge.generate import load_generator
@@ -198,12 +204,14 @@ def build_trainer(
     progress: bool = True,
     callbacks: list[Callback] | None = None,
     automatic_optimization: bool = True,
+    validate_every: int | None = None,
 ) -> L.Trainer:
     """A Trainer writing logs and checkpoints under ``out_dir`` (see module doc), showing progress (with
     ``progress``) as a bar on a terminal and as a few lines otherwise.
 
     The Trainer clips gradients only under automatic optimisation (Lightning refuses it otherwise); a
-    module that optimises by hand clips with ``FamilyModule.clip``.
+    module that optimises by hand clips with ``FamilyModule.clip``. ``validate_every``: steps between
+    validation passes (``None``: no validation).
     """
     loggers: list[Logger] = [CSVLogger(out_dir, name="logs", version="")]
     if config.tensorboard:
@@ -223,7 +231,11 @@ def build_trainer(
     return L.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
-        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        # A module optimising by hand steps parts of itself in turn (generator and critic, two stages), so
+        # each backward leaves some parameters unused, which plain DDP refuses.
+        strategy=("ddp_find_unused_parameters_true" if config.strategy == "ddp" and not automatic_optimization
+                  else config.strategy),
         precision=config.precision,  # type: ignore[arg-type]
         max_steps=config.max_steps,
         max_epochs=-1,
@@ -236,7 +248,9 @@ def build_trainer(
         enable_model_summary=False,
         default_root_dir=out_dir,
         num_sanity_val_steps=0,
-        limit_val_batches=0,
+        limit_val_batches=0 if validate_every is None else 1.0,
+        val_check_interval=validate_every,
+        check_val_every_n_epoch=None,  # the stream is one endless epoch: validate by steps
     )
 
 
@@ -268,7 +282,9 @@ def _first_difference(prefix: str, a: Any, b: Any) -> tuple[str, Any, Any]:
     return prefix, a, b
 
 
-def _context_for(showers: ShowerSet, config: RunConfig, source: CheckpointContent | None) -> RunContext:
+def _context_for(
+    showers: ShowerSet | ShowerSource, config: RunConfig, source: CheckpointContent | None
+) -> RunContext:
     """A new run's context: fitted to ``showers``; with ``--init-from``, the source's condition spec."""
     context = RunContext.fit(showers, config.preprocess, config.conditions.detector_slots)
     if source is None:
@@ -284,8 +300,35 @@ def _context_for(showers: ShowerSet, config: RunConfig, source: CheckpointConten
     return RunContext(context.geometry, context.preprocessor, spec, context.ranges)
 
 
+def _held(showers: ShowerSet | ShowerSource, config: DataConfig) -> ShowerSet | ShowerSource:
+    """The training showers as the run holds them: loaded when ``data.stream`` is off (or, unset, when they
+    fit in a quarter of this machine's memory), else left on disk; cast to ``data.dtype``."""
+    if isinstance(showers, ShowerSource):
+        showers = replace(showers, dtype=config.dtype)
+        stream = config.stream
+        if stream is None:
+            stream = showers.n_bytes > _physical_memory() // 4
+        if stream:
+            log.info("streaming %d showers (%.1f GB) from %s", len(showers), showers.n_bytes / 1e9,
+                     showers.source)
+            return showers
+        return showers.read(np.arange(len(showers.blocks)))
+    if config.dtype is not None and showers.showers.dtype != config.dtype:
+        return replace(showers, showers=showers.showers.astype(config.dtype))
+    return showers
+
+
+def _physical_memory() -> int:
+    """Bytes of memory of this machine (a cgroup limit, where one is set, is not seen)."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _declares_validation(module: FamilyModule) -> bool:
+    return type(module).validation_loss is not FamilyModule.validation_loss
+
+
 def train(
-    showers: ShowerSet,
+    showers: ShowerSet | ShowerSource,
     out_dir: str | PathLike[str],
     config: RunConfig | None = None,
     resume: bool = False,
@@ -295,6 +338,10 @@ def train(
     teacher: str | PathLike[str] | None = None,
 ) -> Path:
     """Train ``config.family`` on ``showers``; returns the path of ``out_dir/model.ckpt``.
+
+    ``showers`` is a set in memory or an ``io.ShowerSource`` (files on disk), which is loaded when it fits
+    (``data.stream``) and otherwise streamed block by block (``caloforge.datamodule``): preprocessing is
+    fitted in passes over its blocks and memory stays bounded by ``data.shuffle_blocks`` blocks.
 
     With ``resume``, continues from ``out_dir/checkpoints/last.ckpt`` with the context saved there and (unless
     ``config`` is given, which must then keep the run's family, model, preprocess and conditions) its
@@ -335,7 +382,8 @@ def train(
             if source.geometry != showers.geometry:
                 raise InputError(init_from, "geometry", f"is '{source.geometry.name}'",
                                  f"'{showers.geometry.name}', the geometry of the training data")
-        showers.check()
+        if isinstance(showers, ShowerSet):
+            showers.check()  # a ShowerSource's blocks are checked as they are read
         context = _context_for(showers, config, source)
 
     family = get_family(config.family)
@@ -353,19 +401,19 @@ def train(
             raise InputError(init_from, "sampler weights", f"do not fit the configured model ({error})",
                              "a checkpoint whose model section matches the config") from None
 
-    dataset = voxel_dataset(showers, context)
-    data = DataLoader(
-        dataset,
-        batch_size=min(config.train.batch_size, len(showers)),
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(config.train.seed),
+    data = ShowerDataModule(
+        _held(showers, config.data), context, config.data,
+        batch_size=min(config.train.batch_size, len(showers)), seed=config.train.seed,
+        representation=family.representation,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    validates = data.val_data is not None and _declares_validation(module)
     trainer = build_trainer(config.train, out, progress=progress, callbacks=callbacks,
-                            automatic_optimization=module.automatic_optimization)
-    trainer.fit(module, train_dataloaders=data, ckpt_path=str(last) if resume else None)
+                            automatic_optimization=module.automatic_optimization,
+                            validate_every=config.data.validation_every if validates else None)
+    if trainer.is_global_zero:  # under DDP every rank runs this function; one writes
+        out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
 
     final = out / "model.ckpt"
     tmp = out / ".model.ckpt.tmp"

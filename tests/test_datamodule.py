@@ -1,0 +1,197 @@
+"""Streamed training data: ``io.ShowerSource`` blocks, fits over chunks equal to fits in memory, and the
+stream's order (sharding across ranks and workers, resuming, bounded memory, validation split)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from toys import TOY_GEOMETRY, toy_showers
+
+from caloforge.context import RunContext
+from caloforge.data import ShowerSet
+from caloforge.datamodule import ShowerStream, split_validation, voxel_batch
+from caloforge.errors import InputError
+from caloforge.geometry import get_geometry
+from caloforge.io import read_showers, write_showers
+from caloforge.io.source import ShowerSource
+from caloforge.preprocess import PreprocessConfig
+from caloforge.runconfig import DataConfig, RunConfig, TrainConfig
+from caloforge.training import train
+
+
+def labelled(n: int, seed: int = 0, offset: int = 0) -> ShowerSet:
+    """Toy showers whose energy (MeV) is 1000 + their index, so a batch tells which showers it holds."""
+    showers = toy_showers(n, seed)
+    showers.energy = 1000.0 + offset + np.arange(n, dtype=np.float64)
+    return showers
+
+
+def energies(batch: tuple[torch.Tensor, ...]) -> list[int]:
+    return batch[0].tolist()
+
+
+def by_energy(showers: ShowerSet) -> tuple[torch.Tensor, ...]:
+    return (torch.from_numpy(np.round(showers.energy - 1000).astype(np.int64)),)
+
+
+@pytest.fixture()
+def two_files(tmp_path: Path) -> list[Path]:
+    paths = [tmp_path / "a.h5", tmp_path / "b.h5"]
+    write_showers(paths[0], labelled(50))
+    write_showers(paths[1], labelled(30, seed=1, offset=50), dtype="float16")
+    return paths
+
+
+# ---- ShowerSource ----------------------------------------------------------------------------------------
+def test_a_source_cuts_files_into_blocks_and_reads_them_in_the_order_asked(two_files: list[Path]) -> None:
+    source = ShowerSource.open(two_files, block_rows=16)
+    assert len(source) == 80 and source.geometry == TOY_GEOMETRY
+    assert source.blocks.tolist() == [[0, 0, 16], [0, 16, 32], [0, 32, 48], [0, 48, 50],
+                                      [1, 0, 16], [1, 16, 30]]
+    read = source.read([5, 0])  # the second file's last block, then the first file's first
+    assert (read.energy - 1000).astype(int).tolist() == [*range(66, 80), *range(16)]
+    whole = read_showers(two_files[1])
+    np.testing.assert_array_equal(read.showers[:14], whole.showers[16:30].astype(np.float32))
+    assert source.n_bytes == 80 * TOY_GEOMETRY.n_voxels * 4  # the first file's float32
+    halves = ShowerSource.open(two_files[1], block_rows=16, dtype="float16")
+    assert halves.read([0]).showers.dtype == np.float16 and halves.n_bytes == 30 * TOY_GEOMETRY.n_voxels * 2
+
+
+def test_a_source_refuses_a_file_of_another_geometry(two_files: list[Path], tmp_path: Path) -> None:
+    other_geometry = get_geometry("calochallenge-2")
+    other = ShowerSet(np.zeros((4, other_geometry.n_voxels), np.float32), other_geometry, np.ones(4))
+    write_showers(tmp_path / "other.h5", other)
+    with pytest.raises(InputError) as error:
+        ShowerSource.open([two_files[0], tmp_path / "other.h5"])
+    assert "other.h5" in str(error.value) and "for geometry 'toy'" in str(error.value)  # the first file's
+
+
+def test_fitting_on_a_source_equals_fitting_in_memory(two_files: list[Path]) -> None:
+    config = PreprocessConfig(layer_energies=True, energy_ratio=True, ratio_bins=1)
+    streamed = RunContext.fit(ShowerSource.open(two_files, block_rows=7), config, detector_slots=3)
+    whole = ShowerSet.concatenate([read_showers(p) for p in two_files])
+    loaded = RunContext.fit(whole, config, detector_slots=3)
+    assert streamed.spec == loaded.spec and streamed.ranges == loaded.ranges
+    a, b = streamed.preprocessor.to_dict(), loaded.preprocessor.to_dict()
+    assert a.keys() == b.keys() and a["config"] == b["config"] and a["ratio_table"] is not None
+    for key in set(a) - {"config"}:
+        np.testing.assert_allclose(np.asarray(a[key], float), np.asarray(b[key], float), rtol=1e-9,
+                                   err_msg=key)
+
+
+# ---- the stream ------------------------------------------------------------------------------------------
+def take(stream: ShowerStream, n: int) -> list[list[int]]:
+    iterator = iter(stream)
+    return [energies(next(iterator)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_two_ranks_see_together_what_one_rank_sees_at_twice_the_batch(two_files: list[Path],
+                                                                      in_memory: bool) -> None:
+    data = read_showers(two_files[0]) if in_memory else ShowerSource.open(two_files, block_rows=8)
+    one = take(ShowerStream(data, by_energy, 12, seed=3, shuffle_blocks=2), 9)
+    ranks = [take(ShowerStream(data, by_energy, 6, seed=3, shuffle_blocks=2, rank=r, world_size=2), 9)
+             for r in range(2)]
+    assert [a + b for a, b in zip(*ranks, strict=True)] == one
+    # every pass shows every shower once, shuffled
+    n = len(data)
+    flat = [e for batch in one for e in batch]
+    assert sorted(flat[:n]) == list(range(n)) and flat[:n] != list(range(n))
+    assert flat[n : 2 * n] != flat[:n]  # a new order each pass
+
+
+def test_workers_and_a_resumed_stream_continue_the_same_order(two_files: list[Path]) -> None:
+    source = ShowerSource.open(two_files, block_rows=8)
+    stream = ShowerStream(source, by_energy, 10, seed=1, shuffle_blocks=3)
+    expected = take(stream, 12)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+    got = []
+    for batch in loader:
+        got.append(energies(batch))
+        if len(got) == 12:
+            break
+    assert got == expected
+    resumed = ShowerStream(source, by_energy, 10, seed=1, shuffle_blocks=3, start_batch=5)
+    assert take(resumed, 7) == expected[5:]
+
+
+def test_a_streamed_source_is_read_a_buffer_at_a_time(two_files: list[Path], monkeypatch) -> None:
+    source = ShowerSource.open(two_files, block_rows=4)
+    sizes: list[int] = []
+    original = ShowerSource.read
+
+    def counting(self: ShowerSource, blocks: list[int]) -> ShowerSet:
+        out = original(self, blocks)
+        sizes.append(len(out))
+        return out
+
+    monkeypatch.setattr(ShowerSource, "read", counting)
+    take(ShowerStream(source, by_energy, 5, shuffle_blocks=3), 40)  # two and a half passes
+    assert max(sizes) <= 12 and sum(sizes) <= 3 * len(source)
+
+
+def test_the_validation_split_is_disjoint_seeded_and_covered_once_across_ranks(two_files: list[Path]) -> None:
+    source = ShowerSource.open(two_files, block_rows=8)
+    train_part, val_part = split_validation(source, 0.25, seed=0)
+    assert isinstance(val_part, ShowerSource) and isinstance(train_part, ShowerSource)
+    train_rows = {tuple(b) for b in train_part.blocks.tolist()}
+    val_rows = {tuple(b) for b in val_part.blocks.tolist()}
+    assert not train_rows & val_rows and len(val_rows) == 3
+    assert len(train_rows | val_rows) == len(source.blocks)
+    again = split_validation(source, 0.25, seed=0)[1]
+    assert again is not None and again.blocks.tolist() == val_part.blocks.tolist()
+    seen = [e for r in range(2) for batch in ShowerStream(val_part, by_energy, 5, training=False, rank=r,
+                                                          world_size=2) for e in energies(batch)]
+    assert sorted(seen) == sorted((val_part.read(np.arange(3)).energy - 1000).astype(int).tolist())
+    with pytest.raises(InputError, match=r"data\.validation_fraction"):
+        split_validation(ShowerSource.open(two_files[1], block_rows=64), 0.5, seed=0)
+
+
+def test_voxel_batches_are_float32_whatever_the_showers_are_held_in() -> None:
+    showers = toy_showers(16)
+    context = RunContext.fit(showers, PreprocessConfig(layer_energies=True))
+    full = voxel_batch(showers, context)
+    stored = ShowerSet(showers.showers.astype(np.float16), showers.geometry, showers.energy)
+    half = voxel_batch(stored, context)
+    assert [t.dtype for t in half] == [torch.float32] * 3 and len(full) == 3
+    torch.testing.assert_close(half[0], full[0], atol=2e-2, rtol=0)
+
+
+# ---- training from a stream ------------------------------------------------------------------------------
+def test_training_streams_a_source_and_logs_a_validation_loss(two_files: list[Path], tmp_path: Path) -> None:
+    config = RunConfig(family="toy-gauss")
+    config.train = TrainConfig(batch_size=8, max_steps=8, checkpoint_every=4, log_every=1)
+    config.data = DataConfig(stream=True, block_rows=8, shuffle_blocks=2, validation_fraction=0.2,
+                             validation_every=2, dtype="float16")
+    model = train(ShowerSource.open(two_files, block_rows=8), tmp_path / "run", config, progress=False)
+    assert model.exists()
+    metrics = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
+    column = metrics[0].split(",").index("val/loss")
+    values = [float(line.split(",")[column]) for line in metrics[1:] if line.split(",")[column]]
+    assert len(values) >= 2 and all(np.isfinite(values))
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["stream"] is True and saved["data"]["validation_fraction"] == 0.2
+
+
+def test_the_same_seed_trains_the_same_weights_in_memory_and_streamed(two_files: list[Path],
+                                                                      tmp_path: Path) -> None:
+    def weights(data: ShowerSet | ShowerSource, name: str) -> dict[str, torch.Tensor]:
+        config = RunConfig(family="toy-gauss")
+        config.train = TrainConfig(batch_size=10, max_steps=6, checkpoint_every=6)
+        config.data = DataConfig(block_rows=8, stream=isinstance(data, ShowerSource))
+        from caloforge.checkpoint import read_checkpoint
+
+        state = read_checkpoint(train(data, tmp_path / name, config, progress=False)).sampler_state
+        assert state is not None
+        return state
+
+    source = ShowerSource.open(two_files[0], block_rows=8)
+    a, b = weights(source, "a"), weights(source, "b")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    loaded = weights(read_showers(two_files[0]), "c")  # other blocks (single showers): other order
+    assert any(not torch.equal(a[k], loaded[k]) for k in a)
