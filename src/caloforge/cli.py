@@ -273,6 +273,8 @@ def _set_key(data: dict[str, Any], assignment: str) -> None:
     """Apply 'SECTION.KEY=VALUE' (VALUE read as YAML) to a run-config dict."""
     import yaml
 
+    from caloforge.config import set_dotted
+
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise InputError(None, "--set", f"is '{assignment}'", "KEY=VALUE, e.g. train.batch_size=64")
@@ -281,15 +283,7 @@ def _set_key(data: dict[str, Any], assignment: str) -> None:
     except yaml.YAMLError:
         raise InputError(None, "--set", f"has a value that is not YAML: '{text}'",
                          "a YAML scalar or list") from None
-    *sections, last = key.strip().split(".")
-    node = data
-    for name in sections:
-        child = node.setdefault(name, {})
-        if not isinstance(child, dict):
-            raise InputError(None, "--set", f"'{key}' goes below '{name}', which is not a section",
-                             "SECTION.KEY=VALUE")
-        node = child
-    node[last] = value
+    set_dotted(data, key, value)
 
 
 @app.command("train")
@@ -363,8 +357,42 @@ def train_command(
     path = train(showers, out, run_config, resume=resume, init_from=init_from, teacher=teacher)
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    if rank_zero_only.rank == 0:  # under DDP every process runs this command; one reports
+    if getattr(rank_zero_only, "rank", 0) == 0:  # under DDP every process runs this command; one reports
         typer.echo(f"model written to {path}")
+
+
+@app.command("tune")
+def tune_command(
+    data: list[str] = typer.Option(..., "--data", help="HDF5 training showers (repeatable, as for train)."),  # noqa: B008
+    space: str = typer.Option(..., "--space", help="YAML search: base run config, objective, pruner and the "
+                              "space of dotted keys (see caloforge.tune)."),
+    out: str = typer.Option(..., "--out", help="Study directory: study.db, trial-NNNN/ runs, best.yaml."),
+    n_trials: int = typer.Option(..., "--n-trials", min=1, help="Finished trials the study should hold "
+                                 "(all workers together); running again continues a study."),
+    config: str | None = typer.Option(None, "--config", help="Base run config YAML (replaces the search "
+                                      "file's base)."),
+    storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL shared by workers "
+                                       "(default sqlite:///OUT/study.db; PostgreSQL/MySQL for many nodes)."),
+    study_name: str = typer.Option("caloforge", "--study-name", help="Study name in the storage."),
+    geometry: str | None = typer.Option(None, "--geometry", "-g", help="Geometry preset, if the file "
+                                        "does not name one."),
+) -> None:
+    """Search a family's hyperparameters with Optuna: short trainings scored on held-out showers, pruned
+    early, the best run config written as OUT/best.yaml."""
+    from caloforge.io.source import ShowerSource
+    from caloforge.tune import load_tune_config, trial_config, tune
+
+    search = load_tune_config(space, config)  # every key checked before any work
+    showers = ShowerSource.open(data, trial_config(search, {}).data.block_rows, geometry)
+    typer.echo(f"tuning {len(search.space)} parameters of {search.base.get('family', 'edm-dit')} on "
+               f"{len(showers)} showers ({search.objective}, {n_trials} trials)", err=True)
+    summary = tune(showers, search, out, n_trials, storage=storage, study_name=study_name,
+                   report=lambda line: typer.echo(line, err=True))
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in summary["best_params"].items())
+    typer.echo(f"best {search.objective} {summary['best_value']:.5g} (trial {summary['best_trial']} of "
+               f"{summary['n_finished']}): {shown}")
+    typer.echo(f"best run config written to {summary['best_config']} (caloforge train --config)")
 
 
 def _model_source(checkpoint: str | None, pretrained: str | None) -> str:

@@ -19,7 +19,7 @@ import yaml
 
 from caloforge.errors import InputError
 
-__all__ = ["from_dict", "load_yaml", "read_yaml_mapping", "to_dict"]
+__all__ = ["from_dict", "load_yaml", "read_yaml_mapping", "set_dotted", "to_dict"]
 
 T = TypeVar("T")
 
@@ -112,3 +112,19 @@ def read_yaml_mapping(path: str | PathLike[str]) -> dict[str, Any]:
 def load_yaml(cls: type[T], path: str | PathLike[str]) -> T:
     """Read config ``cls`` from a YAML file (a mapping; an empty file gives the defaults)."""
     return from_dict(cls, read_yaml_mapping(path), path)
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, option: str = "--set") -> None:
+    """Set ``SECTION.KEY`` (dotted, creating sections) in a nested config dict; ``option`` names where the
+    key came from in errors."""
+    *sections, last = key.strip().split(".")
+    if not last:
+        raise InputError(None, option, f"has an empty key in '{key}'", "SECTION.KEY")
+    node = data
+    for name in sections:
+        child = node.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise InputError(None, option, f"'{key}' goes below '{name}', which is not a section",
+                             "SECTION.KEY")
+        node = child
+    node[last] = value
