@@ -60,7 +60,6 @@ def test_simulate_progress_in_a_log_is_a_few_plain_lines(run, tmp_path) -> None:
         (("--energy", "log-uniform:1000"), "--energy"),
         (("--energy", "uniform:-5,10"), "values > 0"),
         (("--energy", "1000", "--geometry", "calochallenge-9"), "unknown geometry preset"),
-        (("--energy", "1000", "--geometry", "calochallenge-1-pions"), "record no layer depths"),
         (("--energy", "1000", "--theta", "3.14159", "--phi", "3.14159"), "does not enter the readout"),
         (("--energy", "1000", "--format", "root"), "unknown file format"),
     ],

@@ -249,8 +249,8 @@ def test_config_and_gflash_params_merge_unless_they_conflict(run, tmp_path) -> N
 
 
 def test_fit_gflash_bad_input_is_one_error_line(run, tmp_path, reference_file) -> None:
-    atlas = tmp_path / "atlas.h5"
-    geometry = get_geometry("calochallenge-1-photons")
+    atlas = tmp_path / "atlas.h5"  # a readout of a medium the simulator does not know
+    geometry = dataclasses.replace(get_geometry("calochallenge-1-photons"), material="Unobtainium")
     write_showers(atlas, ShowerSet(np.ones((60, geometry.n_voxels), dtype=np.float32), geometry,
                                    np.full(60, 1e4)))
     empty = tmp_path / "empty.h5"

@@ -176,3 +176,25 @@ def test_layer_stage_draws_several_noise_levels_per_shower(tmp_path: Path) -> No
     with pytest.raises(InputError, match="noise_draws"):
         train(toy_showers(32), tmp_path / "bad", config, progress=False)
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_the_dit_declares_a_validation_loss_that_repeats_and_is_logged(tmp_path: Path) -> None:
+    from caloforge.context import RunContext
+    from caloforge.datamodule import voxel_batch
+    from caloforge.families.edm_dit.module import EdmDitModule
+    from caloforge.runconfig import DataConfig
+
+    config = tiny_config(max_steps=4, every=4)
+    config.preprocess.layer_energies = True
+    showers = toy_showers(64)
+    context = RunContext.fit(showers, config.preprocess)
+    module = EdmDitModule(config, context)
+    batch = voxel_batch(showers[:16], context)
+    first, again, other = (module.validation_loss(batch, i) for i in (0, 0, 1))
+    assert torch.equal(first, again) and not torch.equal(first, other) and float(first) > 0
+
+    config.data = DataConfig(validation_fraction=0.25, validation_every=2)
+    train(showers, tmp_path / "run", config, progress=False)
+    lines = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
+    column = lines[0].split(",").index("val/loss")
+    assert sum(1 for line in lines[1:] if line.split(",")[column]) == 2  # steps 2 and 4

@@ -264,16 +264,41 @@ class CylindricalGeometry:
         )
 
 
-# ---- presets -------------------------------------------------------------------------------------------
+# ---- presets ---------------------------------------------------------------------------------------------
+# CaloChallenge dataset 1 is the ATLAS barrel at 0.2 < |eta| < 0.25; its 24 layer slots are ATLAS's
+# calorimeter samplings (0 PreSamplerB, 1-3 EMB1-3, 4-7 the EM end-cap, 8-11 HEC, 12-14 TileBar0-2,
+# 15-17 TileGap, 18-20 TileExt, 21-23 FCal), of which the barrel showers fill 0-3 and 12(-14).
+# The challenge's files give no depths, so they are encoded here from the published thicknesses at
+# eta = 0 (ATLAS detector paper, JINST 3 (2008) S08003: sec. 5.2 and Fig. 5.4 for the LAr barrel, sec. 5.3
+# for the Tile barrel), in radiation lengths X0:
+#   PreSamplerB 11 mm of LAr = 11 / 140.0 = 0.079 X0 (PDG X0(LAr) = 14.0 cm);
+#   EMB1 (strips) 4.3 X0, EMB2 16 X0, EMB3 2 X0 (together the "> 22 X0" of the barrel);
+#   TileBar0-2 (layers A, BC, D) 1.5, 4.1 and 1.8 interaction lengths, converted with the Tile's
+#   lambda / X0 = 9.20 (steel : scintillator = 4.7 : 1 by volume; PDG: Fe X0 17.57 mm, lambda_I 167.7 mm,
+#   polystyrene X0 413.1 mm, lambda_I 770.7 mm: X0 = 21.1 mm, lambda = 194.4 mm), i.e. 13.8, 37.7, 16.6 X0;
+# each times cosh(0.225) = 1.0254 for the longer path at the bin's centre. The GFlash simulator fills
+# dataset 1 with ONE effective medium (``caloforge.simulate.materials``, "ATLAS": the accordion's
+# 1.53 mm Pb + 4.2 mm LAr, X0 = ATLAS_X0_MM), so every depth below is in mm OF THAT MEDIUM: the layer's
+# X0 times ATLAS_X0_MM (the Tile layers become Pb/LAr of equal X0; the end-cap, HEC, gap, extended and
+# forward slots are not on a barrel shower's path and are 0 mm deep; the cryostat between EMB3 and Tile
+# is left out). Radial bin edges stay the challenge's own.
+ATLAS_X0_MM = 18.934006924326997  # X0 of the "ATLAS" effective medium (a test checks it against materials)
+ATLAS_DATASET1_X0: dict[int, float] = {
+    0: 11.0 / 140.0, 1: 4.3, 2: 16.0, 3: 2.0, 12: 1.5 * 9.20, 13: 4.1 * 9.20, 14: 1.8 * 9.20,
+}
+ATLAS_DATASET1_ETA = 0.225  # centre of the dataset's 0.2 < |eta| < 0.25
+
+
 def _calochallenge_dataset1(name: str, pid_name: str, layers: dict[int, tuple[tuple[float, ...], int]]) -> (
     CylindricalGeometry
 ):
-    """Dataset 1 (ATLAS-like, 24 layer slots, most empty), binning from code/binning_dataset_1_*.xml."""
+    """Dataset 1 (ATLAS-like, 24 layer slots, most empty), binning from code/binning_dataset_1_*.xml,
+    depths from ``ATLAS_DATASET1_X0`` (comment above)."""
     binnings = tuple(LayerBinning(*layers.get(i, ((0.0,), 1))) for i in range(24))
-    # The CaloChallenge files give no layer depths for dataset 1; caloforge uses 1 unit per slot so that
-    # profiles are drawn per layer index. Only the simulator needs real depths, and it refuses this medium.
+    path = math.cosh(ATLAS_DATASET1_ETA)
+    depths = tuple(round(ATLAS_DATASET1_X0.get(i, 0.0) * path * ATLAS_X0_MM, 4) for i in range(24))
     return CylindricalGeometry(
-        name, binnings, (1.0,) * 24, "ATLAS",
+        name, binnings, depths, "ATLAS",
         f"CaloChallenge dataset 1 {pid_name} (ATLAS-like, irregular per-layer binning)",
     )
 

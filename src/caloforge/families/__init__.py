@@ -71,6 +71,7 @@ class Family:
 # name -> module defining FAMILY. Adding a family: one module under families/ and one line here.
 _REGISTRY: dict[str, str] = {
     "edm-dit": "caloforge.families.edm_dit",
+    "edm-unet": "caloforge.families.edm_unet",
 }
 
 

@@ -15,8 +15,9 @@ One shower (G&P hep-ex/0001020; Geant4 ``GFlashShowerModel``, ``GFlashHitMaker``
    visible sum has sigma/E = a / sqrt(E/GeV) (G&P, sampling calorimeters; Geant4 ``ApplySampling`` draws
    a Gamma per step the same way);
 5. place the spots along the incident direction (theta, phi; ``caloforge.data.incident_direction``)
-   starting at the readout origin, bin them (``deposit.deposit``) and zero the cells under the readout
-   threshold. Whatever leaves the readout is lost.
+   starting at the readout origin (or ``upstream_x0`` radiation lengths before it, for a medium with
+   material in front of its readout), bin them (``deposit.deposit``) and zero the cells under the
+   readout threshold. Whatever leaves the readout (or stays upstream) is lost.
 
 Spot count and speed: GFlash's N_spot reaches ~1e5 at 1 TeV. Above ``GFlashConfig.max_spots`` the
 simulator uses that many spots, each carrying proportionally more energy (the usual fast-simulation
@@ -225,7 +226,9 @@ def _add_spots(
     u = rng.random(m, dtype=np.float32)
     r = radius * np.sqrt(u / (1.0 - u)) * np.float32(material.moliere_mm * config.radial_scale)
     azimuth = rng.random(m, dtype=np.float32)  # fraction of a turn, uniform (G&P ansatz: f(phi) = 1 / 2 pi)
-    depth = t * (material.x0_mm * config.longitudinal_scale)
+    # Depth from the readout's front face: a medium with material upstream (``upstream_x0``) starts the
+    # shower that far before it, and spots there (z < 0) are lost like any leakage.
+    depth = (t - material.upstream_x0) * (material.x0_mm * config.longitudinal_scale)
 
     if np.all(theta == math.pi / 2) and np.all(phi == 0.0):
         # Axis along z: the spot's own azimuth is the readout alpha, its radius the readout r.

@@ -13,7 +13,7 @@ LightningModule, imported only to train).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from caloforge.diffusion import SAMPLERS, EDMConfig
 from caloforge.errors import InputError, UnknownNameError
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from caloforge.runconfig import RunConfig
     from caloforge.sampler import ShowerSampler
 
-__all__ = ["FAMILY", "EdmDitConfig", "SampleConfig"]
+__all__ = ["FAMILY", "EdmDitConfig", "EdmModelConfig", "SampleConfig"]
 
 
 @dataclass
@@ -43,6 +43,16 @@ class SampleConfig:
             raise InputError(None, "model.sample.n_steps", f"is {self.n_steps}", "at least 1")
         if self.sampler not in SAMPLERS:
             raise UnknownNameError("sampler", self.sampler, SAMPLERS)
+
+
+class EdmModelConfig(Protocol):
+    """What the EDM sampler and module read of a ``model`` section (``edm-dit``'s, ``edm-unet``'s)."""
+
+    layers: LayerModelConfig
+    diffusion: EDMConfig
+    sample: SampleConfig
+
+    def check(self) -> None: ...
 
 
 @dataclass

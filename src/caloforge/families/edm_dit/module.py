@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import Tensor
 
 from caloforge.context import RunContext
-from caloforge.families.edm_dit import EdmDitConfig
+from caloforge.diffusion import EDM
+from caloforge.families.edm_dit import EdmModelConfig
 from caloforge.families.edm_dit.sampler import build_denoiser, build_layer_denoiser, shape_condition
+from caloforge.geometry import CylindricalGeometry
 from caloforge.optim import build_optimizer
 from caloforge.runconfig import RunConfig
 from caloforge.training import FamilyModule
@@ -19,35 +23,59 @@ class EdmDitModule(FamilyModule):
     """Trains ``edm`` (and ``layer_edm``, whose loss times ``layers.loss_weight`` is added) with the EDM loss;
     ``ema`` and ``layer_ema`` are their moving averages, which the sampler uses.
 
-    Batches are ``caloforge.training.voxel_dataset``'s: x0 (B, V), cond (B, C)[, layers (B, 1 + L)].
+    Batches are ``caloforge.datamodule.voxel_batch``'s: x0 (B, V), cond (B, C)[, layers (B, 1 + L)].
+    ``make_denoiser`` is the backbone's builder, overridden by families with another backbone (as
+    ``EdmDitSampler.make_denoiser``).
     """
+
+    @staticmethod
+    def make_denoiser(config: Any, geometry: CylindricalGeometry, cond_dim: int, layers: bool) -> EDM:
+        """The DiT in EDM preconditioning (``build_denoiser``)."""
+        return build_denoiser(config, geometry, cond_dim, layers)
 
     def __init__(self, config: RunConfig, context: RunContext) -> None:
         super().__init__(config, context)
-        model: EdmDitConfig = config.model
+        model: EdmModelConfig = config.model
         model.check()
         geometry, cond_dim = context.geometry, context.spec.dim
         has_layers = context.preprocessor.layer_mean is not None
         with torch.random.fork_rng():  # initial weights from the run's seed without touching global state
             torch.manual_seed(config.train.seed)
-            self.edm = build_denoiser(model, geometry, cond_dim, has_layers)
+            self.edm = self.make_denoiser(model, geometry, cond_dim, has_layers)
             self.layer_edm = build_layer_denoiser(model, geometry.n_layers, cond_dim) if has_layers else None
         self.ema = self.average(self.edm)
         self.layer_ema = None if self.layer_edm is None else self.average(self.layer_edm)
 
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+    def _losses(
+        self, batch: tuple[Tensor, ...], noise: torch.Generator, averaged: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """(total loss, layer-stage loss or None) of the networks (of their averages with ``averaged``)."""
         x0, cond = batch[0], batch[1]
-        layers = batch[2] if self.layer_edm is not None else None
-        noise = self.noise_generator()
-        loss = self.edm.loss(x0, shape_condition(cond, layers), generator=noise)
-        if self.layer_edm is not None and layers is not None:
-            draws = self.config.model.layers.noise_draws
-            layer_loss = self.layer_edm.loss(layers.repeat(draws, 1), cond.repeat(draws, 1), generator=noise)
+        edm, layer_edm = self.edm, self.layer_edm
+        if averaged:
+            edm = cast(EDM, self.ema.module)
+            layer_edm = None if self.layer_ema is None else cast(EDM, self.layer_ema.module)
+        layers = batch[2] if layer_edm is not None else None
+        loss = edm.loss(x0, shape_condition(cond, layers), generator=noise)
+        if layer_edm is None or layers is None:
+            return loss, None
+        draws = self.config.model.layers.noise_draws
+        layer_loss = layer_edm.loss(layers.repeat(draws, 1), cond.repeat(draws, 1), generator=noise)
+        return loss + self.config.model.layers.loss_weight * layer_loss, layer_loss
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        loss, layer_loss = self._losses(batch, self.noise_generator())
+        if layer_loss is not None:
             self.log("train/layer_loss", layer_loss, on_step=True, on_epoch=False)
-            loss = loss + self.config.model.layers.loss_weight * layer_loss
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)  # type: ignore[union-attr]
         return loss
+
+    def validation_loss(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        """The EDM loss of the averaged networks (the ones that generate) with noise levels and noise drawn
+        from a generator seeded by the batch index, so every validation scores the same draws."""
+        noise = torch.Generator(device=batch[0].device).manual_seed(batch_idx)
+        return self._losses(batch, noise, averaged=True)[0]
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
         stages = [self.edm] if self.layer_edm is None else [self.edm, self.layer_edm]

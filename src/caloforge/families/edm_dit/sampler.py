@@ -25,7 +25,7 @@ from caloforge.conditioning import ConditionEncoder
 from caloforge.context import RunContext
 from caloforge.diffusion import EDM, get_sampler
 from caloforge.errors import InputError
-from caloforge.families.edm_dit import EdmDitConfig
+from caloforge.families.edm_dit import EdmDitConfig, EdmModelConfig
 from caloforge.geometry import CylindricalGeometry
 from caloforge.models import DiT, LayerMLP
 from caloforge.sampler import ExtraGraph, NoiseSpec, ShowerSampler
@@ -43,7 +43,7 @@ def build_denoiser(config: EdmDitConfig, geometry: CylindricalGeometry, cond_dim
     return EDM(DiT(config.dit, geometry, cond_dim + extra), config.diffusion)
 
 
-def build_layer_denoiser(config: EdmDitConfig, n_layers: int, cond_dim: int) -> EDM:
+def build_layer_denoiser(config: EdmModelConfig, n_layers: int, cond_dim: int) -> EDM:
     """The layer-energy stage (``LayerMLP`` over 1 + n_layers values) in EDM preconditioning, fresh."""
     return EDM(LayerMLP(1 + n_layers, cond_dim, config.layers), config.diffusion)
 
@@ -61,11 +61,19 @@ class EdmDitSampler(ShowerSampler):
         layer_denoiser: the layer-energy stage, or ``None``.
         encoder, transform, energy_ratio, layer_energies: built from the run's context (not weights).
         sigmas: the solver's grid (n_steps + 1,), a plain attribute so tracing folds it into the graph.
+
+    ``make_denoiser`` builds the backbone in EDM preconditioning; a family that keeps this objective,
+    stage and solvers with another backbone (``edm-unet``) subclasses and overrides only it.
     """
+
+    @staticmethod
+    def make_denoiser(config: Any, geometry: CylindricalGeometry, cond_dim: int, layers: bool) -> EDM:
+        """The DiT in EDM preconditioning (``build_denoiser``)."""
+        return build_denoiser(config, geometry, cond_dim, layers)
 
     def __init__(
         self,
-        config: EdmDitConfig,
+        config: EdmModelConfig,
         context: RunContext,
         n_steps: int | None = None,
         sampler: str | None = None,
@@ -77,7 +85,7 @@ class EdmDitSampler(ShowerSampler):
         self.layer_energies = pre.layer_energies(geometry)
         has_layers = self.layer_energies is not None
         self.energy_ratio = None if has_layers else pre.energy_ratio()
-        self.denoiser = build_denoiser(config, geometry, spec.dim, has_layers)
+        self.denoiser = self.make_denoiser(config, geometry, spec.dim, has_layers)
         self.layer_denoiser = (
             build_layer_denoiser(config, geometry.n_layers, spec.dim) if has_layers else None
         )

@@ -1,0 +1,92 @@
+"""Family ``edm-unet``: a cylindrical 3D U-Net in EDM preconditioning (CaloDiffusion's backbone), with GLaM
+for irregular readouts and the same optional layer-energy stage as ``edm-dit``.
+
+Everything but the backbone is ``edm-dit``'s: the EDM loss and preconditioning
+(``caloforge.diffusion.edm``), the solvers and few-step samplers (``caloforge.diffusion``; sample
+options ``n_steps`` and ``sampler``), the layer-energy stage and its rescaling, the noise spec and the
+extra ``denoiser`` graph. The sampler and module subclass ``edm-dit``'s and replace only the denoiser's
+builder. The backbone is ``caloforge.models.unet.UNet``; on a geometry whose layers differ (CaloChallenge
+dataset 1) it runs on GLaM's regular grid (``caloforge.models.glam``), the maps being part of the
+denoiser, so of the sampler, its weights and its ONNX graph (docs/families/edm-unet.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from caloforge.diffusion import EDMConfig
+from caloforge.errors import InputError
+from caloforge.families import Family
+from caloforge.families.edm_dit import SampleConfig
+from caloforge.models import LayerModelConfig
+from caloforge.models.glam import GLaMConfig
+from caloforge.models.unet import UNetConfig
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from caloforge.context import RunContext
+    from caloforge.families.edm_unet.sampler import EdmUnetSampler
+    from caloforge.runconfig import RunConfig
+    from caloforge.sampler import ShowerSampler
+
+__all__ = ["FAMILY", "EdmUnetConfig"]
+
+
+@dataclass
+class EdmUnetConfig:
+    """The ``model`` section of an ``edm-unet`` run.
+
+    Args:
+        unet: the backbone (size preset and overrides, down-sampling of the layer axis, geometric
+            channels, dropout).
+        glam: the geometry latent mapping (used only when the geometry's layers differ).
+        layers: the layer-energy stage (used when ``preprocess.layer_energies`` is on).
+        diffusion: EDM noise distribution and sampling grid.
+        sample: default sampler and steps.
+    """
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    glam: GLaMConfig = field(default_factory=GLaMConfig)
+    layers: LayerModelConfig = field(default_factory=LayerModelConfig)
+    diffusion: EDMConfig = field(default_factory=EDMConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``InputError`` for settings no model can be built with (also after in-place changes)."""
+        if self.layers.noise_draws < 1:
+            raise InputError(None, "model.layers.noise_draws", f"is {self.layers.noise_draws}",
+                             "an integer >= 1")
+        self.unet.resolved()  # an unknown size preset fails here, not when the model is built
+
+
+def _build_sampler(
+    config: EdmUnetConfig, context: RunContext, n_steps: int | None = None, sampler: str | None = None
+) -> EdmUnetSampler:
+    from caloforge.families.edm_unet.sampler import EdmUnetSampler
+
+    return EdmUnetSampler(config, context, n_steps, sampler)
+
+
+def _build_module(
+    config: RunConfig, context: RunContext, teacher: ShowerSampler | None = None
+) -> L.LightningModule:
+    from caloforge.families.edm_unet.module import EdmUnetModule
+
+    return EdmUnetModule(config, context)
+
+
+FAMILY = Family(
+    name="edm-unet",
+    summary="cylindrical 3D U-Net (EDM, CaloDiffusion-style) with GLaM for irregular readouts",
+    config=EdmUnetConfig,
+    build_module=_build_module,
+    build_sampler=_build_sampler,
+    representation="voxels",
+    sample_options=("n_steps", "sampler"),
+    tiny={"unet": {"size": "tiny"}, "layers": {"width": 16, "depth": 1}, "sample": {"n_steps": 2}},
+)

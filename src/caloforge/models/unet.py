@@ -1,0 +1,316 @@
+"""A 3D U-Net over the (layer, alpha, radial) grid of a cylindrical readout, as in CaloDiffusion.
+
+Amram & Pedro, "Denoising diffusion models with geometry adaptation for high fidelity calorimeter
+simulation", arXiv 2308.03876 (CaloDiffusion): a U-Net of ResNet blocks with
+
+* cylindrical convolutions: circular padding along alpha (the first and last angular bins are
+  neighbours), ordinary zero padding along layer and radius;
+* geometric conditioning: besides the voxel value, the input has channels holding each voxel's radius,
+  the cosine and sine of its angle and its layer, because showers are not translation invariant in r
+  and z and a convolution alone cannot tell where it is;
+* down-sampling (strided convolutions) in alpha and radius (and layer, ``down_layer``), nearest
+  up-sampling back to the skip connection's size, attention at the lowest resolution (``attention``);
+* the noise level and the condition vector (energy, angles, detector; ``caloforge.conditioning``)
+  embedded by a small MLP and fed to every block as a FiLM scale and shift (DDPM's / ADM's
+  scale-shift norm, Dhariwal & Nichol arXiv 2105.05233).
+
+The backbone knows nothing about noise schedules: ``forward(x, c_noise, cond)`` as the DiT's. It needs a
+regular grid; irregular readouts (CaloChallenge dataset 1) reach it through GLaM (``caloforge.models.glam``).
+Reading order (as DiT ``models.py``): helpers, blocks, the model, then named sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from caloforge.errors import InputError, UnknownNameError
+from caloforge.geometry import CylindricalGeometry
+from caloforge.models.dit import NoiseEmbedder
+
+__all__ = ["UNET_SIZES", "CylindricalConv3d", "UNet", "UNetConfig", "UNetSize", "geometric_channels"]
+
+N_GEOMETRIC = 4  # radius, cos(alpha), sin(alpha), layer
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with the most groups among 8, 4, 2, 1 that divide ``channels``."""
+    groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+def geometric_channels(geometry: CylindricalGeometry) -> Tensor:
+    """(4, L, A, R) position of every voxel of a regular grid: radius of the bin centre / outer radius,
+    cos and sin of the alpha bin centre (0 rad for one bin), layer index / (L - 1) (0 for one layer)."""
+    n_layers, n_alpha, n_radial = geometry.grid_shape
+    edges = torch.tensor(geometry.r_edges_mm, dtype=torch.float32)
+    r = 0.5 * (edges[1:] + edges[:-1]) / edges[-1]  # (R,)
+    alpha_edges = torch.linspace(-math.pi, math.pi, n_alpha + 1)
+    alpha = 0.5 * (alpha_edges[1:] + alpha_edges[:-1]) if n_alpha > 1 else torch.zeros(1)  # (A,)
+    layer = torch.arange(n_layers, dtype=torch.float32) / max(n_layers - 1, 1)  # (L,)
+    shape = (n_layers, n_alpha, n_radial)
+    return torch.stack([
+        r[None, None, :].expand(shape),
+        torch.cos(alpha)[None, :, None].expand(shape),
+        torch.sin(alpha)[None, :, None].expand(shape),
+        layer[:, None, None].expand(shape),
+    ])
+
+
+def zero_(layer: nn.Conv3d) -> None:
+    """Zero a convolution's weights and bias (a block that starts as its skip path)."""
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+# ---- blocks -----------------------------------------------------------------------------------------------
+class CylindricalConv3d(nn.Module):
+    """Conv3d over (N, C, layer, alpha, radial) with circular padding in alpha and zero padding in layer
+    and radius (CaloDiffusion's cylindrical convolution); ``stride`` per axis (1 or 2)."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int = 3, stride: tuple[int, int, int] = (1, 1, 1)
+    ) -> None:
+        super().__init__()
+        self.pad = kernel // 2
+        self.conv = nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=(self.pad, 0, self.pad))
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.pad
+        if p:  # wrap alpha: the last bins come before the first and the first after the last
+            n_alpha = x.shape[3]
+            reps = -(-p // n_alpha)  # fewer alpha bins than the padding (e.g. 1 bin): wrap several times
+            ring = x if reps == 1 else x.repeat(1, 1, 1, reps, 1)
+            x = torch.cat([ring[:, :, :, -p:], x, ring[:, :, :, :p]], dim=3)
+        return self.conv(x)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm, SiLU, conv; FiLM from the embedding (h * (1 + scale) + shift after the second norm);
+    SiLU, dropout, conv (zero-initialised, so the block starts as its skip path); 1x1x1 skip projection
+    when the width changes."""
+
+    def __init__(self, c_in: int, c_out: int, embed: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = group_norm(c_in)
+        self.conv1 = CylindricalConv3d(c_in, c_out)
+        self.film = nn.Sequential(nn.SiLU(), nn.Linear(embed, 2 * c_out))
+        self.norm2 = group_norm(c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = CylindricalConv3d(c_out, c_out)
+        self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        zero_(self.conv2.conv)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (N, C, L, A, R)
+        scale, shift = self.film(emb)[:, :, None, None, None].chunk(2, dim=1)  # each (N, C, 1, 1, 1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class SpatialAttention(nn.Module):
+    """Multi-head self-attention over the cells of a (N, C, L, A, R) map; residual, output starts at 0."""
+
+    def __init__(self, channels: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads if channels % n_heads == 0 else 1
+        self.norm = group_norm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, gl, ga, gr = x.shape
+        t = self.norm(x).reshape(n, c, gl * ga * gr).transpose(1, 2)  # (N, T, C)
+        qkv = self.qkv(t).reshape(n, -1, 3, self.n_heads, c // self.n_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, H, T, C/H)
+        out = self.proj(out.transpose(1, 2).reshape(n, -1, c))  # (N, T, C)
+        return x + out.transpose(1, 2).reshape(n, c, gl, ga, gr)
+
+
+class Downsample(nn.Module):
+    """Strided cylindrical convolution: halves (rounding up) every axis whose stride is 2."""
+
+    def __init__(self, channels: int, stride: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.conv = CylindricalConv3d(channels, channels, stride=stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour up-sampling to the (static) size of the matching skip connection, then a conv."""
+
+    def __init__(self, channels: int, size: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.size = size
+        self.conv = CylindricalConv3d(channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, size=self.size, mode="nearest"))
+
+
+# ---- the model --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UNetSize:
+    """Width and depth of a U-Net: base channels, channel multiplier per resolution level (one level per
+    entry; all but the last end in a down-sampling), ResNet blocks per level, attention at the lowest
+    resolution, width of the conditioning embedding."""
+
+    channels: int
+    multipliers: tuple[int, ...]
+    blocks: int
+    attention: bool
+    embed: int
+    n_heads: int = 4
+
+
+@dataclass
+class UNetConfig:
+    """A U-Net: a named size from ``UNET_SIZES`` and overrides.
+
+    Args:
+        size: key of ``UNET_SIZES``.
+        channels, multipliers, blocks, attention, embed: override the named size when set.
+        down_layer: down-sample the layer axis too (alpha and radius always are, while longer than 1).
+        geometric: add the geometric input channels (radius, cos alpha, sin alpha, layer).
+        dropout: dropout inside the ResNet blocks.
+    """
+
+    size: str = "small"
+    channels: int | None = None
+    multipliers: tuple[int, ...] | None = None
+    blocks: int | None = None
+    attention: bool | None = None
+    embed: int | None = None
+    down_layer: bool = False
+    geometric: bool = True
+    dropout: float = 0.0
+
+    def resolved(self) -> UNetSize:
+        """The size after overrides."""
+        if self.size not in UNET_SIZES:
+            raise UnknownNameError("U-Net size", self.size, UNET_SIZES)
+        base = UNET_SIZES[self.size]
+        size = replace(
+            base,
+            channels=self.channels or base.channels,
+            multipliers=tuple(self.multipliers) if self.multipliers else base.multipliers,
+            blocks=self.blocks or base.blocks,
+            attention=base.attention if self.attention is None else self.attention,
+            embed=self.embed or base.embed,
+        )
+        if size.channels < 1 or size.blocks < 1 or size.embed < 1 or min(size.multipliers) < 1:
+            raise InputError(None, "model.unet", f"resolves to {size}",
+                             "positive channels, multipliers, blocks and embed")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(None, "model.unet.dropout", f"is {self.dropout}", "a number in [0, 1)")
+        return size
+
+
+class UNet(nn.Module):
+    """U-Net backbone on a regular cylindrical grid (module doc).
+
+    ``forward(x, c_noise, cond)``: x (N, n_voxels), c_noise (N,), cond (N, cond_dim) -> (N, n_voxels).
+    """
+
+    def __init__(self, config: UNetConfig, geometry: CylindricalGeometry, cond_dim: int) -> None:
+        super().__init__()
+        if not geometry.is_regular:
+            raise ValueError(
+                f"the U-Net needs a regular (layer, alpha, radial) grid; geometry '{geometry.name}' has "
+                "per-layer binning (map it onto a regular grid with caloforge.models.glam.GLaM)"
+            )
+        size = config.resolved()
+        self.grid = geometry.grid_shape
+        self.geometric = config.geometric
+        if self.geometric:
+            self.register_buffer("positions", geometric_channels(geometry)[None], persistent=False)
+        c_in = 1 + (N_GEOMETRIC if self.geometric else 0)
+        widths = [size.channels * m for m in size.multipliers]
+
+        self.noise_embed = NoiseEmbedder(size.embed)
+        self.cond_embed = nn.Sequential(nn.Linear(cond_dim, size.embed), nn.SiLU(),
+                                        nn.Linear(size.embed, size.embed))
+        self.conv_in = CylindricalConv3d(c_in, widths[0])
+
+        # Encoder: the shape of every map pushed on the skip stack is recorded for the up-sampling.
+        self.down = nn.ModuleList()
+        shape = self.grid
+        skips: list[tuple[int, tuple[int, int, int]]] = [(widths[0], shape)]
+        width = widths[0]
+        for level, w in enumerate(widths):
+            for _ in range(size.blocks):
+                self.down.append(ResBlock(width, w, size.embed, config.dropout))
+                width = w
+                skips.append((width, shape))
+            if level < len(widths) - 1:
+                stride = (2 if config.down_layer and shape[0] > 1 else 1,
+                          2 if shape[1] > 1 else 1, 2 if shape[2] > 1 else 1)
+                self.down.append(Downsample(width, stride))
+                shape = (-(-shape[0] // stride[0]), -(-shape[1] // stride[1]), -(-shape[2] // stride[2]))
+                skips.append((width, shape))
+        self.lowest = shape
+
+        self.mid1 = ResBlock(width, width, size.embed, config.dropout)
+        self.mid_attn = SpatialAttention(width, size.n_heads) if size.attention else None
+        self.mid2 = ResBlock(width, width, size.embed, config.dropout)
+
+        # Decoder: blocks + 1 ResBlocks per level, each eating one skip; up-sample to the next skip's shape.
+        self.up = nn.ModuleList()
+        for level, w in reversed(list(enumerate(widths))):
+            for _ in range(size.blocks + 1):
+                c_skip, _ = skips.pop()
+                self.up.append(ResBlock(width + c_skip, w, size.embed, config.dropout))
+                width = w
+            if level > 0:
+                self.up.append(Upsample(width, skips[-1][1]))
+        self.norm_out = group_norm(width)
+        self.conv_out = CylindricalConv3d(width, 1)
+        zero_(self.conv_out.conv)  # the untrained backbone outputs 0, as the DiT
+        for mlp in (self.noise_embed.mlp, self.cond_embed):
+            for layer in mlp:
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, std=0.02)
+
+    def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor) -> Tensor:
+        n = x.shape[0]
+        h = x.reshape(n, 1, *self.grid)  # (N, 1, L, A, R)
+        if self.geometric:
+            positions: Tensor = self.positions  # type: ignore[assignment]
+            h = torch.cat([h, positions.expand(n, -1, -1, -1, -1)], dim=1)  # (N, 1 + 4, L, A, R)
+        emb = self.noise_embed(c_noise) + self.cond_embed(cond)  # (N, E)
+        h = self.conv_in(h)
+        skips = [h]
+        for block in self.down:
+            h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+            skips.append(h)
+        h = self.mid1(h, emb)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h)
+        h = self.mid2(h, emb)
+        for block in self.up:
+            if isinstance(block, ResBlock):
+                h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            else:
+                h = block(h)
+        out = self.conv_out(F.silu(self.norm_out(h)))  # (N, 1, L, A, R)
+        return out.reshape(n, -1)  # (N, n_voxels)
+
+
+# ---- named sizes (also what the config accepts) ----------------------------------------------------------
+UNET_SIZES: dict[str, UNetSize] = {
+    "tiny": UNetSize(channels=8, multipliers=(1, 2), blocks=1, attention=False, embed=32),  # tests
+    # CPU (CaloDiffusion's scale: ~0.4M parameters, 4x compression in alpha and radius)
+    "small": UNetSize(channels=16, multipliers=(1, 2, 2), blocks=1, attention=True, embed=64),
+    "base": UNetSize(channels=32, multipliers=(1, 2, 2, 4), blocks=2, attention=True, embed=128),  # GPU
+}
