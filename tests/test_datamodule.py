@@ -57,6 +57,10 @@ def test_a_source_cuts_files_into_blocks_and_reads_them_in_the_order_asked(two_f
     whole = read_showers(two_files[1])
     np.testing.assert_array_equal(read.showers[:14], whole.showers[16:30].astype(np.float32))
     assert source.n_bytes == 80 * TOY_GEOMETRY.n_voxels * 4  # the first file's float32
+    loaded = source.load()
+    np.testing.assert_array_equal(loaded.energy, np.concatenate([read_showers(p).energy for p in two_files]))
+    assert loaded.showers.dtype == np.float32 and loaded.detector is None
+    np.testing.assert_array_equal(loaded.showers[50:], whole.showers.astype(np.float32))
     halves = ShowerSource.open(two_files[1], block_rows=16, dtype="float16")
     assert halves.read([0]).showers.dtype == np.float16 and halves.n_bytes == 30 * TOY_GEOMETRY.n_voxels * 2
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer, TQDMProgressBar
@@ -312,7 +311,7 @@ def _held(showers: ShowerSet | ShowerSource, config: DataConfig) -> ShowerSet | 
             log.info("streaming %d showers (%.1f GB) from %s", len(showers), showers.n_bytes / 1e9,
                      showers.source)
             return showers
-        return showers.read(np.arange(len(showers.blocks)))
+        return showers.load()
     if config.dtype is not None and showers.showers.dtype != config.dtype:
         return replace(showers, showers=showers.showers.astype(config.dtype))
     return showers

@@ -218,7 +218,7 @@ def _objective(
             held_out = split_validation(showers, fraction, seed)[1]
             assert held_out is not None
             if isinstance(held_out, ShowerSource):
-                held_out = held_out.read(np.arange(len(held_out.blocks)))
+                held_out = held_out.load()
             value = _auc(model, held_out, config.n_eval, config.seed)
         shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
         report(f"trial {trial.number}: {config.objective} {value:.5g} ({shown})")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -114,6 +115,27 @@ class ShowerSource:
         if not parts:
             raise ValueError("no blocks to read")
         return parts[0] if len(parts) == 1 else ShowerSet.concatenate(parts, fill_defaults=True)
+
+    def load(self) -> ShowerSet:
+        """Every row in memory, in file order, in one array (filled block by block: no second copy)."""
+        dtype = np.dtype(self.dtype or self.files[0].showers_dtype)
+        n = len(self)
+        showers = np.empty((n, self.geometry.n_voxels), dtype=dtype)
+        energy = np.empty(n, dtype=np.float64)
+        present = [c for c in ("theta", "phi", "detector") if any(c in f.conditions for f in self.files)]
+        columns: dict[str, NDArray[Any]] = {
+            c: np.empty(n, dtype=np.int64 if c == "detector" else np.float64) for c in present
+        }
+        position = 0
+        for index in range(len(self.blocks)):
+            part = self.read([index])
+            rows = slice(position, position + len(part))
+            showers[rows], energy[rows] = part.showers, part.energy
+            for name, column in columns.items():
+                column[rows] = part.condition(name)
+            position += len(part)
+        return ShowerSet(showers, self.geometry, energy, columns.get("theta"), columns.get("phi"),
+                         columns.get("detector"), source=self.source)
 
     def chunks(self) -> Iterator[ShowerSet]:
         """Every row, one block at a time, in file order."""
