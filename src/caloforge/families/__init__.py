@@ -71,6 +71,7 @@ class Family:
 # name -> module defining FAMILY. Adding a family: one module under families/ and one line here.
 _REGISTRY: dict[str, str] = {
     "edm-dit": "caloforge.families.edm_dit",
+    "vq-gpt": "caloforge.families.vq_gpt",
     "edm-unet": "caloforge.families.edm_unet",
 }
 
