@@ -173,3 +173,19 @@ def test_cli_refuses_a_device_this_machine_lacks(checkpoint: Path, tmp_path: Pat
                            "--device", device)
         assert code == 2 and "--device" in err and device in err
     assert not (tmp_path / "g.h5").exists()
+
+
+def test_cli_sampling_options_by_name(checkpoint: Path, tmp_path: Path, run) -> None:
+    args = ("generate", checkpoint, "--n", 4, "--energy", 5000, "--seed", 3)
+    code, _, err = run(*args, "--out", tmp_path / "a.h5", "--option", "n_steps=2",
+                       "--option", "sampler=euler")
+    assert code == 0, err
+    code, _, err = run(*args, "--out", tmp_path / "b.h5", "--steps", 2, "--sampler", "euler")
+    assert code == 0, err
+    a, b = (read_showers(tmp_path / name).showers for name in ("a.h5", "b.h5"))
+    np.testing.assert_array_equal(a, b)
+    code, _, err = run(*args, "--out", tmp_path / "c.h5", "--option", "top_k=5")
+    assert code == 2 and "top_k" in err and "not a sampling option of family 'edm-dit'" in err
+    assert "n_steps, sampler" in err and not (tmp_path / "c.h5").exists()
+    code, _, err = run(*args, "--out", tmp_path / "d.h5", "--option", "top_k")
+    assert code == 2 and "--option" in err and "KEY=VALUE" in err

@@ -428,9 +428,26 @@ def models_command() -> None:
         typer.echo(f"reference sample {s.name}: {s.description}")
 
 
-def _sampling_options(steps: int | None, sampler: str | None) -> dict[str, Any]:
-    """The generic sampling options of the command line (``None``: the run's own)."""
-    return {"n_steps": steps, "sampler": sampler}
+def _sampling_options(steps: int | None, sampler: str | None, assignments: list[str]) -> dict[str, Any]:
+    """The sampling options of the command line (``None``: the run's own): --steps and --sampler, and any
+    family's as --option KEY=VALUE (VALUE read as YAML; the family refuses names it does not take)."""
+    import yaml
+
+    options: dict[str, Any] = {"n_steps": steps, "sampler": sampler}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise InputError(None, "--option", f"is '{assignment}'", "KEY=VALUE, e.g. top_k=50")
+        try:
+            options[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise InputError(None, "--option", f"has a value that is not YAML: '{text}'",
+                             "a YAML scalar") from None
+    return options
+
+
+OPTION_HELP = ("A family's sampling option KEY=VALUE (repeatable), e.g. --option top_k=50 for vq-gpt; "
+               "'caloforge families' lists each family's options.")
 
 
 @app.command("generate")
@@ -457,6 +474,7 @@ def generate_command(
                                 "(default: warn and generate)."),
     device: str = typer.Option("cpu", "--device", help="Where a checkpoint's model runs: cpu, cuda, "
                                "cuda:1, ... (the same seed gives the same showers up to float rounding)."),
+    option: list[str] = typer.Option([], "--option", help=OPTION_HELP),  # noqa: B008
 ) -> None:
     """Generate showers from a checkpoint (or an exported .onnx graph) alone."""
     import numpy as np
@@ -470,7 +488,7 @@ def generate_command(
     energies = parse_spectrum(energy, "--energy", positive=True).sample(n, rng)
     thetas = None if theta is None else parse_spectrum(theta, "--theta").sample(n, rng)
     phis = None if phi is None else parse_spectrum(phi, "--phi").sample(n, rng)
-    options = _sampling_options(steps, sampler)
+    options = _sampling_options(steps, sampler, option)
     generator: Any
     if checkpoint.endswith(".onnx"):
         from caloforge.onnx_runtime import load_onnx_generator
@@ -638,6 +656,7 @@ def export_command(
                                 "(target caloforge)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Run the sampler graph with onnxruntime "
                                "and compare with PyTorch on the same noise (target caloforge)."),
+    option: list[str] = typer.Option([], "--option", help=OPTION_HELP),  # noqa: B008
 ) -> None:
     """Export a checkpoint to ONNX for onnxruntime (Python, C++, Geant4 Par04)."""
     from caloforge.export import export_checkpoint
@@ -645,7 +664,7 @@ def export_command(
 
     checkpoint = _model_source(checkpoint, pretrained)
     written = export_checkpoint(checkpoint, out, target=target, extras=extras,
-                                **_sampling_options(steps, sampler))
+                                **_sampling_options(steps, sampler, option))
     for path in written:
         typer.echo(f"wrote {path}")
     if check and target == "caloforge":
