@@ -282,6 +282,13 @@ def main() -> None:
         sample_of(generated, "generated"), ref_sample, eval_config, show_progress=True
     )
     floor_metrics = compute_metrics(sample_of(floor, "floor"), ref_sample, eval_config, show_progress=True)
+    reconstruction = None
+    if generator.family.name == "vq-gpt":  # which stage limits fidelity: the autoencoder or the prior
+        from caloforge.families.vq_gpt.diagnostics import reconstruct_showers
+
+        rebuilt = reconstruct_showers(generator, floor)
+        reconstruction = summarise(compute_metrics(sample_of(rebuilt, "reconstructed"), ref_sample,
+                                                   eval_config))
     timings["evaluate_s"] = time.perf_counter() - t0
 
     curve = []
@@ -340,11 +347,14 @@ def main() -> None:
         "steps_trained": steps_trained,
         "n_train": args.n_train,
         "n_eval": args.n_eval,
-        "sampler": args.sampler or config.model.sample.sampler,
-        "sampler_steps": args.steps or config.model.sample.n_steps,
+        "family": generator.family.name,
+        "sampler_options": dict(sampler.options),
+        "sampler": sampler.options.get("sampler"),
+        "sampler_steps": sampler.options.get("n_steps"),
         "generation_showers_per_s": gen_rate,
         "model": summarise(model_metrics),
         "model_without_energy_stage": ablation,
+        "reconstruction": reconstruction,
         "floor": summarise(floor_metrics),
         "curve": curve,
         "timings_s": timings,
@@ -366,8 +376,11 @@ def main() -> None:
         print(f"{key:28s}{m[key]:10.4f}{f[key]:10.4f}")
     print(
         f"training {timings['train_s'] / 60:.1f} min; generation {gen_rate:.1f} showers/s "
-        f"({result['sampler']}, {result['sampler_steps']} steps)"
+        f"({', '.join(f'{k} {v}' for k, v in result['sampler_options'].items())})"
     )
+    if reconstruction is not None:
+        numbers = ", ".join(f"{k} {reconstruction[k]:.4f}" for k in ("auc_low", "auc_high", "fpd_x1e3"))
+        print(f"reconstruction only (encoder -> codes -> decoder, no prior): {numbers}")
     if ablation is not None:
         numbers = ", ".join(f"{k} {ablation[k]:.4f}" for k in ("auc_low", "auc_high", "fpd_x1e3", "kpd_x1e3"))
         print(f"without the energy stage: {numbers}")

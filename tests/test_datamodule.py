@@ -199,3 +199,17 @@ def test_the_same_seed_trains_the_same_weights_in_memory_and_streamed(two_files:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     loaded = weights(read_showers(two_files[0]), "c")  # other blocks (single showers): other order
     assert any(not torch.equal(a[k], loaded[k]) for k in a)
+
+
+def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path: Path) -> None:
+    from toys import tiny_dit_config
+
+    config = tiny_dit_config((2, 2, 2))
+    config.train = TrainConfig(batch_size=16, max_steps=3, checkpoint_every=3, precision="bf16-mixed",
+                               accelerator="cpu")
+    model = train(toy_showers(32), tmp_path / "run", config, progress=False)
+    from caloforge.checkpoint import read_checkpoint
+
+    state = read_checkpoint(model).sampler_state
+    assert state is not None and all(v.dtype == torch.float32 and torch.isfinite(v).all()
+                                     for v in state.values() if v.is_floating_point())

@@ -93,7 +93,7 @@ def build_module(config: RunConfig, context: RunContext, teacher: ShowerSampler 
             return ((self.ema.module.net(batch[1]) - batch[0]) ** 2).mean()
 
         def configure_optimizers(self):  # type: ignore[no-untyped-def]
-            mean_opt = build_optimizer(self.sampler.net.parameters(), config.optim)
+            mean_opt = build_optimizer(self.sampler.net.parameters(), config.optim, config.train.precision)
             scale_opt = torch.optim.SGD([self.sampler.log_scale], lr=1e-2)
             schedulers = [self.schedule(mean_opt)["scheduler"], self.schedule(scale_opt)["scheduler"]]
             return [mean_opt, scale_opt], schedulers

@@ -79,7 +79,8 @@ class EdmDitModule(FamilyModule):
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
         stages = [self.edm] if self.layer_edm is None else [self.edm, self.layer_edm]
-        optimizer = build_optimizer((p for stage in stages for p in stage.parameters()), self.config.optim)
+        optimizer = build_optimizer((p for stage in stages for p in stage.parameters()), self.config.optim,
+                                    self.config.train.precision)
         return {"optimizer": optimizer, "lr_scheduler": self.schedule(optimizer)}
 
     def sampler_state_dict(self) -> dict[str, Tensor]:

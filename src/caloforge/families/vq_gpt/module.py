@@ -184,9 +184,9 @@ class VqGptModule(FamilyModule):
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
         optim = self.config.optim
         model: VqGptConfig = self.config.model
-        vq_opt = build_optimizer(self.vqvae.parameters(), optim)
+        vq_opt = build_optimizer(self.vqvae.parameters(), optim, self.config.train.precision)
         gpt_optim = optim if model.gpt_lr is None else replace(optim, lr=model.gpt_lr)
-        gpt_opt = build_optimizer(self.gpt.parameters(), gpt_optim)
+        gpt_opt = build_optimizer(self.gpt.parameters(), gpt_optim, self.config.train.precision)
         schedulers = [
             build_scheduler(vq_opt, optim, lambda step: self._stage_progress(1)),
             build_scheduler(gpt_opt, gpt_optim, lambda step: self._stage_progress(2)),
