@@ -100,42 +100,41 @@ class ShowerSource:
                             self.dtype)
 
     def read(self, blocks: Sequence[int] | NDArray[np.integer]) -> ShowerSet:
-        """The rows of the blocks at these indices, block after block, as one checked ``ShowerSet``
-        (conditions a file lacks take their defaults when files are mixed)."""
-        opened: dict[int, _ShowerFile] = {}
-        parts: list[ShowerSet] = []
-        try:
-            for file_index, start, stop in self.blocks[np.asarray(blocks, dtype=np.int64)].tolist():
-                if file_index not in opened:
-                    opened[file_index] = _ShowerFile(self.files[file_index].path, self.geometry)
-                parts.append(opened[file_index].read(start, stop, self.dtype))
-        finally:
-            for f in opened.values():
-                f.h5.close()
-        if not parts:
+        """The rows of the blocks at these indices, block after block, as one checked ``ShowerSet``, filled
+        into one array as blocks are read (no list of parts and second copy). A condition some files lack
+        takes its default in their rows; the condition columns are those of the whole source."""
+        wanted = self.blocks[np.asarray(blocks, dtype=np.int64)].reshape(-1, 3)
+        if not len(wanted):
             raise ValueError("no blocks to read")
-        return parts[0] if len(parts) == 1 else ShowerSet.concatenate(parts, fill_defaults=True)
-
-    def load(self) -> ShowerSet:
-        """Every row in memory, in file order, in one array (filled block by block: no second copy)."""
+        n = int((wanted[:, 2] - wanted[:, 1]).sum())
         dtype = np.dtype(self.dtype or self.files[0].showers_dtype)
-        n = len(self)
         showers = np.empty((n, self.geometry.n_voxels), dtype=dtype)
         energy = np.empty(n, dtype=np.float64)
         present = [c for c in ("theta", "phi", "detector") if any(c in f.conditions for f in self.files)]
         columns: dict[str, NDArray[Any]] = {
             c: np.empty(n, dtype=np.int64 if c == "detector" else np.float64) for c in present
         }
+        opened: dict[int, _ShowerFile] = {}
         position = 0
-        for index in range(len(self.blocks)):
-            part = self.read([index])
-            rows = slice(position, position + len(part))
-            showers[rows], energy[rows] = part.showers, part.energy
-            for name, column in columns.items():
-                column[rows] = part.condition(name)
-            position += len(part)
+        try:
+            for file_index, start, stop in wanted.tolist():
+                if file_index not in opened:
+                    opened[file_index] = _ShowerFile(self.files[file_index].path, self.geometry)
+                part = opened[file_index].read(start, stop, self.dtype)
+                rows = slice(position, position + len(part))
+                showers[rows], energy[rows] = part.showers, part.energy
+                for name, column in columns.items():
+                    column[rows] = part.condition(name)
+                position += len(part)
+        finally:
+            for f in opened.values():
+                f.h5.close()
         return ShowerSet(showers, self.geometry, energy, columns.get("theta"), columns.get("phi"),
                          columns.get("detector"), source=self.source)
+
+    def load(self) -> ShowerSet:
+        """Every row in memory, in file order, in one array."""
+        return self.read(np.arange(len(self.blocks)))
 
     def chunks(self) -> Iterator[ShowerSet]:
         """Every row, one block at a time, in file order."""
