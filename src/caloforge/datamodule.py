@@ -155,6 +155,7 @@ class ShowerStream(IterableDataset[Batch]):
     def _buffer(self, epoch: int, index: int) -> ShowerSet:
         key = (epoch, index)
         if key not in self._buffers:
+            self._buffers.clear()  # before reading the next: never two buffers at once (rows cut are copies)
             buffers, _ = self._plan(epoch)
             showers = self.blocks.read(buffers[index])
             if self.training:
