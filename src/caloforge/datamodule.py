@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from caloforge.context import RunContext
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
+from caloforge.families.mdma_gan.points import points_batch
 from caloforge.io.source import ShowerSource
 from caloforge.runconfig import DataConfig
 
@@ -50,7 +51,7 @@ def voxel_batch(showers: ShowerSet, context: RunContext) -> Batch:
     """The ``voxels`` representation of a batch: preprocessed showers (B, V) float32, condition vectors
     (B, C) and, when the preprocessing has a layer-energy stage, standardised layer vectors (B, 1 + L)."""
     tensors = [torch.from_numpy(context.preprocessor.transform(showers)), context.spec.encode(showers)]
-    if context.preprocessor.layer_mean is not None:
+    if context.preprocessor.has_layer_energies:
         tensors.append(torch.from_numpy(context.preprocessor.layer_targets(showers)))
     return tuple(tensors)
 
@@ -212,7 +213,10 @@ class _Bound:
         return self.representation(showers, self.context)
 
 
-REPRESENTATIONS: dict[str, Callable[[ShowerSet, RunContext], Batch]] = {"voxels": voxel_batch}
+REPRESENTATIONS: dict[str, Callable[[ShowerSet, RunContext], Batch]] = {
+    "voxels": voxel_batch,
+    "points": points_batch,  # point clouds (hits, mask, cond, E_inc): caloforge.families.mdma_gan.points
+}
 
 
 class ShowerDataModule(L.LightningDataModule):

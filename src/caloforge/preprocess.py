@@ -454,6 +454,12 @@ class ShowerPreprocessor:
             layer_span,
         )
 
+    @property
+    def has_layer_energies(self) -> bool:
+        """Whether the layer-energy stage was fitted (``config.layer_energies``): batches then carry the
+        standardised layer vectors and models draw them first."""
+        return self.layer_mean is not None and self.layer_std is not None
+
     def energy_ratio(self) -> EnergyRatio | None:
         """The torch E_tot / E_inc model, or ``None`` when not fitted (``config.energy_ratio`` off)."""
         if self.ratio_table is None:
@@ -463,7 +469,7 @@ class ShowerPreprocessor:
     def layer_energies(self, geometry: CylindricalGeometry) -> LayerEnergies | None:
         """The torch layer-vector transform for ``geometry`` (the one fitted on), or ``None`` when not
         fitted (``config.layer_energies`` off)."""
-        if self.layer_mean is None or self.layer_std is None:
+        if self.layer_mean is None or self.layer_std is None:  # (has_layer_energies, spelt out for mypy)
             return None
         # A preprocessor saved before the span was fitted: no clamp beyond E_l <= E_tot <= E_inc.
         span = self.layer_span if self.layer_span is not None else np.array([[-np.inf], [0.0]])

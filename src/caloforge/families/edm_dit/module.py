@@ -38,7 +38,7 @@ class EdmDitModule(FamilyModule):
         model: EdmModelConfig = config.model
         model.check()
         geometry, cond_dim = context.geometry, context.spec.dim
-        has_layers = context.preprocessor.layer_mean is not None
+        has_layers = context.preprocessor.has_layer_energies
         with torch.random.fork_rng():  # initial weights from the run's seed without touching global state
             torch.manual_seed(config.train.seed)
             self.edm = self.make_denoiser(model, geometry, cond_dim, has_layers)
