@@ -73,6 +73,7 @@ _REGISTRY: dict[str, str] = {
     "edm-dit": "caloforge.families.edm_dit",
     "vq-gpt": "caloforge.families.vq_gpt",
     "edm-unet": "caloforge.families.edm_unet",
+    "flow": "caloforge.families.flow",
 }
 
 

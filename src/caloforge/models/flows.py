@@ -1,0 +1,284 @@
+"""Autoregressive normalizing flows: MADE-masked affine transforms stacked into MAF and IAF flows.
+
+MAF (Papamakarios et al., arXiv 1705.07057) and IAF (Kingma et al., arXiv 1606.04934) share one building
+block, an affine autoregressive transform whose parameters come from a MADE (Germain et al., arXiv
+1502.03509) that reads the transform's *input*::
+
+    v_i = u_i exp(s_i(u_<i, c)) + m_i(u_<i, c)          (one network pass: ``fast``)
+    u_i = (v_i - m_i(u_<i, c)) exp(-s_i(u_<i, c))      (dimension by dimension, D passes: ``slow``)
+
+``<i`` means "earlier in the transform's autoregressive order" and ``c`` is a context (condition) vector.
+A MAF runs ``fast`` from data x to latent z, so its density is one pass per transform and its sampling D
+passes; an IAF runs ``fast`` from z to x, so it samples in one pass and needs D passes for a density. That
+is CaloFlow's teacher-student pair (Krause & Shih, arXiv 2110.11377, "CaloFlow II"): a MAF teacher with
+exact, fast likelihood, an IAF student with fast sampling distilled from it. Transform k of a MAF with K
+transforms is mirrored by transform K - 1 - k of its IAF (same order), so their intermediate states can be
+matched (``AutoregressiveFlow.fast_chain``).
+
+The log scale is soft-clamped, s = c tanh(raw / c), so a transform never scales by more than e^c; the last
+layer of every MADE starts at zero, so a fresh flow is the identity. No Python branching on tensor values:
+the D passes of ``slow`` are a Python loop over a constant, which the ONNX tracer unrolls.
+
+``LayerwiseFlow`` applies one flow to a shower layer by layer, each layer conditioned on the context, the
+layer's index and the previous layer's values (L2LFlows, Buss et al., arXiv 2312.09290), so the flow's
+dimension is the voxels of one layer rather than of the shower.
+
+Shapes: flows act on (N, D) with context (N, C); log-determinants and log-densities are (N,) in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from caloforge.errors import InputError
+
+__all__ = [
+    "FLOW_KINDS",
+    "FLOW_SIZES",
+    "MADE",
+    "AutoregressiveAffine",
+    "AutoregressiveFlow",
+    "FlowNetConfig",
+    "LayerwiseFlow",
+    "flow_orders",
+    "standard_normal_log_prob",
+]
+
+FLOW_KINDS = ("maf", "iaf")
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """log N(z; 0, 1) summed over the last axis: z (N, D) -> (N,) nats."""
+    return -0.5 * (z * z).sum(dim=-1) - 0.5 * z.shape[-1] * _LOG_2PI
+
+
+# ---- MADE ------------------------------------------------------------------------------------------------
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask (out_features, in_features)."""
+
+    mask: Tensor
+
+    def __init__(self, in_features: int, out_features: int, mask: Tensor) -> None:
+        super().__init__(in_features, out_features)
+        self.register_buffer("mask", mask.float(), persistent=False)  # rebuilt from the config
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """Masked autoencoder: x (N, D), context (N, C) -> ``n_params`` outputs per dimension (N, n_params, D),
+    output [:, :, i] depending only on the x_j with ``order[j] < order[i]`` (and on all of the context).
+
+    Args:
+        order: (D,) a permutation of 0 .. D-1: each dimension's place in the autoregressive order.
+        context: C, the context size (0: none).
+        hidden: units per hidden layer; depth: hidden layers (>= 1).
+        n_params: outputs per dimension.
+    """
+
+    def __init__(self, order: Tensor, context: int, hidden: int, depth: int, n_params: int) -> None:
+        super().__init__()
+        d = int(order.numel())
+        self.features, self.n_params = d, n_params
+        # Hidden degrees spread evenly over 0 .. D-2 (Germain et al.), so every input reaches some unit even
+        # when hidden < D - 1; with D = 1 they are -1 and the outputs see the context only.
+        hidden_degree = torch.arange(hidden) * (d - 1) // hidden if d > 1 else torch.full((hidden,), -1)
+        in_degree = torch.cat([order.long(), torch.full((context,), -1)])  # the context precedes everything
+        layers: list[nn.Module] = []
+        previous = in_degree
+        for _ in range(depth):
+            mask = hidden_degree[:, None] >= previous[None, :]
+            layers += [MaskedLinear(len(previous), hidden, mask), nn.SiLU()]
+            previous = hidden_degree
+        out_degree = order.long().repeat(n_params)  # (n_params * D,), parameter-major
+        last = MaskedLinear(hidden, n_params * d, out_degree[:, None] > previous[None, :])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*layers, last)
+
+    def forward(self, x: Tensor, context: Tensor | None) -> Tensor:
+        h = x if context is None else torch.cat([x, context], dim=1)  # (N, D + C)
+        return self.net(h).reshape(-1, self.n_params, self.features)  # (N, n_params, D)
+
+
+# ---- the affine autoregressive transform -----------------------------------------------------------------
+class AutoregressiveAffine(nn.Module):
+    """v = u exp(s(u_<)) + m(u_<) (module doc), s soft-clamped to (-scale_clamp, scale_clamp).
+
+    ``fast(u, c) -> (v, log|dv/du|)`` in one MADE pass; ``slow(v, c) -> (u, log|du/dv|)`` in D passes.
+    """
+
+    def __init__(
+        self, order: Tensor, context: int, hidden: int, depth: int, scale_clamp: float = 3.0
+    ) -> None:
+        super().__init__()
+        self.made = MADE(order, context, hidden, depth, 2)
+        self.features = int(order.numel())
+        self.scale_clamp = float(scale_clamp)
+
+    def params(self, u: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(shift m, log scale s), each (N, D), from the input u (N, D)."""
+        out = self.made(u, context)
+        s = self.scale_clamp * torch.tanh(out[:, 1] / self.scale_clamp)
+        return out[:, 0], s
+
+    def fast(self, u: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        m, s = self.params(u, context)
+        return u * torch.exp(s) + m, s.sum(dim=1)
+
+    def slow(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        # After pass k the first k dimensions in the order are exact, so D passes invert exactly.
+        u = torch.zeros_like(v)
+        s = torch.zeros_like(v)
+        for _ in range(self.features):
+            m, s = self.params(u, context)
+            u = (v - m) * torch.exp(-s)
+        return u, -s.sum(dim=1)
+
+
+def flow_orders(features: int, transforms: int, kind: str) -> list[Tensor]:
+    """The autoregressive order of each transform: a MAF alternates identity and reversed order; an IAF
+    takes its mirror MAF's orders back to front, so IAF transform j matches MAF transform K - 1 - j."""
+    if kind not in FLOW_KINDS:
+        raise ValueError(f"flow kind '{kind}' is not one of {FLOW_KINDS}")
+    forward, backward = torch.arange(features), torch.arange(features - 1, -1, -1)
+    maf = [forward if k % 2 == 0 else backward for k in range(transforms)]
+    return maf if kind == "maf" else maf[::-1]
+
+
+# ---- flows -----------------------------------------------------------------------------------------------
+@dataclass
+class FlowNetConfig:
+    """One flow's size: ``transforms`` affine autoregressive transforms, each a MADE with ``depth`` hidden
+    layers of ``hidden`` units; log scales clamped to +-``scale_clamp``."""
+
+    transforms: int = 4
+    hidden: int = 64
+    depth: int = 2
+    scale_clamp: float = 3.0
+
+    def check(self, prefix: str = "model.") -> None:
+        for name in ("transforms", "hidden", "depth"):
+            if getattr(self, name) < 1:
+                raise InputError(None, f"{prefix}{name}", f"is {getattr(self, name)}", "an integer >= 1")
+        if not self.scale_clamp > 0:
+            raise InputError(None, f"{prefix}scale_clamp", f"is {self.scale_clamp}", "a number > 0")
+
+
+# Named sizes: (layer-energy flow, shower-shape flow).
+FLOW_SIZES: dict[str, tuple[FlowNetConfig, FlowNetConfig]] = {
+    "tiny": (FlowNetConfig(2, 16, 1), FlowNetConfig(2, 16, 1)),
+    "small": (FlowNetConfig(4, 64, 2), FlowNetConfig(4, 128, 2)),
+    "base": (FlowNetConfig(6, 128, 2), FlowNetConfig(6, 256, 2)),
+}
+
+
+class AutoregressiveFlow(nn.Module):
+    """A stack of ``AutoregressiveAffine`` transforms over D dimensions with a standard normal base.
+
+    ``kind="maf"``: x -> z is the fast direction (density in K passes, sampling in K x D);
+    ``kind="iaf"``: z -> x is (sampling in K passes, density in K x D).
+    """
+
+    def __init__(self, features: int, context: int, config: FlowNetConfig, kind: str) -> None:
+        super().__init__()
+        self.kind, self.features = kind, features
+        self.transforms = nn.ModuleList(
+            AutoregressiveAffine(order, context, config.hidden, config.depth, config.scale_clamp)
+            for order in flow_orders(features, config.transforms, kind)
+        )
+
+    def fast_chain(self, u: Tensor, context: Tensor | None) -> tuple[list[Tensor], Tensor]:
+        """The fast direction with every intermediate state: ([u, after 1, ..., after K], log|det|) where the
+        states are (N, D) and the log-determinant (N,)."""
+        states, logdet = [u], torch.zeros_like(u[:, 0])
+        for transform in self.transforms:
+            u, ld = transform.fast(u, context)  # type: ignore[operator]
+            states.append(u)
+            logdet = logdet + ld
+        return states, logdet
+
+    def slow_chain(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The slow direction (inverse of ``fast_chain``): (u, log|du/dv|)."""
+        logdet = torch.zeros_like(v[:, 0])
+        for transform in reversed(self.transforms):
+            v, ld = transform.slow(v, context)  # type: ignore[operator]
+            logdet = logdet + ld
+        return v, logdet
+
+    def to_latent(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x (N, D) -> (z (N, D), log|dz/dx| (N,))."""
+        if self.kind == "maf":
+            states, logdet = self.fast_chain(x, context)
+            return states[-1], logdet
+        return self.slow_chain(x, context)
+
+    def to_data(self, z: Tensor, context: Tensor | None) -> Tensor:
+        """z (N, D) -> x (N, D)."""
+        if self.kind == "iaf":
+            return self.fast_chain(z, context)[0][-1]
+        return self.slow_chain(z, context)[0]
+
+    def log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
+        """log p(x | context) (N,) nats, exact: log N(z) + log|dz/dx|."""
+        z, logdet = self.to_latent(x, context)
+        return standard_normal_log_prob(z) + logdet
+
+
+class LayerwiseFlow(nn.Module):
+    """One flow over a shower's voxels, either whole (``n_layers=1``: D = V) or layer by layer (D = V / L):
+    layer l is a draw of the flow with context [context, one-hot(l), previous layer's values] (L2LFlows).
+
+    Densities and training run all layers at once (the previous layer is known); sampling runs the layers
+    in turn. Voxels are in CaloChallenge order (layer slowest), so x (N, V) reshapes to (N, L, V / L).
+    """
+
+    eye: Tensor
+
+    def __init__(self, n_voxels: int, n_layers: int, context: int, config: FlowNetConfig, kind: str) -> None:
+        super().__init__()
+        if n_voxels % n_layers:
+            raise ValueError(f"{n_voxels} voxels do not split into {n_layers} equal layers")
+        self.n_layers, self.per_layer = n_layers, n_voxels // n_layers
+        self.layered = n_layers > 1
+        extra = n_layers + self.per_layer if self.layered else 0
+        self.flow = AutoregressiveFlow(self.per_layer, context + extra, config, kind)
+        self.register_buffer("eye", torch.eye(n_layers), persistent=False)
+
+    def rows(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """The flow's rows for showers x (N, V) with context (N, C): ((N L, V / L), (N L, C')), each layer
+        conditioned on its index and the previous layer of x (zeros before the first)."""
+        if not self.layered:
+            return x, context
+        n, per = self.n_layers, self.per_layer
+        grid = x.reshape(-1, n, per)  # (N, L, P)
+        previous = torch.cat([torch.zeros_like(grid[:, :1]), grid[:, :-1]], dim=1)  # (N, L, P)
+        zeros = torch.zeros_like(grid[:, :, :1])  # (N, L, 1)
+        rows = torch.cat([context[:, None, :] + zeros, self.eye[None] + zeros, previous], dim=2)
+        return grid.reshape(-1, per), rows.reshape(grid.shape[0] * n, -1)
+
+    def log_prob(self, x: Tensor, context: Tensor) -> Tensor:
+        """log p(x | context) (N,) nats for showers x (N, V) in the model's space."""
+        values, rows = self.rows(x, context)
+        return self.flow.log_prob(values, rows).reshape(x.shape[0], -1).sum(dim=1)
+
+    def sample(self, z: Tensor, context: Tensor) -> Tensor:
+        """Showers (N, V) in the model's space from standard normal z (N, V), layer after layer."""
+        if not self.layered:
+            return self.flow.to_data(z, context)
+        per = self.per_layer
+        previous = torch.zeros_like(z[:, :per])
+        layers = []
+        for layer in range(self.n_layers):
+            one_hot = self.eye[layer] + torch.zeros_like(z[:, :1])  # (N, L)
+            rows = torch.cat([context, one_hot, previous], dim=1)
+            previous = self.flow.to_data(z[:, layer * per : (layer + 1) * per], rows)
+            layers.append(previous)
+        return torch.cat(layers, dim=1)
