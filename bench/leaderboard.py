@@ -201,7 +201,7 @@ def main() -> None:
     command = "python " + " ".join(sys.argv)
     result = {"benchmark": "leaderboard", "data": args.data, "n_eval": args.n_eval, "seed": args.seed,
               "commit": commit, "machine": machine(), "command": command, "date": time.strftime("%Y-%m-%d"),
-              "rows": rows}
+              "registered": family_names(), "rows": rows}
     out = Path(args.out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -235,12 +235,25 @@ def markdown(result: dict[str, Any], batches: list[int]) -> str:
     for row in result["rows"]:
         m = row["metrics"]
         cpu = cell(row, "numpy_cpu") if row["kind"] == "gflash" else cell(row, "pytorch_cpu")
-        training = f"{row['train_minutes']:.0f} min, {row['steps']} steps" if row["kind"] == "family" else "-"
+        training = "-"
+        if row["kind"] == "family":
+            sampling = ", ".join(f"{k} {v}" for k, v in row.get("sampling", {}).items())
+            training = (f"{row['train_minutes']:.0f} min, {row['steps']} steps; "
+                        f"sampling: {sampling or 'one pass'}")
         lines.append(
             f"| {row['name']} | {m['auc_low']:.3f} | {m['auc_high']:.3f} | {m['fpd_x1e3']:.1f} | "
             f"{m['kpd_x1e3']:.3f} | {m['mean_separation_power']:.4f} | {cpu} | "
             f"{cell(row, 'onnxruntime_cpu')} | {training} |"
         )
+    shown = {row["name"] for row in result["rows"]}
+    absent = [name for name in result.get("registered", []) if name not in shown]
+    if absent:
+        lines += ["", f"Registered families not on this board yet (not trained at this budget): "
+                      f"{', '.join(absent)}."]
+    if any("pytorch_gpu" in row.get("timing", {}) for row in result["rows"]):
+        lines += ["", "GPU (PyTorch), ms/shower at batch " + head + ": " + "; ".join(
+            f"{row['name']} {cell(row, 'pytorch_gpu')}" for row in result["rows"]
+            if "pytorch_gpu" in row.get("timing", {}))]
     lines.append("")
     return "\n".join(lines)
 

@@ -117,6 +117,20 @@ def test_teacher_and_student_train_export_and_score(data: Path, tmp_path: Path, 
     odd.showers[:, -1] = odd.energy * 0.02
     assert shower_log_likelihoods(teacher / "model.ckpt", odd).mean() < scores.mean()
 
+    # the same from the command line, two files side by side
+    write_showers(tmp_path / "typical.h5", showers)
+    write_showers(tmp_path / "odd.h5", odd)
+    code, out, err = run("likelihood", teacher / "model.ckpt", tmp_path / "typical.h5", tmp_path / "odd.h5",
+                         "--out", tmp_path / "ll.npz")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'typical.h5'}: 7 showers, log-likelihood mean")
+    assert f"{scores.mean():.6g}" in lines[0] and lines[1].startswith(f"{tmp_path / 'odd.h5'}: 7 showers")
+    saved = np.load(tmp_path / "ll.npz")
+    np.testing.assert_allclose(saved["file0"], scores, rtol=1e-6)
+    code, _, err = run("likelihood", tmp_path / "none.ckpt", tmp_path / "typical.h5")
+    assert code == 2 and "none.ckpt" in err
+
 
 def test_log_prob_matches_a_sampled_shower_s_latents() -> None:
     # The density is that of the flows' latents: scoring a generated shower's model-space values recovers

@@ -519,6 +519,37 @@ def generate_command(
     typer.echo(energy_response(iter_showers(out), ranges).summary())
 
 
+@app.command("likelihood")
+def likelihood_command(
+    checkpoint: str = typer.Argument(..., help="model.ckpt of a 'flow' run (exact likelihood)."),
+    files: list[str] = typer.Argument(..., help="Shower files to score (e.g. generated and Geant4)."),  # noqa: B008
+    out: str | None = typer.Option(None, "--out", help="Also write every shower's log-likelihood to this "
+                                   ".npz (one array per file, named file0, file1, ...)."),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1, help="Showers per model call."),
+) -> None:
+    """Score showers by their exact log-likelihood under a flow model (nats in the model's coordinates):
+    compare files under one checkpoint, e.g. generated against Geant4 showers."""
+    import numpy as np
+
+    from caloforge.families.flow.likelihood import shower_log_likelihoods
+    from caloforge.io import read_showers
+
+    scores = {}
+    for index, path in enumerate(files):
+        values = shower_log_likelihoods(checkpoint, read_showers(path, dtype=np.float32), batch_size)
+        scores[f"file{index}"] = values
+        q05, median, q95 = np.quantile(values, [0.05, 0.5, 0.95])
+        typer.echo(f"{path}: {len(values)} showers, log-likelihood mean {values.mean():.6g}, median "
+                   f"{median:.6g}, 5-95 % [{q05:.6g}, {q95:.6g}]")
+    if out is not None:
+        from caloforge.io import atomic_output
+
+        with atomic_output(out) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **scores)
+        typer.echo(f"wrote {out}")
+
+
 @app.command("demo")
 def demo_command(
     out: str = typer.Option("demo", "--out", help="Directory for the showers, the run and the report."),
