@@ -23,6 +23,7 @@ preprocessed copy of the set is ever held: the voxel representation is ``voxel_b
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,7 +38,6 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from caloforge.context import RunContext
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
-from caloforge.families.mdma_gan.points import points_batch
 from caloforge.io.source import ShowerSource
 from caloforge.runconfig import DataConfig
 
@@ -213,10 +213,19 @@ class _Bound:
         return self.representation(showers, self.context)
 
 
-REPRESENTATIONS: dict[str, Callable[[ShowerSet, RunContext], Batch]] = {
-    "voxels": voxel_batch,
-    "points": points_batch,  # point clouds (hits, mask, cond, E_inc): caloforge.families.mdma_gan.points
+# representation -> "module:function" building its batches, imported when a run asks for it (a family's
+# package is not imported by the shared data code otherwise).
+REPRESENTATIONS: dict[str, str] = {
+    "voxels": "caloforge.datamodule:voxel_batch",
+    "points": "caloforge.families.mdma_gan.points:points_batch",  # hits, mask, cond, E_inc
 }
+
+
+def representation_batch(name: str) -> Callable[[ShowerSet, RunContext], Batch]:
+    """The batch builder of representation ``name`` (``REPRESENTATIONS``)."""
+    module, _, function = REPRESENTATIONS[name].partition(":")
+    builder: Callable[[ShowerSet, RunContext], Batch] = getattr(importlib.import_module(module), function)
+    return builder
 
 
 class ShowerDataModule(L.LightningDataModule):
@@ -243,7 +252,7 @@ class ShowerDataModule(L.LightningDataModule):
         super().__init__()
         self.train_data, self.val_data = split_validation(data, config.validation_fraction, seed)
         self.config, self.batch_size, self.seed = config, int(batch_size), int(seed)
-        self.to_batch = _Bound(REPRESENTATIONS[representation], context)
+        self.to_batch = _Bound(representation_batch(representation), context)
 
     def _place(self) -> tuple[int, int, int]:
         """(rank, world size, batches already trained on) from the Trainer (a resumed run's count)."""
