@@ -48,3 +48,19 @@ def test_demo_quick_scores_the_shipped_model_against_geant4(tmp_path: Path) -> N
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert 0.0 <= metrics["classifier"]["low"]["auc"] <= 1.0
     assert len(read_showers(out / "generated.h5")) == len(read_showers(out / "reference.h5")) == 200
+
+
+def test_demo_scores_a_checkpoint_of_ones_own(tmp_path: Path, run) -> None:
+    from caloforge.pretrained import sample_path
+
+    config = tmp_path / "toy.yaml"
+    config.write_text("family: toy-gauss\nmodel: {width: 8}\ntrain: {batch_size: 64, max_steps: 2}\n")
+    code, _, err = run("train", "--data", sample_path("g4-siw-electrons"), "--config", config,
+                       "--out", tmp_path / "run")
+    assert code == 0, err
+    model = tmp_path / "run" / "model.ckpt"
+    code, out, err = run("demo", "--quick", "--out", tmp_path / "demo", "--model", model)
+    assert code == 0, err
+    assert f"model: {model}" in out and "auc_low" in out
+    code, _, err = run("demo", "--quick", "--out", tmp_path / "none", "--model", tmp_path / "missing.ckpt")
+    assert code == 2 and "missing.ckpt" in err and "does not exist" in err

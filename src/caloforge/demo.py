@@ -198,7 +198,7 @@ class PretrainedDemoConfig:
     """Sizes of the pretrained demo.
 
     Args:
-        model: name of the shipped model (``caloforge models``).
+        model: name of the shipped model (``caloforge models``), or the path of a ``.ckpt``.
         sample: name of the shipped reference sample.
         n_eval: showers generated and compared (at most the sample's; ``None``: all of it).
         n_steps, sampler: sampling options (``None``: the model's own).
@@ -255,7 +255,9 @@ def run_pretrained_demo(
     out = Path(out_dir)
     if (out / "report").exists() or (out / "generated.h5").exists():
         raise InputError(out, None, "already holds a demo", "a new --out directory")
-    model = model_path(cfg.model)
+    model = Path(cfg.model) if cfg.model.endswith(".ckpt") else model_path(cfg.model)
+    if not model.is_file():
+        raise InputError(model, None, "does not exist", "a model.ckpt, or a name from 'caloforge models'")
     reference = read_showers(sample_path(cfg.sample))
     if cfg.n_eval is not None:
         reference = reference[: cfg.n_eval]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["REPRESENTATIONS", "Family", "family_names", "get_family", "register"]
 
-REPRESENTATIONS = ("voxels",)  # what a family trains on; point clouds come with the first point family
+REPRESENTATIONS = ("voxels", "points")  # what a family trains on (caloforge.datamodule.REPRESENTATIONS)
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ _REGISTRY: dict[str, str] = {
     "edm-dit": "caloforge.families.edm_dit",
     "vq-gpt": "caloforge.families.vq_gpt",
     "edm-unet": "caloforge.families.edm_unet",
+    "mdma-gan": "caloforge.families.mdma_gan",
     "flow": "caloforge.families.flow",
 }
 

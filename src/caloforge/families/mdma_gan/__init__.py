@@ -1,0 +1,123 @@
+"""Family ``mdma-gan``: showers as point clouds, a mean-field-attention GAN, voxelisation back to the readout.
+
+After MDMA (the CaloChallenge entry with mean-field attention, arXiv 2410.21611's table): every cell with
+energy becomes a hit (``points.py``: position dequantised inside its cell, alpha as cos/sin, log energy),
+a generator of mean-field blocks (``caloforge.models.mean_field``) turns one normal latent per hit into hit
+features, given the conditions (energy, angles, detector through the run's condition encoder) and the hit
+count, and a permutation-invariant critic of the same blocks scores hit sets. The hit count is drawn
+first, from a learned p(n | conditions) driven by one uniform number (``counts.py``).
+
+Training (``module.py``): WGAN-GP (Gulrajani et al. 2017) with the gradient penalty on masked
+interpolates, mean-field feature matching and a response term (E_tot / E_inc) in the generator's loss,
+weight normalisation in the critic. Generation (``sampler.py``) is one ``ShowerSampler`` with a fixed
+number of hit slots: count draw, generator, voxelisation (scatter-add), so it exports to ONNX whole.
+Design notes and every config key: docs/families/mdma-gan.md.
+
+Layout: ``points.py``, ``counts.py``, ``sampler.py`` (no Lightning), ``module.py`` (the LightningModule,
+imported only to train).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from caloforge.errors import InputError
+from caloforge.families import Family
+from caloforge.models.mean_field import MeanFieldConfig
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from caloforge.context import RunContext
+    from caloforge.families.mdma_gan.sampler import MdmaGanSampler
+    from caloforge.runconfig import RunConfig
+    from caloforge.sampler import ShowerSampler
+
+__all__ = ["FAMILY", "MdmaGanConfig"]
+
+
+@dataclass
+class MdmaGanConfig:
+    """The ``model`` section of an ``mdma-gan`` run.
+
+    Args:
+        net: generator and critic size (``caloforge.models.mean_field``: presets tiny, small, base).
+        max_hits: hit slots of the sampler, the largest hit count it can draw (``null``: one per cell of
+            the readout). Training showers with more hits keep their ``max_hits`` most energetic ones.
+        count_bins: bins of the hit-count model over [0, max_hits].
+        count_width: hidden width of the hit-count model's MLP.
+        critic_steps: critic updates per generator update; each training step (batch) makes exactly one
+            update, critic or generator in turn, so ``train.max_steps`` counts batches.
+        gp_weight: weight of the gradient penalty (lambda of WGAN-GP).
+        feature_matching: weight of the mean-field feature matching in the generator's loss.
+        response_weight: weight of the response term, the squared difference of ln(E_tot / E_inc) between
+            each generated shower and the real one whose conditions and hit count it was given.
+        critic_lr: the critic's learning rate (``null``: 4 x ``optim.lr``; a faster critic, as in the
+            two time-scale update rule of Heusel et al. 2017, kept the tiny toy runs from collapsing).
+        betas: Adam's betas for both networks ((0, 0.9) as in WGAN-GP).
+    """
+
+    net: MeanFieldConfig = field(default_factory=MeanFieldConfig)
+    max_hits: int | None = None
+    count_bins: int = 64
+    count_width: int = 64
+    critic_steps: int = 2
+    gp_weight: float = 10.0
+    feature_matching: float = 1.0
+    response_weight: float = 1.0
+    critic_lr: float | None = None
+    betas: tuple[float, float] = (0.0, 0.9)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``InputError`` for settings no model can be built with (also after in-place changes)."""
+        self.net.resolved()
+        if self.max_hits is not None and self.max_hits < 1:
+            raise InputError(None, "model.max_hits", f"is {self.max_hits}", "an integer >= 1 (or null)")
+        for name in ("count_bins", "count_width", "critic_steps"):
+            if getattr(self, name) < 1:
+                raise InputError(None, f"model.{name}", f"is {getattr(self, name)}", "an integer >= 1")
+        for name in ("gp_weight", "feature_matching", "response_weight"):
+            if getattr(self, name) < 0:
+                raise InputError(None, f"model.{name}", f"is {getattr(self, name)}", "a number >= 0")
+        if self.critic_lr is not None and self.critic_lr <= 0:
+            raise InputError(None, "model.critic_lr", f"is {self.critic_lr}", "a number > 0 (or null)")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise InputError(None, "model.betas", f"is {list(self.betas)}", "two numbers in [0, 1)")
+
+    def critic_lr_for(self, lr: float) -> float:
+        """The critic's learning rate given the run's ``optim.lr``."""
+        return 4.0 * lr if self.critic_lr is None else float(self.critic_lr)
+
+    def hit_slots(self, n_voxels: int) -> int:
+        """The sampler's hit slots for a readout of ``n_voxels`` cells."""
+        return int(self.max_hits or n_voxels)
+
+
+def _build_sampler(config: MdmaGanConfig, context: RunContext) -> MdmaGanSampler:
+    from caloforge.families.mdma_gan.sampler import MdmaGanSampler
+
+    return MdmaGanSampler(config, context)
+
+
+def _build_module(
+    config: RunConfig, context: RunContext, teacher: ShowerSampler | None = None
+) -> L.LightningModule:
+    from caloforge.families.mdma_gan.module import MdmaGanModule
+
+    return MdmaGanModule(config, context)
+
+
+FAMILY = Family(
+    name="mdma-gan",
+    summary="point-cloud GAN with mean-field attention (MDMA), hits voxelised back to the readout",
+    config=MdmaGanConfig,
+    build_module=_build_module,
+    build_sampler=_build_sampler,
+    representation="points",
+    sample_options=(),
+    tiny={"net": {"size": "tiny"}, "count_bins": 8, "count_width": 8, "critic_steps": 1},
+)

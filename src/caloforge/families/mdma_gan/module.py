@@ -1,0 +1,185 @@
+"""The ``mdma-gan`` LightningModule: WGAN-GP on point clouds, by manual optimisation.
+
+Each training step (batch) makes exactly one optimiser update, so ``global_step`` counts batches: steps
+whose index modulo ``critic_steps + 1`` is below ``critic_steps`` update the critic, the others the
+generator (and the hit-count model), as WGAN-GP's loop draws a fresh real batch for every critic update.
+Both learning-rate schedules (``FamilyModule.schedule``: warm-up, cosine) are stepped after every batch, so
+both follow the run's progress, whichever network was updated.
+
+* critic: E[D(fake)] - E[D(real)] + gp_weight E[(|grad D(x_hat)| - 1)^2] (Gulrajani et al. 2017, eq. 3),
+  x_hat = eps x real + (1 - eps) x fake per shower. Fakes are generated with the real batch's mask (its hit
+  counts and padding), so the interpolates are masked alike and the penalty's gradient norm runs over
+  real hits only.
+* generator: -E[D(fake)] + feature_matching |mean mf(real) - mean mf(fake)|^2 (the critic's final mean
+  field, Salimans et al. 2016) + response_weight E[(ln R_fake - ln R_real)^2], R = E_tot / E_inc of each
+  shower and of the real one whose conditions and count it was given, + the hit-count model's NLL.
+
+Batches are ``points.points_batch``'s: hits (B, M_b, 5), mask (B, M_b), cond (B, C), E_inc (B,) MeV;
+hits beyond the model's slots (the lowest-energy ones: the batch is sorted) are dropped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from caloforge.context import RunContext
+from caloforge.families.mdma_gan import MdmaGanConfig
+from caloforge.families.mdma_gan.points import N_FEATURES, PointScaling, hit_energies
+from caloforge.families.mdma_gan.sampler import build_counts, build_generator, hit_condition
+from caloforge.models.mean_field import MeanFieldCritic
+from caloforge.optim import build_optimizer
+from caloforge.runconfig import RunConfig
+from caloforge.training import FamilyModule
+
+__all__ = ["MdmaGanModule", "gradient_penalty", "log_response"]
+
+
+def log_response(hits: Tensor, mask: Tensor, scaling: PointScaling) -> Tensor:
+    """ln(E_tot / E_inc) (B,) of hit sets (B, M, 5) with mask (B, M)."""
+    return torch.log(hit_energies(hits, mask, scaling).sum(1) + 1e-12)
+
+
+def gradient_penalty(critic: MeanFieldCritic, real: Tensor, fake: Tensor, mask: Tensor, cond: Tensor,
+                     generator: torch.Generator) -> Tensor:
+    """E[(|grad_x D(x_hat)| - 1)^2] over masked interpolates x_hat (B, M, F) of real and fake hit sets."""
+    eps = torch.rand(real.shape[0], 1, 1, generator=generator, device=real.device)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    score, _ = critic(x_hat, mask, cond)
+    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+    grad = grad * mask.to(grad.dtype)[..., None]  # the critic ignores padding; say so explicitly
+    norm = torch.sqrt(grad.pow(2).flatten(1).sum(1) + 1e-12)
+    return ((norm - 1) ** 2).mean()
+
+
+class MdmaGanModule(FamilyModule):
+    """``generator``, ``counts`` and ``critic``; ``generator_ema`` and ``counts_ema``, their averages
+    (updated after generator steps only), are what the sampler uses (module doc)."""
+
+    def __init__(self, config: RunConfig, context: RunContext) -> None:
+        super().__init__(config, context)
+        self.automatic_optimization = False
+        model: MdmaGanConfig = config.model
+        model.check()
+        cond_dim = context.spec.dim
+        self.max_hits = model.hit_slots(context.geometry.n_voxels)
+        self.latent = model.net.resolved().latent
+        with torch.random.fork_rng():  # initial weights from the run's seed without touching global state
+            torch.manual_seed(config.train.seed)
+            self.generator = build_generator(model, cond_dim)
+            self.counts = build_counts(model, cond_dim, self.max_hits)
+            self.critic = MeanFieldCritic(model.net, cond_dim + 1, N_FEATURES)
+        self.generator_ema = self.average(self.generator)
+        self.counts_ema = self.average(self.counts)
+        self.scaling = PointScaling.of(context)
+
+    # -- data
+    def _inputs(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(hits (B, M, 5), mask (B, M), cond (B, C), cond with the count (B, C + 1), counts (B,)), hits
+        cut to the model's slots."""
+        hits, mask, cond = batch[0][:, : self.max_hits], batch[1][:, : self.max_hits], batch[2]
+        n_hits = mask.sum(1)
+        return hits, mask, cond, hit_condition(cond, n_hits, self.max_hits), n_hits
+
+    def _fake(self, mask: Tensor, cond_n: Tensor, noise: torch.Generator) -> Tensor:
+        """Generated hit sets (B, M, 5) with the given mask (B, M) and condition (B, C + 1)."""
+        z = torch.randn(*mask.shape, self.latent, generator=noise, device=mask.device)
+        return self.generator(z, mask, cond_n)
+
+    # -- training
+    def _is_critic_step(self) -> bool:
+        every = self.config.model.critic_steps
+        return self.global_step % (every + 1) < every
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        hits, mask, cond, cond_n, n_hits = self._inputs(batch)
+        noise = self.noise_generator()
+        gen_opt, critic_opt = self.optimizers()  # type: ignore[attr-defined]
+        if self._is_critic_step():
+            with torch.no_grad():
+                fake = self._fake(mask, cond_n, noise)
+            real_score, _ = self.critic(hits, mask, cond_n)
+            fake_score, _ = self.critic(fake, mask, cond_n)
+            penalty = gradient_penalty(self.critic, hits, fake, mask, cond_n, noise)
+            distance = real_score.mean() - fake_score.mean()  # the Wasserstein estimate
+            loss = -distance + self.config.model.gp_weight * penalty
+            self._update(critic_opt, loss)
+            self.log_dict({"train/wasserstein": distance, "train/gradient_penalty": penalty},
+                          on_step=True, on_epoch=False)
+        else:
+            loss = self._generator_loss(hits, mask, cond, cond_n, n_hits, noise)
+            self._update(gen_opt, loss)
+        self._step_schedules()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def _generator_loss(self, hits: Tensor, mask: Tensor, cond: Tensor, cond_n: Tensor, n_hits: Tensor,
+                        noise: torch.Generator) -> Tensor:
+        model: MdmaGanConfig = self.config.model
+        fake = self._fake(mask, cond_n, noise)
+        fake_score, fake_field = self.critic(fake, mask, cond_n)
+        with torch.no_grad():
+            _, real_field = self.critic(hits, mask, cond_n)
+        matching = (fake_field.mean(0) - real_field.mean(0)).pow(2).mean()
+        response = (log_response(fake, mask, self.scaling) - log_response(hits, mask, self.scaling)).pow(2)
+        count_nll = self.counts.loss(cond, n_hits)
+        self.log_dict({"train/feature_matching": matching, "train/response": response.mean(),
+                       "train/count_nll": count_nll}, on_step=True, on_epoch=False)
+        return (-fake_score.mean() + model.feature_matching * matching
+                + model.response_weight * response.mean() + count_nll)
+
+    def _update(self, optimizer: Any, loss: Tensor) -> None:
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        self.clip(optimizer)
+        optimizer.step()
+
+    def _step_schedules(self) -> None:
+        with warnings.catch_warnings():
+            # Both schedules step every batch (module doc); at the first batch one network has not been
+            # updated yet, which torch reports as a schedule stepped before its optimiser.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            for scheduler in self.lr_schedulers():  # type: ignore[union-attr]
+                scheduler.step()
+        self.log("train/lr", self.optimizers()[0].param_groups[0]["lr"],  # type: ignore[index]
+                 on_step=True, on_epoch=False)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # global_step has advanced past this batch's update: it was a generator update if the step before
+        # it was not a critic step. The averages follow the generator's updates only.
+        every = self.config.model.critic_steps
+        if (self.global_step - 1) % (every + 1) >= every:
+            self.update_averages()
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        optim, model = self.config.optim, self.config.model
+        precision = self.config.train.precision
+        generator = build_optimizer([*self.generator.parameters(), *self.counts.parameters()], optim,
+                                    precision)
+        critic_optim = replace(optim, lr=model.critic_lr_for(optim.lr))
+        critic = build_optimizer(self.critic.parameters(), critic_optim, precision)
+        for optimizer in (generator, critic):
+            for group in optimizer.param_groups:
+                group["betas"] = tuple(model.betas)
+        schedules = [self.schedule(generator)["scheduler"], self.schedule(critic)["scheduler"]]
+        return [generator, critic], schedules
+
+    # -- the checkpoint entry
+    def sampler_state_dict(self) -> dict[str, Tensor]:
+        """The sampler's weights: the averaged generator (``generator.``) and count model (``counts.``)."""
+        state = {f"generator.{k}": v for k, v in self.generator_ema.module.state_dict().items()}
+        state.update({f"counts.{k}": v for k, v in self.counts_ema.module.state_dict().items()})
+        return state
+
+    def load_sampler_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Start the generator and count model (and their averages) from a sampler's weights
+        (``--init-from``); the critic starts fresh."""
+        for name, network, average in (("generator", self.generator, self.generator_ema),
+                                       ("counts", self.counts, self.counts_ema)):
+            part = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+            network.load_state_dict(part)
+            average.module.load_state_dict(part)

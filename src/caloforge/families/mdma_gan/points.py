@@ -1,0 +1,191 @@
+"""The ``points`` representation: showers as point clouds of hits, and hits back to readout cells.
+
+Every cell with E > 0 becomes one hit with ``N_FEATURES`` = 5 features (``PointScaling`` fixes the scales
+from the run's context, so no extra fit is needed):
+
+====  ==========================================================================================
+0     z: (layer + u) / n_layers mapped onto [-1, 1]
+1, 2  cos(alpha), sin(alpha): alpha drawn uniformly inside the cell's angular bin. Periodic, so the
+      features have no seam at +-pi; back to cells, alpha = atan2(sin, cos) and the bin is taken modulo
+      n_alpha (a hit just past +pi lands in the first bin, as it should).
+3     r: radius in mm drawn uniformly inside the cell's radial bin, / outer radius mapped onto [-1, 1]
+4     e: ln(E_hit / E_inc) standardised, (ln - mid) / half (``PointScaling``)
+====  ==========================================================================================
+
+The uniform draws ("dequantisation", so a continuous model sees a continuous density) keep 1e-3 of a cell
+away from its edges, so float rounding never moves a hit to a neighbour; they come from a numpy generator
+seeded with the batch's incident energies (a pure function of the batch: no global random state, the same
+draws whenever the same batch recurs, as a validation batch does).
+
+A batch (``points_batch``) is padded and masked: hits (B, M_b, 5) float32 with each shower's hits sorted by
+energy, highest first (so a model with fewer slots keeps the largest hits by slicing), mask (B, M_b) bool,
+condition vectors (B, C) and E_inc (B,) MeV; M_b is the batch's largest hit count (at least 1).
+
+``Voxeliser`` is the way back, hits -> cells, summing the energies of hits that share a cell with a
+scatter-add, so it exports to ONNX. It handles per-layer binning (CaloChallenge dataset 1): each layer's
+alpha and radial bins are looked up from tables indexed by the hit's layer. No Lightning here.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from caloforge.context import RunContext
+from caloforge.data import ShowerSet
+from caloforge.geometry import CylindricalGeometry
+
+__all__ = ["N_FEATURES", "PointScaling", "Voxeliser", "grid_to_hits", "hit_energies", "points_batch"]
+
+N_FEATURES = 5
+_MARGIN = 1e-3  # fraction of a cell kept free at its edges by the dequantisation
+_BIG = 1e9  # stands for "no edge" in the padded radial-edge table (mm)
+
+
+@dataclass(frozen=True)
+class PointScaling:
+    """Scales of the hit features (module doc).
+
+    Args:
+        n_layers: readout layers (z maps [0, n_layers) onto [-1, 1]).
+        outer_radius_mm: largest radial edge (r maps [0, R] onto [-1, 1]).
+        log_mid, log_half: ln(E_hit / E_inc) = log_mid + log_half x e. The span is from the readout
+            threshold at the largest training energy, ln(threshold / E_max), the smallest value a hit can
+            take, to ln(mean E_tot / E_inc), above what one cell holds: a fixed, fitted-once min-max
+            standardisation (the run's context holds no per-hit statistics).
+    """
+
+    n_layers: int
+    outer_radius_mm: float
+    log_mid: float
+    log_half: float
+
+    @classmethod
+    def of(cls, context: RunContext) -> PointScaling:
+        lo = math.log(max(context.preprocessor.threshold_mev, 1e-12) / context.ranges.energy_max)
+        ratio = context.ranges.mean_energy_ratio
+        hi = max(math.log(ratio) if ratio > 0 else lo + 1.0, lo + 1.0)
+        return cls(context.geometry.n_layers, float(context.geometry.outer_radius_mm), 0.5 * (lo + hi),
+                   0.5 * (hi - lo))
+
+
+@lru_cache(maxsize=8)
+def _cell_table(geometry: CylindricalGeometry) -> NDArray[np.float64]:
+    """Per flat voxel (V, 5): layer, alpha lower edge (rad), alpha bin width (rad), r lower and upper
+    edge (mm)."""
+    layer, alpha, radial = geometry.voxel_indices
+    table = np.empty((geometry.n_voxels, 5))
+    table[:, 0] = layer
+    for index, binning in enumerate(geometry.layers):
+        sel = layer == index
+        if not sel.any():
+            continue
+        width = 2 * math.pi / binning.n_alpha
+        edges = np.asarray(binning.r_edges)
+        table[sel, 1] = -math.pi + alpha[sel] * width
+        table[sel, 2] = width
+        table[sel, 3] = edges[radial[sel]]
+        table[sel, 4] = edges[radial[sel] + 1]
+    return table
+
+
+def grid_to_hits(
+    showers: NDArray[np.floating], energy: NDArray[np.floating], geometry: CylindricalGeometry,
+    scaling: PointScaling, rng: np.random.Generator,
+) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """Showers (N, V) MeV and E_inc (N,) MeV -> (hits (N, M_b, 5) float32, mask (N, M_b) bool): one hit per
+    cell with E > 0, sorted by energy (highest first), features as in the module doc, padding zero."""
+    showers = np.asarray(showers, dtype=np.float64)
+    n_hits = (showers > 0).sum(axis=1)
+    m = max(1, int(n_hits.max(initial=0)))
+    order = np.argsort(-showers, axis=1, kind="stable")[:, :m]  # (N, M_b): cells, highest energy first
+    e = np.take_along_axis(showers, order, axis=1)
+    mask = np.arange(m)[None] < n_hits[:, None]  # (N, M_b)
+    cells = _cell_table(geometry)[order]  # (N, M_b, 5)
+    u = rng.uniform(_MARGIN, 1 - _MARGIN, (*order.shape, 3))
+    z = (cells[..., 0] + u[..., 0]) / scaling.n_layers * 2 - 1
+    alpha = cells[..., 1] + u[..., 1] * cells[..., 2]
+    r = (cells[..., 3] + u[..., 2] * (cells[..., 4] - cells[..., 3])) / scaling.outer_radius_mm * 2 - 1
+    ratio = np.where(mask, e, 1.0) / np.asarray(energy, dtype=np.float64)[:, None]
+    y = (np.log(ratio) - scaling.log_mid) / scaling.log_half
+    hits = np.stack([z, np.cos(alpha), np.sin(alpha), r, y], axis=-1) * mask[..., None]
+    return hits.astype(np.float32), mask
+
+
+def points_batch(showers: ShowerSet, context: RunContext) -> tuple[Tensor, ...]:
+    """The ``points`` representation of a batch (module doc): hits (B, M_b, 5) float32, mask (B, M_b) bool,
+    condition vectors (B, C) float32, E_inc (B,) float32 MeV."""
+    energy = np.asarray(showers.energy, dtype=np.float64)
+    rng = np.random.default_rng(zlib.crc32(np.ascontiguousarray(energy).tobytes()))
+    hits, mask = grid_to_hits(showers.showers, energy, showers.geometry, PointScaling.of(context), rng)
+    return (torch.from_numpy(hits), torch.from_numpy(mask), context.spec.encode(showers),
+            torch.from_numpy(energy.astype(np.float32)))
+
+
+def hit_energies(hits: Tensor, mask: Tensor, scaling: PointScaling) -> Tensor:
+    """Hits (B, M, 5), mask (B, M) -> E_hit / E_inc (B, M), zero for padding; capped at 1 (no hit holds
+    more than the incident energy)."""
+    log_ratio = (scaling.log_mid + scaling.log_half * hits[..., 4]).clamp(max=0.0)
+    return torch.exp(log_ratio) * mask.to(hits.dtype)
+
+
+class Voxeliser(nn.Module):
+    """Hits -> cells: ``forward(hits, mask, energy)``: hits (N, M, 5), mask (N, M) bool, E_inc (N,) MeV ->
+    showers (N, V) MeV, the energies of the hits in each cell summed (scatter-add; ONNX-exportable).
+
+    Positions outside the readout are clamped to the nearest layer and radial bin; alpha wraps. Hits in an
+    empty layer (no voxels) are dropped. Tables are buffers derived from the geometry (not weights).
+    """
+
+    layer_offset: Tensor
+    n_alpha: Tensor
+    n_radial: Tensor
+    inner_edges: Tensor
+    layer_used: Tensor
+
+    def __init__(self, geometry: CylindricalGeometry, scaling: PointScaling) -> None:
+        super().__init__()
+        self.n_voxels = geometry.n_voxels
+        self.scaling = scaling
+        n_edges = max(max(b.n_radial for b in geometry.layers) - 1, 1)
+        inner = np.full((geometry.n_layers, n_edges), _BIG)
+        for index, binning in enumerate(geometry.layers):
+            edges = binning.r_edges[1:-1]  # the radial bin of r is the number of inner edges <= r
+            inner[index, : len(edges)] = edges
+        buffers = {
+            "layer_offset": torch.as_tensor(geometry.layer_offsets[:-1], dtype=torch.int64),
+            "n_alpha": torch.tensor([float(b.n_alpha) for b in geometry.layers]),
+            "n_radial": torch.tensor([b.n_radial for b in geometry.layers], dtype=torch.int64),
+            "inner_edges": torch.as_tensor(inner, dtype=torch.float32),
+            "layer_used": torch.tensor([float(b.n_voxels > 0) for b in geometry.layers]),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value, persistent=False)
+
+    def cells(self, hits: Tensor) -> Tensor:
+        """Hits (N, M, 5) -> flat voxel index (N, M) int64 of each hit's cell (in [0, V))."""
+        n_layers = self.scaling.n_layers
+        layer = torch.floor((hits[..., 0] + 1) * (0.5 * n_layers)).clamp(0, n_layers - 1).long()  # (N, M)
+        alpha = torch.atan2(hits[..., 2], hits[..., 1])  # (N, M) in [-pi, pi]
+        n_alpha = self.n_alpha[layer]  # (N, M)
+        alpha_bin = torch.remainder(torch.floor((alpha + math.pi) * (0.5 / math.pi) * n_alpha), n_alpha)
+        r_mm = (hits[..., 3] + 1) * (0.5 * self.scaling.outer_radius_mm)  # (N, M)
+        n_radial = self.n_radial[layer]  # (N, M)
+        radial = (r_mm[..., None] >= self.inner_edges[layer]).long().sum(-1)  # (N, M)
+        radial = torch.minimum(radial, n_radial - 1)
+        index = self.layer_offset[layer] + alpha_bin.long() * n_radial + radial
+        return index.clamp(0, self.n_voxels - 1)
+
+    def forward(self, hits: Tensor, mask: Tensor, energy: Tensor) -> Tensor:
+        layer = torch.floor((hits[..., 0] + 1) * (0.5 * self.scaling.n_layers))
+        used = self.layer_used[layer.clamp(0, self.scaling.n_layers - 1).long()]  # (N, M)
+        deposits = hit_energies(hits, mask, self.scaling) * used * energy[:, None]  # (N, M) MeV
+        empty = torch.zeros_like(energy)[:, None].expand(-1, self.n_voxels)  # (N, V), batch kept dynamic
+        return empty.scatter_add(1, self.cells(hits), deposits)  # (N, V) MeV

@@ -1,0 +1,91 @@
+"""The ``mdma-gan`` sampler: conditions + noise -> showers in MeV (no Lightning; ``caloforge.sampler``).
+
+Noise spec, in order (each (N, *shape)):
+
+* ``count_u`` () uniform: the hit count, drawn first by the inverse CDF of p(n | conditions)
+  (``counts.HitCountModel.draw``);
+* ``hit_noise`` (M, latent) normal: one latent per hit slot; slots at or beyond the drawn count are padding
+  and change nothing.
+
+forward: condition vector -> n (N,) -> mask (N, M) = slot < n -> generator(hit_noise, mask, [cond, n]) ->
+hit features (N, M, 5) -> ``points.Voxeliser`` (energies summed per cell) -> cells below the readout
+threshold zeroed -> showers (N, V) MeV. M is fixed (``MdmaGanConfig.hit_slots``), so the graph has static
+shapes apart from the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from caloforge.conditioning import ConditionEncoder
+from caloforge.context import RunContext
+from caloforge.families.mdma_gan import MdmaGanConfig
+from caloforge.families.mdma_gan.counts import HitCountModel
+from caloforge.families.mdma_gan.points import N_FEATURES, PointScaling, Voxeliser
+from caloforge.models.mean_field import MeanFieldGenerator
+from caloforge.sampler import NoiseSpec, ShowerSampler
+
+__all__ = ["MdmaGanSampler", "build_counts", "build_generator", "hit_condition"]
+
+
+def hit_condition(cond: Tensor, n_hits: Tensor, max_hits: int) -> Tensor:
+    """The networks' condition: cond (N, C), then the hit count (N,) mapped from [0, max_hits] onto
+    [-1, 1] -> (N, C + 1)."""
+    return torch.cat([cond, (2.0 * n_hits.to(cond.dtype) / max_hits - 1.0)[:, None]], dim=1)
+
+
+def build_generator(config: MdmaGanConfig, cond_dim: int) -> MeanFieldGenerator:
+    """The generator, freshly initialised (``cond_dim``: the run's condition vector, without the count)."""
+    return MeanFieldGenerator(config.net, cond_dim + 1, N_FEATURES)
+
+
+def build_counts(config: MdmaGanConfig, cond_dim: int, max_hits: int) -> HitCountModel:
+    """The hit-count model, freshly initialised."""
+    return HitCountModel(cond_dim, max_hits, config.count_bins, config.count_width)
+
+
+class MdmaGanSampler(ShowerSampler):
+    """Count draw, generator, voxelisation (module doc for the noise).
+
+    Attributes:
+        generator: the mean-field generator (weights: the training's average).
+        counts: p(n_hits | conditions) (weights: the training's average).
+        encoder, voxeliser, slots: built from the run's context (not weights).
+        threshold_mev: cells below it (MeV) read zero, as in the training data.
+    """
+
+    slots: Tensor
+
+    def __init__(self, config: MdmaGanConfig, context: RunContext) -> None:
+        super().__init__()
+        config.check()
+        spec = context.spec
+        self.max_hits = config.hit_slots(context.geometry.n_voxels)
+        self.latent = config.net.resolved().latent
+        self.scaling = PointScaling.of(context)
+        self.encoder: ConditionEncoder = spec.encoder()
+        self.generator = build_generator(config, spec.dim)
+        self.counts = build_counts(config, spec.dim, self.max_hits)
+        self.voxeliser = Voxeliser(context.geometry, self.scaling)
+        self.register_buffer("slots", torch.arange(self.max_hits, dtype=torch.float32), persistent=False)
+        self.threshold_mev = float(context.preprocessor.threshold_mev)
+        self.noise = (NoiseSpec("count_u", (), "uniform"),
+                      NoiseSpec("hit_noise", (self.max_hits, self.latent), "normal"))
+        self.options = {}
+
+    def forward(self, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, *noise: Tensor) -> Tensor:
+        count_u, hit_noise = noise
+        cond = self.encoder(energy, theta, phi, detector)  # (N, C)
+        n_hits = self.counts.draw(cond, count_u)  # (N,)
+        mask = self.slots[None] < n_hits[:, None]  # (N, M) bool
+        hits = self.generator(hit_noise, mask, hit_condition(cond, n_hits, self.max_hits))  # (N, M, 5)
+        showers = self.voxeliser(hits, mask, energy)  # (N, V) MeV
+        return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
+
+    def metadata(self) -> dict[str, Any]:
+        """The point-cloud layout, for readers of the exported graph."""
+        return {"mdma_gan": {"hit_slots": self.max_hits, "latent": self.latent,
+                             "count_bins": self.counts.bins}}

@@ -1,0 +1,208 @@
+"""The mdma-gan family's pieces: the point-cloud representation and its way back to cells, the mean-field
+networks' symmetries and masks, the hit-count draw, and the sampler's ONNX graph (the whole pipeline from
+the CLI is in test_family_conformance.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from toys import TOY_GEOMETRY, toy_showers
+
+from caloforge.context import RunContext
+from caloforge.data import ShowerSet
+from caloforge.families.mdma_gan import MdmaGanConfig
+from caloforge.families.mdma_gan.counts import HitCountModel
+from caloforge.families.mdma_gan.points import PointScaling, Voxeliser, grid_to_hits, points_batch
+from caloforge.families.mdma_gan.sampler import MdmaGanSampler
+from caloforge.geometry import CylindricalGeometry, LayerBinning
+from caloforge.models.mean_field import MeanFieldConfig, MeanFieldCritic, MeanFieldGenerator
+
+TINY = MeanFieldConfig(size="tiny")
+# per-layer binning with an empty layer and a single alpha bin: the tables of the voxeliser, not a grid
+IRREGULAR = CylindricalGeometry(
+    "toy-irregular",
+    (LayerBinning((0.0, 1.0, 2.0), 1), LayerBinning((0.0, 0.5, 1.0, 2.0), 4), LayerBinning((0.0,), 1),
+     LayerBinning((0.0, 2.0), 3)),
+    (3.4,) * 4, "SiW",
+)
+
+
+@pytest.fixture(scope="module")
+def context() -> RunContext:
+    return RunContext.fit(toy_showers(64))
+
+
+def _irregular_showers(n: int) -> ShowerSet:
+    rng = np.random.default_rng(5)
+    energy = np.exp(rng.uniform(math.log(1e3), math.log(1e5), n))
+    showers = rng.gamma(2.0, 1.0, (n, IRREGULAR.n_voxels)) * energy[:, None] / 40
+    showers[showers < 0.5] = 0.0
+    return ShowerSet(showers.astype(np.float32), IRREGULAR, energy)
+
+
+# ---- grid -> hits -> grid ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("irregular", [False, True])
+def test_grid_to_hits_and_back_keeps_the_energy_of_every_cell(irregular: bool) -> None:
+    showers = _irregular_showers(40) if irregular else toy_showers(40, seed=2)
+    context = RunContext.fit(showers)
+    scaling = PointScaling.of(context)
+    hits, mask = grid_to_hits(showers.showers, showers.energy, showers.geometry, scaling,
+                              np.random.default_rng(0))
+    assert mask.sum() == (showers.showers > 0).sum()
+    assert np.all(np.abs(hits[..., 0]) <= 1) and np.all(np.abs(hits[..., 3]) <= 1)
+    cells = Voxeliser(showers.geometry, scaling)(torch.from_numpy(hits), torch.from_numpy(mask),
+                                                 torch.as_tensor(showers.energy, dtype=torch.float32))
+    np.testing.assert_allclose(cells.numpy(), showers.showers, rtol=1e-4, atol=1e-6)
+
+
+def test_hits_sit_inside_their_cells_and_the_draws_differ_between_calls(context: RunContext) -> None:
+    showers = toy_showers(8, seed=3)
+    scaling = PointScaling.of(context)
+    a, mask = grid_to_hits(showers.showers, showers.energy, TOY_GEOMETRY, scaling, np.random.default_rng(1))
+    b, _ = grid_to_hits(showers.showers, showers.energy, TOY_GEOMETRY, scaling, np.random.default_rng(2))
+    assert not np.allclose(a[mask][:, :4], b[mask][:, :4])  # dequantised: positions move within cells
+    np.testing.assert_allclose(a[mask][:, 4], b[mask][:, 4])  # energies do not
+    np.testing.assert_allclose(np.hypot(a[mask][:, 1], a[mask][:, 2]), 1.0, rtol=1e-6)
+
+
+def test_no_seam_at_plus_minus_pi(context: RunContext) -> None:
+    voxeliser = Voxeliser(TOY_GEOMETRY, PointScaling.of(context))
+    n_alpha, n_radial = TOY_GEOMETRY.n_alpha, TOY_GEOMETRY.n_radial
+    alphas = torch.tensor([math.pi - 1e-4, -math.pi + 1e-4, math.pi + 1e-4, -math.pi - 1e-4, math.pi])
+    hits = torch.zeros(1, len(alphas), 5)
+    hits[0, :, 1], hits[0, :, 2] = torch.cos(alphas), torch.sin(alphas)
+    hits[0, :, 0] = -0.9  # layer 0
+    hits[0, :, 3] = -0.9  # radial bin 0
+    alpha_bin = voxeliser.cells(hits)[0] // n_radial
+    # just below +pi is the last bin; just above -pi, or past +pi (wrapped), the first
+    assert alpha_bin.tolist()[:4] == [n_alpha - 1, 0, 0, n_alpha - 1]
+    assert alpha_bin[4] in (0, n_alpha - 1)
+    # and the features are continuous across the seam
+    assert torch.allclose(hits[0, 0, 1:3], hits[0, 1, 1:3], atol=1e-3)
+
+
+def test_points_batch_is_padded_sorted_and_a_function_of_the_batch(context: RunContext) -> None:
+    showers = toy_showers(6, seed=4)
+    hits, mask, cond, energy = points_batch(showers, context)
+    n = (showers.showers > 0).sum(1)
+    assert hits.shape == (6, n.max(), 5) and mask.dtype == torch.bool and cond.shape == (6, context.spec.dim)
+    assert mask.sum(1).tolist() == n.tolist()
+    assert (hits[~mask] == 0).all()
+    e = hits[..., 4].masked_fill(~mask, -torch.inf)
+    assert (e[:, :-1] >= e[:, 1:]).all()  # highest energy first
+    torch.testing.assert_close(energy, torch.as_tensor(showers.energy, dtype=torch.float32))
+    again = points_batch(showers, context)
+    torch.testing.assert_close(hits, again[0])
+    # a shower with no hit gives an all-padding row, not an error
+    empty = ShowerSet(np.zeros((2, TOY_GEOMETRY.n_voxels), np.float32), TOY_GEOMETRY, np.array([1e3, 2e3]))
+    hits, mask, _, _ = points_batch(empty, context)
+    assert hits.shape == (2, 1, 5) and not mask.any()
+
+
+# ---- the networks: symmetries and masks -------------------------------------------------------------------
+def _networks(cond_dim: int = 3) -> tuple[MeanFieldGenerator, MeanFieldCritic]:
+    torch.manual_seed(0)
+    return MeanFieldGenerator(TINY, cond_dim, 5).eval(), MeanFieldCritic(TINY, cond_dim, 5).eval()
+
+
+def test_generator_is_equivariant_and_critic_invariant_under_hit_permutations() -> None:
+    generator, critic = _networks()
+    g = torch.Generator().manual_seed(1)
+    z, cond = torch.randn(3, 7, 4, generator=g), torch.randn(3, 3, generator=g)
+    mask = torch.arange(7)[None] < torch.tensor([[7], [4], [1]])
+    perm = torch.randperm(7, generator=g)
+    with torch.no_grad():
+        out = generator(z, mask, cond)
+        torch.testing.assert_close(generator(z[:, perm], mask[:, perm], cond), out[:, perm])
+        score, field = critic(out, mask, cond)
+        score_p, field_p = critic(out[:, perm], mask[:, perm], cond)
+    torch.testing.assert_close(score_p, score, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(field_p, field, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_changes_nothing() -> None:
+    generator, critic = _networks()
+    g = torch.Generator().manual_seed(2)
+    z, cond = torch.randn(2, 5, 4, generator=g), torch.randn(2, 3, generator=g)
+    mask = torch.arange(5)[None] < torch.tensor([[5], [2]])
+    # more slots, filled with garbage, and different garbage in the padded slots already there
+    z_wide = torch.cat([z, 100 * torch.randn(2, 6, 4, generator=g)], dim=1)
+    z_wide[1, 2:5] = -50.0
+    mask_wide = torch.cat([mask, torch.zeros(2, 6, dtype=torch.bool)], dim=1)
+    with torch.no_grad():
+        out = generator(z, mask, cond)
+        out_wide = generator(z_wide, mask_wide, cond)
+        torch.testing.assert_close(out_wide[:, :5], out)
+        assert (out_wide[~mask_wide] == 0).all()
+        x_wide = out_wide + 1e3 * (~mask_wide)[..., None]
+        torch.testing.assert_close(critic(x_wide, mask_wide, cond)[0], critic(out, mask, cond)[0])
+    # an empty set is finite (the null hit is always attended)
+    assert torch.isfinite(critic(out, torch.zeros_like(mask), cond)[0]).all()
+
+
+def test_the_critic_is_weight_normalised() -> None:
+    _, critic = _networks()
+    names = [name for name, _ in critic.named_parameters()]
+    assert any(name.endswith("parametrizations.weight.original0") for name in names)
+    assert not any(name.endswith(".weight") for name in names)
+
+
+# ---- the hit count --------------------------------------------------------------------------------------
+def test_hit_count_draw_is_reproducible_monotone_and_follows_the_model() -> None:
+    torch.manual_seed(0)
+    counts = HitCountModel(cond_dim=2, max_hits=99, bins=10, width=8)  # bins of 10 counts
+    cond = torch.zeros(200, 2)
+    u = torch.linspace(0, 0.999, 200)
+    n = counts.draw(cond, u)
+    torch.testing.assert_close(counts.draw(cond, u), n)
+    assert (n[1:] >= n[:-1]).all() and n.min() >= 0 and n.max() <= 99 and n.eq(n.round()).all()
+    with torch.no_grad():  # all mass on bin 3: every draw lands in [30, 40)
+        counts.net[-1].weight.zero_()
+        counts.net[-1].bias.copy_(torch.where(torch.arange(10) == 3, 50.0, -50.0))
+    n = counts.draw(cond, u)
+    assert n.min() == 30 and n.max() == 39
+    # training lowers the NLL of observed counts
+    counts = HitCountModel(cond_dim=2, max_hits=99, bins=10, width=8)
+    observed, cond = torch.full((64,), 72.0), torch.randn(64, 2)
+    optimizer = torch.optim.Adam(counts.parameters(), lr=0.05)
+    before = counts.loss(cond, observed).item()
+    for _ in range(20):
+        optimizer.zero_grad()
+        counts.loss(cond, observed).backward()
+        optimizer.step()
+    assert counts.loss(cond, observed).item() < 0.2 * before
+
+
+# ---- the sampler ------------------------------------------------------------------------------------------
+def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from caloforge.export.graphs import write_onnx
+
+    config = MdmaGanConfig(net=TINY, count_bins=8, count_width=8)
+    torch.manual_seed(0)
+    sampler = MdmaGanSampler(config, context).eval()
+    assert [(s.name, s.shape, s.distribution) for s in sampler.noise] == [
+        ("count_u", (), "uniform"), ("hit_noise", (TOY_GEOMETRY.n_voxels, 4), "normal")]
+    g = torch.Generator().manual_seed(3)
+    n = 3
+    angles = (torch.zeros(n), torch.zeros(n))
+    conditions = (torch.tensor([2e3, 1e4, 5e4]), *angles, torch.zeros(n, dtype=torch.int64))
+    inputs = (*conditions, *(spec.draw(n, g) for spec in sampler.noise))
+    with torch.no_grad():
+        showers = sampler(*inputs)
+    assert showers.shape == (n, TOY_GEOMETRY.n_voxels)
+    assert (showers >= 0).all() and torch.isfinite(showers).all()
+    assert (showers > 0).sum() >= 3  # parity on real numbers, not on zeros
+    names = ["energy", "theta", "phi", "detector", "count_u", "hit_noise"]
+    path = write_onnx(sampler, inputs, tmp_path / "m.onnx", names, ["showers"], True, {})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, n):
+        wanted = {i.name for i in session.get_inputs()}  # conditions the spec does not use are pruned
+        feed = {name: x[:batch].numpy() for name, x in zip(names, inputs, strict=True) if name in wanted}
+        (out,) = session.run(None, feed)
+        np.testing.assert_allclose(out, showers[:batch].numpy(), rtol=1e-4, atol=1e-4)
