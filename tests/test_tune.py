@@ -71,7 +71,9 @@ def test_two_workers_share_one_sqlite_study(files: tuple[Path, Path], tmp_path: 
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
     results = [w.communicate(timeout=300) for w in workers]
-    assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in results]
+    failed = [err for w, (_, err) in zip(workers, results, strict=True) if w.returncode != 0]
+    if failed:
+        pytest.fail("a worker failed:\n" + "\n----\n".join(failed))
     states = finished(tmp_path / "shared.db")
     numbers = [n for n, _ in states]
     assert len(numbers) == len(set(numbers)) and 4 <= len(numbers) <= 5  # both may start the 4th at once

@@ -32,6 +32,7 @@ import copy
 import logging
 import math
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -268,6 +269,21 @@ def _quiet_trainer() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _with_retries(open_study: Callable[[], Any], attempts: int = 10) -> Any:
+    """``open_study()``, again after a pause when another worker is creating the same storage or study at
+    that moment (SQLAlchemy then reports the table or the study as existing, or the file as locked)."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return open_study()
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + 0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
 # ---- the study --------------------------------------------------------------------------------------------
 def _pruner(config: TuneConfig) -> Any:
     import optuna
@@ -302,18 +318,22 @@ def tune(
     url = storage or f"sqlite:///{(root / 'study.db').resolve()}"
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what the study does
-    with warnings.catch_warnings():  # Optuna marks heartbeats and retries experimental; we rely on them
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True)
-        rdb = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=90,
-                         heartbeat_stale_trial_callback=retry)
     direction = optuna.study.StudyDirection.MINIMIZE if config.direction == "minimize" else \
         optuna.study.StudyDirection.MAXIMIZE
-    study = optuna.create_study(
-        study_name=study_name, storage=rdb, load_if_exists=True, direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.startup_trials),
-        pruner=_pruner(config),
-    )
+
+    def open_study() -> optuna.Study:
+        with warnings.catch_warnings():  # Optuna marks heartbeats and retries experimental; we rely on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True)
+            rdb = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=90,
+                             heartbeat_stale_trial_callback=retry)
+        return optuna.create_study(
+            study_name=study_name, storage=rdb, load_if_exists=True, direction=direction,
+            sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.startup_trials),
+            pruner=_pruner(config),
+        )
+
+    study = _with_retries(open_study)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
     if done < n_trials:
