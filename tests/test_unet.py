@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from caloforge.errors import UnknownNameError
+from caloforge.errors import InputError, UnknownNameError
 from caloforge.geometry import PRESETS, CylindricalGeometry
 from caloforge.models.unet import UNET_SIZES, CylindricalConv3d, UNet, UNetConfig, geometric_channels
 
@@ -103,3 +103,29 @@ def test_named_sizes_and_errors() -> None:
         UNetConfig(size="smal").resolved()
     with pytest.raises(ValueError, match="GLaM"):
         UNet(UNetConfig(size="tiny"), PRESETS["calochallenge-1-photons"], 3)
+
+
+@pytest.mark.parametrize("grid", [(7, 5, 3), (45, 16, 9)])
+def test_patch_stem_runs_on_a_coarser_grid_and_decodes_every_voxel(grid: tuple[int, int, int]) -> None:
+    n_layers, n_alpha, n_radial = grid
+    geometry = CylindricalGeometry.regular("g", n_layers, n_alpha, [float(i) for i in range(n_radial + 1)],
+                                           1.0, "SiW")
+    net = UNet(UNetConfig(size="tiny", patch=(3, 2, 3), down_layer=True), geometry, 4)
+    # 7 x 5 x 3 is padded to whole patches (9 x 6 x 3 -> 3 x 3 x 1); one down-sampling halves, rounding up.
+    coarse = tuple(-(-n // p) for n, p in zip(grid, (3, 2, 3), strict=True))
+    assert net.lowest == tuple(-(-c // 2) if c > 1 else 1 for c in coarse)
+    x = torch.randn(2, geometry.n_voxels)
+    assert torch.equal(net(x, torch.zeros(2), torch.randn(2, 4)), torch.zeros_like(x))  # zero-init head
+    net = _perturbed(net)
+    out = net(x, torch.zeros(2), torch.randn(2, 4))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    # The per-voxel head sees each voxel's own noisy value: changing one voxel changes its own output.
+    y = x.clone()
+    y[0, 0] += 5.0
+    assert not torch.isclose(net(y, torch.zeros(2), torch.ones(2, 4))[0, 0],
+                             net(x, torch.zeros(2), torch.ones(2, 4))[0, 0])
+
+
+def test_patch_must_be_three_positive_integers() -> None:
+    with pytest.raises(InputError, match=r"model\.unet\.patch"):
+        UNetConfig(patch=(3, 0, 1)).resolved()

@@ -184,6 +184,13 @@ class UNetConfig:
         down_layer: down-sample the layer axis too (alpha and radius always are, while longer than 1).
         geometric: add the geometric input channels (radius, cos alpha, sin alpha, layer).
         dropout: dropout inside the ResNet blocks.
+        patch: (layer, alpha, radial) cells merged by the input stem. (1, 1, 1): a 3x3x3 convolution in
+            and out at the readout's resolution (CaloDiffusion). Larger: a strided patch convolution in
+            (the U-Net runs on the coarser grid, as a DiT's tokens), a transposed one out, then a
+            per-voxel head that sees each voxel's own noisy value and position. On a CPU this is what
+            makes the U-Net affordable: a (3, 2, 1) patch cuts the finest level's cells six-fold.
+        head_channels, head_width: the per-voxel head's input channels (from the transposed
+            convolution) and hidden width; used only with a patch.
     """
 
     size: str = "small"
@@ -195,6 +202,9 @@ class UNetConfig:
     down_layer: bool = False
     geometric: bool = True
     dropout: float = 0.0
+    patch: tuple[int, int, int] = (1, 1, 1)
+    head_channels: int = 8
+    head_width: int = 32
 
     def resolved(self) -> UNetSize:
         """The size after overrides."""
@@ -214,6 +224,12 @@ class UNetConfig:
                              "positive channels, multipliers, blocks and embed")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(None, "model.unet.dropout", f"is {self.dropout}", "a number in [0, 1)")
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise InputError(None, "model.unet.patch", f"is {list(self.patch)}",
+                             "three positive integers (layer, alpha, radial)")
+        if self.head_channels < 1 or self.head_width < 1:
+            raise InputError(None, "model.unet.head_channels/head_width",
+                             f"are {self.head_channels}/{self.head_width}", "positive integers")
         return size
 
 
@@ -232,6 +248,11 @@ class UNet(nn.Module):
             )
         size = config.resolved()
         self.grid = geometry.grid_shape
+        self.patch = tuple(int(p) for p in config.patch)
+        patched = self.patch != (1, 1, 1)
+        # The U-Net's finest grid: the readout's, or its patches (the last patch along an axis padded).
+        coarse = tuple(-(-n // p) for n, p in zip(self.grid, self.patch, strict=True))
+        self.padding = tuple(c * p - n for c, p, n in zip(coarse, self.patch, self.grid, strict=True))
         self.geometric = config.geometric
         if self.geometric:
             self.register_buffer("positions", geometric_channels(geometry)[None], persistent=False)
@@ -241,11 +262,12 @@ class UNet(nn.Module):
         self.noise_embed = NoiseEmbedder(size.embed)
         self.cond_embed = nn.Sequential(nn.Linear(cond_dim, size.embed), nn.SiLU(),
                                         nn.Linear(size.embed, size.embed))
-        self.conv_in = CylindricalConv3d(c_in, widths[0])
+        self.conv_in: nn.Module = (nn.Conv3d(c_in, widths[0], self.patch, stride=self.patch) if patched
+                                   else CylindricalConv3d(c_in, widths[0]))
 
         # Encoder: the shape of every map pushed on the skip stack is recorded for the up-sampling.
         self.down = nn.ModuleList()
-        shape = self.grid
+        shape = coarse
         skips: list[tuple[int, tuple[int, int, int]]] = [(widths[0], shape)]
         width = widths[0]
         for level, w in enumerate(widths):
@@ -275,8 +297,21 @@ class UNet(nn.Module):
             if level > 0:
                 self.up.append(Upsample(width, skips[-1][1]))
         self.norm_out = group_norm(width)
-        self.conv_out = CylindricalConv3d(width, 1)
-        zero_(self.conv_out.conv)  # the untrained backbone outputs 0, as the DiT
+        self.head: nn.Sequential | None = None
+        if patched:
+            # Back to the readout's cells, then each voxel decoded from those features, its own noisy
+            # value and its position (the DiT's per-voxel head, docs/decisions.md "Backbone").
+            self.conv_out: nn.Module = nn.ConvTranspose3d(width, config.head_channels, self.patch,
+                                                          stride=self.patch)
+            self.head = nn.Sequential(
+                nn.Conv3d(config.head_channels + c_in, config.head_width, 1), nn.SiLU(),
+                nn.Conv3d(config.head_width, 1, 1))
+            last = self.head[-1]
+        else:
+            self.conv_out = CylindricalConv3d(width, 1)
+            last = self.conv_out.conv
+        assert isinstance(last, nn.Conv3d)
+        zero_(last)  # the untrained backbone outputs 0, as the DiT
         for mlp in (self.noise_embed.mlp, self.cond_embed):
             for layer in mlp:
                 if isinstance(layer, nn.Linear):
@@ -289,7 +324,10 @@ class UNet(nn.Module):
             positions: Tensor = self.positions  # type: ignore[assignment]
             h = torch.cat([h, positions.expand(n, -1, -1, -1, -1)], dim=1)  # (N, 1 + 4, L, A, R)
         emb = self.noise_embed(c_noise) + self.cond_embed(cond)  # (N, E)
-        h = self.conv_in(h)
+        x_in = h  # (N, c_in, L, A, R)
+        if any(self.padding):
+            h = F.pad(h, (0, self.padding[2], 0, self.padding[1], 0, self.padding[0]))
+        h = self.conv_in(h)  # (N, C, L', A', R'): the finest grid of the U-Net
         skips = [h]
         for block in self.down:
             h = block(h, emb) if isinstance(block, ResBlock) else block(h)
@@ -303,7 +341,10 @@ class UNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
             else:
                 h = block(h)
-        out = self.conv_out(F.silu(self.norm_out(h)))  # (N, 1, L, A, R)
+        out = self.conv_out(F.silu(self.norm_out(h)))  # (N, 1 or head_channels, L (+pad), A, R)
+        if self.head is not None:
+            gl, ga, gr = self.grid
+            out = self.head(torch.cat([F.silu(out[:, :, :gl, :ga, :gr]), x_in], dim=1))  # (N, 1, L, A, R)
         return out.reshape(n, -1)  # (N, n_voxels)
 
 
