@@ -14,6 +14,13 @@ which generation time is proportional to (``bench/generate_speed.py``).
 
     python bench/fewstep_fidelity.py --checkpoint bench/results/fidelity-run-XXX/model.ckpt
     python bench/fewstep_fidelity.py --budget-minutes 10 --settings dpmpp_2m:4,dpmpp_2m:8,heun:10
+    python bench/fewstep_fidelity.py --checkpoint bench/results/fidelity-g4-unet-run/model.ckpt \
+        --data ../shared/data/g4-siw/train.h5 --n-eval 2000 --converged none    # against Geant4
+
+With ``--data`` the reference and the floor are Geant4's (or any file's) held-out showers, split exactly as
+``bench/fidelity.py --data`` split them (``--split-n-eval``, ``--seed``), so a model trained by that
+benchmark is scored on showers it never saw; the first ``--n-eval`` of each half are used.
+``--converged none`` skips the converged-solver sample (and the columns against it) to save its cost.
 
 Prints a table and writes JSON (default ``bench/results/fewstep_fidelity.json``).
 """
@@ -31,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from fidelity import split_file
 
 from caloforge.data import ShowerSet
 from caloforge.evaluate.classifier import ClassifierConfig
@@ -93,7 +101,12 @@ def main() -> None:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--n-eval", type=int, default=2000, help="showers per generated/reference sample")
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="sampler:steps,...")
-    parser.add_argument("--converged", default="dpmpp_2m:48", help="sampler:steps taken as the ODE solution")
+    parser.add_argument("--converged", default="dpmpp_2m:48",
+                        help="sampler:steps taken as the ODE solution, or 'none'")
+    parser.add_argument("--data", default=None,
+                        help="shower file to score against (split as bench/fidelity.py --data splits it)")
+    parser.add_argument("--split-n-eval", type=int, default=10_000,
+                        help="with --data: the --n-eval of the bench/fidelity.py run that made the model")
     parser.add_argument("--classifier-epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--threads", type=int, default=None)
@@ -112,23 +125,36 @@ def main() -> None:
         fpd_max_samples=args.n_eval, kpd_batch_size=min(10_000, args.n_eval),
     )
     capacity = low_level_capacity(geometry.n_voxels, eval_config)
-    reference_set = simulate(geometry, energies(args.n_eval, args.seed + 2), seed=args.seed + 2)
+    if args.data:
+        if args.n_eval > args.split_n_eval:
+            sys.exit(f"--n-eval {args.n_eval} exceeds the held-out half (--split-n-eval {args.split_n_eval})")
+        _, held_out, held_out_floor = split_file(args.data, 1, args.split_n_eval, args.seed)
+        reference_set, floor = held_out[: args.n_eval], held_out_floor[: args.n_eval]
+        if reference_set.geometry != geometry:
+            sys.exit(f"--data {args.data}: geometry {reference_set.geometry.name}, "
+                     f"the model's is {geometry.name}")
+    else:
+        reference_set = simulate(geometry, energies(args.n_eval, args.seed + 2), seed=args.seed + 2)
+        floor = simulate(geometry, energies(args.n_eval, args.seed + 3), seed=args.seed + 3)
     reference = collect([reference_set], "reference", eval_config, capacity)
-    floor = simulate(geometry, energies(args.n_eval, args.seed + 3), seed=args.seed + 3)
     floor_ratio = reference_set.showers.sum(axis=1, dtype=np.float64) / reference_set.energy
-    rows: list[dict[str, Any]] = [{"setting": "simulator (floor)", "denoiser_calls": 0,
+    rows: list[dict[str, Any]] = [{"setting": "held-out (floor)" if args.data else "simulator (floor)",
+                                   "denoiser_calls": 0,
                                    **scores(floor, reference, eval_config, capacity)}]
     print(f"floor: {rows[0]}", file=sys.stderr)
-    sampler, steps_text = args.converged.split(":")
-    t0 = time.perf_counter()
-    converged_set = generator.sample(reference_set.energy, n_steps=int(steps_text), sampler=sampler,
-                                     seed=args.seed + 7, batch_size=args.batch_size)
-    converged = collect([converged_set], "converged", eval_config, capacity)
-    rows.append({"setting": f"{args.converged} (converged)", "sampler": sampler, "steps": int(steps_text),
-                 "denoiser_calls": denoiser_calls(sampler, int(steps_text)),
-                 "generate_ms_per_shower": 1e3 * (time.perf_counter() - t0) / args.n_eval,
-                 **scores(converged_set, reference, eval_config, capacity)})
-    print(f"converged: {rows[-1]}", file=sys.stderr)
+    converged_set: ShowerSet | None = None
+    converged = None
+    if args.converged != "none":
+        sampler, steps_text = args.converged.split(":")
+        t0 = time.perf_counter()
+        converged_set = generator.sample(reference_set.energy, n_steps=int(steps_text), sampler=sampler,
+                                         seed=args.seed + 7, batch_size=args.batch_size)
+        converged = collect([converged_set], "converged", eval_config, capacity)
+        rows.append({"setting": f"{args.converged} (converged)", "sampler": sampler, "steps": int(steps_text),
+                     "denoiser_calls": denoiser_calls(sampler, int(steps_text)),
+                     "generate_ms_per_shower": 1e3 * (time.perf_counter() - t0) / args.n_eval,
+                     **scores(converged_set, reference, eval_config, capacity)})
+        print(f"converged: {rows[-1]}", file=sys.stderr)
     for item in args.settings.split(","):
         sampler, steps_text = item.split(":")
         steps = int(steps_text)
@@ -136,18 +162,20 @@ def main() -> None:
         generated = generator.sample(reference_set.energy, n_steps=steps, sampler=sampler,
                                      seed=args.seed + 7, batch_size=args.batch_size)
         seconds = time.perf_counter() - t0
-        # Same noise as the converged sample and deterministic solvers: the difference is the solver's error.
-        error = float(np.abs(np.log1p(generated.showers) - np.log1p(converged_set.showers)).mean())
         row = {"setting": f"{sampler}:{steps}", "sampler": sampler, "steps": steps,
-               "mean_abs_dlog1p_voxel_vs_converged": error,
                "denoiser_calls": denoiser_calls(sampler, steps),
                "generate_ms_per_shower": 1e3 * seconds / args.n_eval,
                **scores(generated, reference, eval_config, capacity, converged)}
+        if converged_set is not None:
+            # Same noise as the converged sample and deterministic solvers: the difference is the solver's.
+            row["mean_abs_dlog1p_voxel_vs_converged"] = float(
+                np.abs(np.log1p(generated.showers) - np.log1p(converged_set.showers)).mean())
         rows.append(row)
         print(f"{row['setting']}: calls {row['denoiser_calls']}, AUC low {row['auc_low']:.3f}, "
               f"high {row['auc_high']:.3f}, E_tot/E_inc {row['mean_etot_over_einc']:.4f}", file=sys.stderr)
 
     result = {"benchmark": "fewstep_fidelity", "checkpoint": str(checkpoint), "geometry": geometry.name,
+              "data": args.data, "family": generator.content.family,
               "training_steps": generator.content.step, "n_eval": args.n_eval,
               "reference_mean_etot_over_einc": float(floor_ratio.mean()),
               "training_mean_etot_over_einc": generator.content.ranges.mean_energy_ratio,
@@ -161,7 +189,7 @@ def main() -> None:
 
     print(f"fidelity vs sampler steps: {geometry.name}, model {checkpoint} ({generator.content.step} "
           f"training steps), {args.n_eval} vs {args.n_eval} showers")
-    print(f"{'':26s}{'vs simulator':>29s}{'':13s}{'vs converged':>27s}")
+    print(f"{'':26s}{'vs reference':>29s}{'':13s}{'vs converged':>27s}")
     print(f"{'setting':20s}{'calls':>6s}{'AUC low':>9s}{'AUC high':>10s}{'FPD x1e3':>10s}{'E_tot/E_inc':>13s}"
           f"{'AUC low':>9s}{'AUC high':>10s}{'|dlnE|':>9s}{'ms/shower':>11s}")
     for row in rows:

@@ -1,6 +1,8 @@
-"""Fidelity benchmark: train the DiT on simulator (or file) showers for a budget, then score the fit.
+"""Fidelity benchmark: train a model (the DiT by default; any family by --config) on simulator (or file)
+showers for a budget, then score the fit.
 
-Dataset-2 geometry (45 x 16 x 9), electrons log-uniform 1 GeV - 1 TeV from the embedded GFlash simulator:
+Dataset-2 geometry (45 x 16 x 9; ``--geometry`` for another preset), electrons log-uniform 1 GeV - 1 TeV
+from the embedded GFlash simulator:
 a training sample, a held-out reference sample and a second independent sample (the floor: what two
 samples of the true distribution score). Prints and writes to JSON the low- and high-level classifier
 AUCs, FPD and KPD (x 1e3), the mean separation power, the training time, the same metrics for the floor,
@@ -10,6 +12,7 @@ and optionally (``--curve K``) the low-level AUC at K points during training.
     python bench/fidelity.py --budget-minutes 20 --config configs/ds2-gpu.yaml   # on a GPU
     python bench/fidelity.py --evaluate RUN_DIR --steps 32    # score a finished run again (other sampler)
     python bench/fidelity.py --data ../shared/data/g4-siw/train.h5 --n-eval 10000   # against Geant4 showers
+    python bench/fidelity.py --geometry calochallenge-1-photons --config configs/ds1-photons-unet-cpu.yaml
 
 With ``--data`` the showers come from a file instead of the simulator: a seeded permutation holds out
 2 x n_eval showers (its halves are the reference and the floor sample, so the floor is two disjoint halves
@@ -154,6 +157,8 @@ def main() -> None:
     )
     parser.add_argument("--n-train", type=int, default=None,
                         help="training showers (default: 40000 simulated, or all of --data not held out)")
+    parser.add_argument("--geometry", default="calochallenge-2",
+                        help="preset the simulator fills without --data (e.g. calochallenge-1-photons)")
     parser.add_argument("--data", default=None, help="shower file (e.g. Geant4's) to train on and score "
                         "against instead of the embedded simulator; split reproducibly by --seed")
     parser.add_argument("--max-steps", type=int, default=None,
@@ -191,6 +196,7 @@ def main() -> None:
         args.n_train, args.seed = recorded["n_train"], recorded["seed"]
         args.data = recorded.get("data")
         args.n_eval = recorded.get("n_eval", args.n_eval)
+        args.geometry = recorded.get("geometry", "calochallenge-2")
 
     cuda = torch.cuda.is_available()
     config_path = args.config or str(ROOT / "configs" / ("ds2-gpu.yaml" if cuda else "ds2-cpu.yaml"))
@@ -198,7 +204,7 @@ def main() -> None:
     config.train.max_minutes = args.budget_minutes
     config.train.max_steps = args.max_steps or max(config.train.max_steps, 10_000_000)  # the budget decides
     config.train.seed = args.seed
-    geometry = get_geometry("calochallenge-2")
+    geometry = get_geometry(args.geometry)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.evaluate or args.run_dir or ROOT / "bench" / "results" / f"fidelity-run-{stamp}")
     timings: dict[str, float] = {}
@@ -235,7 +241,7 @@ def main() -> None:
         saved = [(e, s, str(p)) for e, s, p in snapshots.saved]
         settings = {"config": config_path, "budget_minutes": args.budget_minutes, "n_train": args.n_train,
                     "seed": args.seed, "train_s": timings["train_s"], "snapshots": saved,
-                    "data": args.data, "n_eval": args.n_eval}
+                    "data": args.data, "n_eval": args.n_eval, "geometry": geometry.name}
         record.write_text(json.dumps(settings, indent=2))
     else:
         model_path = run_dir / "model.ckpt"
@@ -347,6 +353,8 @@ def main() -> None:
         "steps_trained": steps_trained,
         "n_train": args.n_train,
         "n_eval": args.n_eval,
+        "seed": args.seed,
+        "classifier_epochs": args.classifier_epochs,
         "family": generator.family.name,
         "sampler_options": dict(sampler.options),
         "sampler": sampler.options.get("sampler"),

@@ -11,10 +11,20 @@ simulates at the same energies. Generation is timed in ms per shower at each ``-
 PyTorch and onnxruntime on the CPU, and PyTorch on a GPU when there is one; GFlash with numpy.
 
 Writes JSON (``--out-json``) and a Markdown page (``--out-md``, default ``docs/leaderboard.md``) with the
-command, the commit and the machine.
+command, the commit and the machine of every row.
 
     python bench/leaderboard.py --data ../shared/data/g4-siw/train.h5 --n-eval 10000 --budget-minutes 60 \\
         --reuse edm-dit=bench/results/fidelity-g4-run --gflash-params bench/results/gflash_g4.yaml
+
+Adding one model to a finished board (``--update``): the rows of ``--out-json`` are kept (the floor and
+GFlash rows too, which are recomputed only when absent) and only ``--families`` are scored; each row keeps
+the command and commit that made it. ``--scores NAME=FIDELITY_JSON`` takes a family's metrics from the
+``bench/fidelity.py --data`` run that trained it (its own generated showers, scored against the same
+reference with the same classifier settings: checked) instead of generating again, and
+``--timing-batches-for NAME=1,100`` times a slow family at fewer batch sizes (the others show "-"):
+
+    python bench/leaderboard.py --data ../shared/data/g4-siw/train.h5 --n-eval 10000 --update \\
+        --families edm-unet --scores edm-unet=bench/results/fidelity_g4_unet_cpu60.json
 """
 
 from __future__ import annotations
@@ -104,6 +114,24 @@ def generate(generator: ShowerGenerator, energy: np.ndarray, seed: int, name: st
     return ShowerSet.concatenate(parts)
 
 
+def fidelity_scores(name: str, path: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any], Any]:
+    """(model, training record, metrics) of family ``name`` from a ``bench/fidelity.py --data`` JSON,
+    after checking it split the same file with the same seed and held-out size and used the same
+    classifier settings."""
+    record = json.loads(Path(path).read_text())
+    checks = {"family": (record.get("family"), name),
+              "data": (Path(record.get("data") or "").resolve(), Path(args.data).resolve()),
+              "n_eval": (record.get("n_eval"), args.n_eval),
+              # runs before these keys were recorded used the script's defaults (seed 0, 15 epochs)
+              "seed": (record.get("seed", 0), args.seed),
+              "classifier_epochs": (record.get("classifier_epochs", 15), args.classifier_epochs)}
+    for key, (theirs, ours) in checks.items():
+        if theirs != ours:
+            sys.exit(f"--scores {name}={path}: its {key} is {theirs}, this board's is {ours}")
+    training = {"train_minutes": record["train_minutes"], "reused": record["run_dir"], "scores_from": path}
+    return Path(record["run_dir"]) / "model.ckpt", training, record["model"]
+
+
 def trained_run(
     name: str, args: argparse.Namespace, train_set: ShowerSet | None
 ) -> tuple[Path, dict[str, Any]]:
@@ -142,6 +170,12 @@ def main() -> None:
                         help="NAME=RUN_DIR: score this bench/fidelity.py --data run instead of training")
     parser.add_argument("--gflash-params", default=None, help="params.yaml from caloforge fit-gflash")
     parser.add_argument("--timing-batches", default="1,100,10000", help="batch sizes timed")
+    parser.add_argument("--timing-batches-for", action="append", default=[],
+                        help="NAME=1,100: batch sizes timed for that family (a slow one)")
+    parser.add_argument("--scores", action="append", default=[],
+                        help="NAME=FIDELITY_JSON: metrics from that family's bench/fidelity.py --data run")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows of --out-json; score only --families (and rows absent)")
     parser.add_argument("--classifier-epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -154,9 +188,30 @@ def main() -> None:
     names = args.families.split(",") if args.families else family_names()
     batches = [int(b) for b in args.timing_batches.split(",")]
 
+    batches_for = {k: [int(b) for b in v.split(",")]
+                   for k, v in (item.split("=", 1) for item in args.timing_batches_for)}
+    scores_from = dict(item.split("=", 1) for item in args.scores)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip()
+    command = "python " + " ".join(sys.argv)
+    made = {"commit": commit, "command": command, "date": time.strftime("%Y-%m-%d")}
+    kept: list[dict[str, Any]] = []
+    if args.update:
+        board = json.loads(Path(args.out_json).read_text())
+        if (Path(board["data"]).resolve(), board["n_eval"], board["seed"]) != (
+                Path(args.data).resolve(), args.n_eval, args.seed):
+            sys.exit(f"--update: {args.out_json} was made on {board['data']} (n_eval {board['n_eval']}, seed "
+                     f"{board['seed']}); this board's split differs")
+        for row in board["rows"]:  # rows from before per-row records carry the board's
+            row.setdefault("commit", board["commit"])
+            row.setdefault("command", board["command"])
+            row.setdefault("date", board["date"])
+        kept = [row for row in board["rows"] if row["name"] not in names]
+
     train_set, reference, floor = split_file(args.data, args.n_train, args.n_eval, args.seed)
     geometry = reference.geometry
-    needs_training = [n for n in names if not any(r.startswith(f"{n}=") for r in args.reuse)]
+    needs_training = [n for n in names if not any(r.startswith(f"{n}=") for r in args.reuse)
+                      and n not in scores_from]
     if not needs_training:
         train_set = None
     eval_config = EvaluateConfig(
@@ -172,33 +227,41 @@ def main() -> None:
         return summarise(compute_metrics(collect([showers], name, eval_config, capacity), ref_sample,
                                          eval_config))
 
-    rows: list[dict[str, Any]] = [{"name": "Geant4 (floor: held-out half vs half)", "kind": "floor",
-                                   "metrics": score(floor, "floor")}]
+    kept_names = {row["name"] for row in kept}
+    rows: list[dict[str, Any]] = [row for row in kept if row["kind"] != "family"]
+    floor_name = "Geant4 (floor: held-out half vs half)"
+    if floor_name not in kept_names:
+        rows.insert(0, {"name": floor_name, "kind": "floor", "metrics": score(floor, "floor"), **made})
     gflash_configs = [("GFlash (default parameters)", GFlashConfig())]
     if args.gflash_params:
         fitted = load_yaml(GFlashConfig, args.gflash_params)
         gflash_configs.append((f"GFlash (fitted: {args.gflash_params})", fitted))
     for label, settings in gflash_configs:
+        if label in kept_names:
+            continue
         showers = simulate(geometry, reference.energy, config=settings, seed=args.seed + 5)
         def run(e: np.ndarray, s: GFlashConfig = settings) -> ShowerSet:
             return simulate(geometry, e, config=s, seed=1)
 
         timing = {"numpy_cpu": {b: ms_per_shower(run, reference.energy, b) for b in batches}}
-        rows.append({"name": label, "kind": "gflash", "metrics": score(showers, label), "timing": timing})
+        rows.append({"name": label, "kind": "gflash", "metrics": score(showers, label), "timing": timing,
+                     **made})
 
+    rows += [row for row in kept if row["kind"] == "family"]
     for name in names:
-        model, training = trained_run(name, args, train_set)
-        generator = load_generator(model)
-        generated = generate(generator, reference.energy, args.seed + 7, name)
+        if name in scores_from:
+            model, training, metrics = fidelity_scores(name, scores_from[name], args)
+            generator = load_generator(model)
+        else:
+            model, training = trained_run(name, args, train_set)
+            generator = load_generator(model)
+            metrics = score(generate(generator, reference.energy, args.seed + 7, name), name)
         rows.append({
             "name": name, "kind": "family", "model": str(model), "steps": generator.content.step,
-            "sampling": generator.sampler.options, **training,
-            "metrics": score(generated, name), "timing": time_family(model, reference.energy, batches),
+            "sampling": generator.sampler.options, **training, "metrics": metrics,
+            "timing": time_family(model, reference.energy, batches_for.get(name, batches)), **made,
         })
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
-    command = "python " + " ".join(sys.argv)
     result = {"benchmark": "leaderboard", "data": args.data, "n_eval": args.n_eval, "seed": args.seed,
               "commit": commit, "machine": machine(), "command": command, "date": time.strftime("%Y-%m-%d"),
               "registered": family_names(), "rows": rows}
@@ -210,11 +273,26 @@ def main() -> None:
     print(f"wrote {out} and {args.out_md}")
 
 
+def commands(result: dict[str, Any]) -> list[str]:
+    """The commands that made the rows, with their commit and date (one line each, in row order)."""
+    made: dict[tuple[str, str, str], list[str]] = {}
+    for row in result["rows"]:
+        key = (row.get("command", result["command"]), row.get("commit", result["commit"]),
+               row.get("date", result["date"]))
+        made.setdefault(key, []).append(row["name"])
+    lines = []
+    for (command, commit, date), names in made.items():
+        which = "" if len(made) == 1 else f" ({', '.join(names)})"
+        lines.append(f"Command{which}: `{command}`; commit {commit}, {date}.  ")
+    return [*lines, f"Machine: {result['machine']}."]
+
+
 def markdown(result: dict[str, Any], batches: list[int]) -> str:
     def cell(row: dict[str, Any], backend: str) -> str:
         timing = row.get("timing", {}).get(backend)
         if not timing:
             return "-"
+        timing = {int(b): ms for b, ms in timing.items()}  # JSON keys are strings
         return " / ".join(f"{timing[b]:.3g}" if b in timing else "-" for b in batches)
 
     head = " / ".join(str(b) for b in batches)
@@ -225,8 +303,7 @@ def markdown(result: dict[str, Any], batches: list[int]) -> str:
         "more as the floor). Every row is scored against the same reference with the same classifier "
         "settings (CaloChallenge low-level: voxels; high-level: layer energies, centres, widths).",
         "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: {result['commit']}; machine: {result['machine']}; date: {result['date']}.",
+        *commands(result),
         "",
         f"| model | AUC low | AUC high | FPD x1e3 | KPD x1e3 | mean sep. power | ms/shower CPU, batch {head} "
         f"| ms/shower onnxruntime CPU, batch {head} | training |",

@@ -104,14 +104,19 @@ def test_module_weights_are_the_samplers() -> None:
     module.load_sampler_state_dict(state)
 
 
-def test_onnx_sampler_matches_pytorch_on_dataset1() -> None:
+# With a patch stem that does not divide GLaM's 5 x 10 x 30 grid: padded patches, transposed conv, head.
+PATCHED = EdmUnetConfig(unet=UNetConfig(size="tiny", patch=(2, 3, 4)), sample=SampleConfig(n_steps=2))
+
+
+@pytest.mark.parametrize("config", [TINY, PATCHED], ids=["unet", "patch-stem"])
+def test_onnx_sampler_matches_pytorch_on_dataset1(config: EdmUnetConfig) -> None:
     ort = pytest.importorskip("onnxruntime")
     import io
     import warnings
 
     context = _context(True)
     torch.manual_seed(0)
-    model = get_family("edm-unet").sampler(TINY, context, n_steps=2, sampler="dpmpp_2m_logsnr").eval()
+    model = get_family("edm-unet").sampler(config, context, n_steps=2, sampler="dpmpp_2m_logsnr").eval()
     for module in model.modules():  # a non-trivial network (the untrained U-Net outputs 0)
         if isinstance(module, torch.nn.Conv3d):
             torch.nn.init.normal_(module.weight, std=0.1)
