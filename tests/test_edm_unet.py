@@ -95,7 +95,7 @@ def test_module_weights_are_the_samplers() -> None:
 
     context = _context(True)
     run = RunConfig(family="edm-unet", model=TINY)
-    module = get_family("edm-unet").build_module(run, context, None)
+    module = get_family("edm-unet").module(run, context)
     assert isinstance(module, EdmUnetModule)
     state = module.sampler_state_dict()
     assert any(".glam.encoders.0" in k for k in state) and any(k.startswith("layer_denoiser.") for k in state)

@@ -225,7 +225,7 @@ def test_resume_continues_in_the_saved_stage(tmp_path: Path, showers) -> None:  
 def test_module_reads_showers_back_from_the_batch_and_validates(showers) -> None:  # type: ignore[no-untyped-def]
     config = tiny_config(4)
     context = RunContext.fit(showers)
-    module = FAMILY.build_module(config, context, None)
+    module = FAMILY.module(config, context)
     x0 = torch.from_numpy(context.preprocessor.transform(showers))
     cond = context.spec.encode(showers)
     back, energy = module.showers_of(x0, cond)  # type: ignore[operator]
@@ -235,7 +235,7 @@ def test_module_reads_showers_back_from_the_batch_and_validates(showers) -> None
     assert loss is not None and torch.isfinite(loss)
     assert torch.equal(loss, module.validation_loss((x0, cond), 0))  # type: ignore[operator]
     # --init-from: another run's sampler weights load into both stages and the prior's average
-    other = FAMILY.build_module(tiny_config(4, vq={**FAMILY.tiny["vq"], "kmeans_iters": 3}), context, None)
+    other = FAMILY.module(tiny_config(4, vq={**FAMILY.tiny["vq"], "kmeans_iters": 3}), context)
     state = module.sampler_state_dict()  # type: ignore[operator]
     other.load_sampler_state_dict(state)  # type: ignore[operator]
     loaded = other.sampler_state_dict()  # type: ignore[operator]

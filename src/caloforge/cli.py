@@ -546,7 +546,7 @@ def likelihood_command(
 
         with atomic_output(out) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, **scores)
+                np.savez(f, **scores)  # type: ignore[arg-type]  # numpy's stub: keyword arrays
         typer.echo(f"wrote {out}")
 
 

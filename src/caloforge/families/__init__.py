@@ -1,8 +1,9 @@
 """The registry of model families (``../shared/DESIGN.md``, "The family contract").
 
 A family is one module (or package) under ``families/`` that defines ``FAMILY``, a ``Family``, plus one
-line in ``_REGISTRY`` below. Families are imported when first asked for, so a family's own dependencies
-(and Lightning, which only ``build_module`` needs) load only when that family is used.
+line in ``_REGISTRY`` below. Families are imported when first asked for, and a family names its module and
+sampler classes as ``"package.module:Class"`` strings imported when first built, so a family's own
+dependencies (and Lightning, which only the module needs) load only when that family is used.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ class Family:
         name: the registry name (``caloforge train --family NAME``).
         summary: one line for ``caloforge families``.
         config: the dataclass of the run config's ``model`` section.
-        build_module: ``(run_config, context, teacher) -> LightningModule`` owning losses and optimisers
-            (manual optimisation allowed). ``teacher`` is a trained ``ShowerSampler`` for distillation, or
-            ``None``. The module must offer ``sampler_state_dict()`` (the weights ``build_sampler``'s module
-            loads) and ``load_sampler_state_dict(state)`` (the inverse, for ``--init-from``).
+        build_module: ``(run_config, context[, teacher]) -> LightningModule`` owning losses and optimisers
+            (manual optimisation allowed), or its ``"package.module:Class"`` path; ``teacher`` (a trained
+            ``ShowerSampler`` for distillation, or ``None``) is passed only when ``takes_teacher``. The
+            module must offer ``sampler_state_dict()`` (the weights the sampler loads) and
+            ``load_sampler_state_dict(state)`` (the inverse, for ``--init-from``). Build it with ``module``.
         build_sampler: ``(model_config, context, **options) -> ShowerSampler`` (``caloforge.sampler``), with
-            no Lightning import; ``options`` are sampling settings named in ``sample_options``.
+            no Lightning import, or its ``"package.module:Class"`` path; ``options`` are sampling settings
+            named in ``sample_options``. Build it with ``sampler``.
         representation: the data the module trains on (``REPRESENTATIONS``).
         sample_options: the option names ``build_sampler`` takes (``n_steps``, ``sampler``, ...).
         takes_teacher: whether ``build_module`` uses a teacher (``caloforge train --teacher``).
@@ -50,12 +53,23 @@ class Family:
     name: str
     summary: str
     config: type[Any]
-    build_module: Callable[[RunConfig, RunContext, ShowerSampler | None], L.LightningModule]
-    build_sampler: Callable[..., ShowerSampler]
+    build_module: Callable[..., L.LightningModule] | str
+    build_sampler: Callable[..., ShowerSampler] | str
     representation: str = "voxels"
     sample_options: tuple[str, ...] = ()
     takes_teacher: bool = False
     tiny: dict[str, Any] = field(default_factory=dict)
+
+    def module(
+        self, run_config: RunConfig, context: RunContext, teacher: ShowerSampler | None = None
+    ) -> L.LightningModule:
+        """``build_module``'s LightningModule for a run; the teacher goes only to families that take one."""
+        if teacher is not None and not self.takes_teacher:
+            raise TypeError(f"family '{self.name}' does not distil: it takes no teacher")
+        build = _resolve(self.build_module)
+        module: L.LightningModule = (build(run_config, context, teacher) if self.takes_teacher
+                                     else build(run_config, context))
+        return module
 
     def sampler(self, model_config: Any, context: RunContext, **options: Any) -> ShowerSampler:
         """``build_sampler`` after checking the option names; options set to ``None`` are left out."""
@@ -65,7 +79,17 @@ class Family:
             takes = ", ".join(self.sample_options) or "none"
             raise InputError(None, unknown[0], f"is not a sampling option of family '{self.name}'",
                              f"one of its options: {takes}")
-        return self.build_sampler(model_config, context, **given)
+        sampler: ShowerSampler = _resolve(self.build_sampler)(model_config, context, **given)
+        return sampler
+
+
+def _resolve(target: Callable[..., Any] | str) -> Callable[..., Any]:
+    """A builder: the callable itself, or the attribute a ``"package.module:attribute"`` path names."""
+    if callable(target):
+        return target
+    module, _, attribute = target.partition(":")
+    built: Callable[..., Any] = getattr(importlib.import_module(module), attribute)
+    return built
 
 
 # name -> module defining FAMILY. Adding a family: one module under families/ and one line here.

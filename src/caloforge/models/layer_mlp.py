@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from caloforge.errors import InputError
 from caloforge.models.dit import sinusoidal
 
 __all__ = ["LayerMLP", "LayerModelConfig"]
@@ -34,6 +35,11 @@ class LayerModelConfig:
     depth: int = 4
     loss_weight: float = 1.0
     noise_draws: int = 1
+
+    def check(self) -> None:
+        """Raise ``InputError`` for settings no stage can be trained with (also after in-place changes)."""
+        if self.noise_draws < 1:
+            raise InputError(None, "model.layers.noise_draws", f"is {self.noise_draws}", "an integer >= 1")
 
 
 class LayerMLP(nn.Module):

@@ -248,11 +248,13 @@ class UNet(nn.Module):
             )
         size = config.resolved()
         self.grid = geometry.grid_shape
-        self.patch = tuple(int(p) for p in config.patch)
+        pl, pa, pr = (int(p) for p in config.patch)
+        self.patch = (pl, pa, pr)
         patched = self.patch != (1, 1, 1)
         # The U-Net's finest grid: the readout's, or its patches (the last patch along an axis padded).
-        coarse = tuple(-(-n // p) for n, p in zip(self.grid, self.patch, strict=True))
-        self.padding = tuple(c * p - n for c, p, n in zip(coarse, self.patch, self.grid, strict=True))
+        n_l, n_a, n_r = self.grid
+        coarse = (-(-n_l // pl), -(-n_a // pa), -(-n_r // pr))
+        self.padding = (coarse[0] * pl - n_l, coarse[1] * pa - n_a, coarse[2] * pr - n_r)
         self.geometric = config.geometric
         if self.geometric:
             self.register_buffer("positions", geometric_channels(geometry)[None], persistent=False)

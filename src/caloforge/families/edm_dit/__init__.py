@@ -13,20 +13,12 @@ LightningModule, imported only to train).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from caloforge.diffusion import SAMPLERS, EDMConfig
 from caloforge.errors import InputError, UnknownNameError
 from caloforge.families import Family
 from caloforge.models import DiTConfig, LayerModelConfig
-
-if TYPE_CHECKING:
-    import lightning as L
-
-    from caloforge.context import RunContext
-    from caloforge.families.edm_dit.sampler import EdmDitSampler
-    from caloforge.runconfig import RunConfig
-    from caloforge.sampler import ShowerSampler
 
 __all__ = ["FAMILY", "EdmDitConfig", "EdmModelConfig", "SampleConfig"]
 
@@ -76,34 +68,16 @@ class EdmDitConfig:
 
     def check(self) -> None:
         """Raise ``InputError`` for settings no model can be built with (also after in-place changes)."""
-        if self.layers.noise_draws < 1:
-            raise InputError(None, "model.layers.noise_draws", f"is {self.layers.noise_draws}",
-                             "an integer >= 1")
+        self.layers.check()
         self.dit.resolved()  # an unknown size preset fails here, not when the model is built
-
-
-def _build_sampler(
-    config: EdmDitConfig, context: RunContext, n_steps: int | None = None, sampler: str | None = None
-) -> EdmDitSampler:
-    from caloforge.families.edm_dit.sampler import EdmDitSampler
-
-    return EdmDitSampler(config, context, n_steps, sampler)
-
-
-def _build_module(
-    config: RunConfig, context: RunContext, teacher: ShowerSampler | None = None
-) -> L.LightningModule:
-    from caloforge.families.edm_dit.module import EdmDitModule
-
-    return EdmDitModule(config, context)
 
 
 FAMILY = Family(
     name="edm-dit",
     summary="diffusion transformer (EDM) over voxel patches, with a layer-energy stage; the flagship",
     config=EdmDitConfig,
-    build_module=_build_module,
-    build_sampler=_build_sampler,
+    build_module="caloforge.families.edm_dit.module:EdmDitModule",
+    build_sampler="caloforge.families.edm_dit.sampler:EdmDitSampler",
     representation="voxels",
     sample_options=("n_steps", "sampler"),
     tiny={"dit": {"size": "tiny", "patch_size": [2, 2, 2]}, "layers": {"width": 16, "depth": 1},

@@ -13,23 +13,13 @@ denoiser, so of the sampler, its weights and its ONNX graph (docs/families/edm-u
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from caloforge.diffusion import EDMConfig
-from caloforge.errors import InputError
 from caloforge.families import Family
 from caloforge.families.edm_dit import SampleConfig
 from caloforge.models import LayerModelConfig
 from caloforge.models.glam import GLaMConfig
 from caloforge.models.unet import UNetConfig
-
-if TYPE_CHECKING:
-    import lightning as L
-
-    from caloforge.context import RunContext
-    from caloforge.families.edm_unet.sampler import EdmUnetSampler
-    from caloforge.runconfig import RunConfig
-    from caloforge.sampler import ShowerSampler
 
 __all__ = ["FAMILY", "EdmUnetConfig"]
 
@@ -58,34 +48,16 @@ class EdmUnetConfig:
 
     def check(self) -> None:
         """Raise ``InputError`` for settings no model can be built with (also after in-place changes)."""
-        if self.layers.noise_draws < 1:
-            raise InputError(None, "model.layers.noise_draws", f"is {self.layers.noise_draws}",
-                             "an integer >= 1")
+        self.layers.check()
         self.unet.resolved()  # an unknown size preset fails here, not when the model is built
-
-
-def _build_sampler(
-    config: EdmUnetConfig, context: RunContext, n_steps: int | None = None, sampler: str | None = None
-) -> EdmUnetSampler:
-    from caloforge.families.edm_unet.sampler import EdmUnetSampler
-
-    return EdmUnetSampler(config, context, n_steps, sampler)
-
-
-def _build_module(
-    config: RunConfig, context: RunContext, teacher: ShowerSampler | None = None
-) -> L.LightningModule:
-    from caloforge.families.edm_unet.module import EdmUnetModule
-
-    return EdmUnetModule(config, context)
 
 
 FAMILY = Family(
     name="edm-unet",
     summary="cylindrical 3D U-Net (EDM, CaloDiffusion-style) with GLaM for irregular readouts",
     config=EdmUnetConfig,
-    build_module=_build_module,
-    build_sampler=_build_sampler,
+    build_module="caloforge.families.edm_unet.module:EdmUnetModule",
+    build_sampler="caloforge.families.edm_unet.sampler:EdmUnetSampler",
     representation="voxels",
     sample_options=("n_steps", "sampler"),
     tiny={"unet": {"size": "tiny"}, "layers": {"width": 16, "depth": 1}, "sample": {"n_steps": 2}},

@@ -21,19 +21,10 @@ train); the flows themselves are ``caloforge.models.flows``. Design notes: docs/
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from caloforge.errors import InputError, UnknownNameError
 from caloforge.families import Family
 from caloforge.models.flows import FLOW_SIZES, FlowNetConfig
-
-if TYPE_CHECKING:
-    import lightning as L
-
-    from caloforge.context import RunContext
-    from caloforge.families.flow.sampler import FlowSampler
-    from caloforge.runconfig import RunConfig
-    from caloforge.sampler import ShowerSampler
 
 __all__ = ["FAMILY", "ROLES", "SHAPES", "FlowConfig"]
 
@@ -99,26 +90,12 @@ class FlowConfig:
         return replace(layer, **common, **layer_hidden), replace(shape, **common, **shape_hidden)
 
 
-def _build_sampler(config: FlowConfig, context: RunContext) -> FlowSampler:
-    from caloforge.families.flow.sampler import FlowSampler
-
-    return FlowSampler(config, context)
-
-
-def _build_module(
-    config: RunConfig, context: RunContext, teacher: ShowerSampler | None = None
-) -> L.LightningModule:
-    from caloforge.families.flow.module import FlowModule
-
-    return FlowModule(config, context, teacher)
-
-
 FAMILY = Family(
     name="flow",
     summary="normalizing flows (CaloFlow): MAF teacher with exact likelihood, IAF student distilled from it",
     config=FlowConfig,
-    build_module=_build_module,
-    build_sampler=_build_sampler,
+    build_module="caloforge.families.flow.module:FlowModule",
+    build_sampler="caloforge.families.flow.sampler:FlowSampler",
     representation="voxels",
     sample_options=(),
     takes_teacher=True,

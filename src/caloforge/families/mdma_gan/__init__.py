@@ -20,19 +20,10 @@ imported only to train).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from caloforge.errors import InputError
 from caloforge.families import Family
 from caloforge.models.mean_field import MeanFieldConfig
-
-if TYPE_CHECKING:
-    import lightning as L
-
-    from caloforge.context import RunContext
-    from caloforge.families.mdma_gan.sampler import MdmaGanSampler
-    from caloforge.runconfig import RunConfig
-    from caloforge.sampler import ShowerSampler
 
 __all__ = ["FAMILY", "MdmaGanConfig"]
 
@@ -97,26 +88,12 @@ class MdmaGanConfig:
         return int(self.max_hits or n_voxels)
 
 
-def _build_sampler(config: MdmaGanConfig, context: RunContext) -> MdmaGanSampler:
-    from caloforge.families.mdma_gan.sampler import MdmaGanSampler
-
-    return MdmaGanSampler(config, context)
-
-
-def _build_module(
-    config: RunConfig, context: RunContext, teacher: ShowerSampler | None = None
-) -> L.LightningModule:
-    from caloforge.families.mdma_gan.module import MdmaGanModule
-
-    return MdmaGanModule(config, context)
-
-
 FAMILY = Family(
     name="mdma-gan",
     summary="point-cloud GAN with mean-field attention (MDMA), hits voxelised back to the readout",
     config=MdmaGanConfig,
-    build_module=_build_module,
-    build_sampler=_build_sampler,
+    build_module="caloforge.families.mdma_gan.module:MdmaGanModule",
+    build_sampler="caloforge.families.mdma_gan.sampler:MdmaGanSampler",
     representation="points",
     sample_options=(),
     tiny={"net": {"size": "tiny"}, "count_bins": 8, "count_width": 8, "critic_steps": 1},

@@ -19,20 +19,11 @@ Layout: ``sampler.py``, ``showers.py``, ``tokens.py``, ``diagnostics.py`` (no Li
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from caloforge.errors import InputError
 from caloforge.families import Family
 from caloforge.models.gpt import GPTConfig
 from caloforge.models.vqvae import VQConfig
-
-if TYPE_CHECKING:
-    import lightning as L
-
-    from caloforge.context import RunContext
-    from caloforge.families.vq_gpt.sampler import VqGptSampler
-    from caloforge.runconfig import RunConfig
-    from caloforge.sampler import ShowerSampler
 
 __all__ = ["FAMILY", "RatioConfig", "SampleConfig", "VqGptConfig"]
 
@@ -126,29 +117,12 @@ class VqGptConfig:
             raise InputError(None, "model.gpt_lr", f"is {self.gpt_lr}", "a number > 0 (or null)")
 
 
-def _build_sampler(
-    config: VqGptConfig, context: RunContext, temperature: float | None = None, top_k: int | None = None,
-    top_p: float | None = None,
-) -> VqGptSampler:
-    from caloforge.families.vq_gpt.sampler import VqGptSampler
-
-    return VqGptSampler(config, context, temperature, top_k, top_p)
-
-
-def _build_module(
-    config: RunConfig, context: RunContext, teacher: ShowerSampler | None = None
-) -> L.LightningModule:
-    from caloforge.families.vq_gpt.module import VqGptModule
-
-    return VqGptModule(config, context)
-
-
 FAMILY = Family(
     name="vq-gpt",
     summary="VQ-VAE with cylindrical convolutions + GPT prior over its codes and E_tot/E_inc (Calo-VQ)",
     config=VqGptConfig,
-    build_module=_build_module,
-    build_sampler=_build_sampler,
+    build_module="caloforge.families.vq_gpt.module:VqGptModule",
+    build_sampler="caloforge.families.vq_gpt.sampler:VqGptSampler",
     representation="voxels",
     sample_options=("temperature", "top_k", "top_p"),
     tiny={"vq": {"size": "tiny", "down_layers": 1, "down_alpha": 1, "kmeans_iters": 2},
