@@ -383,13 +383,16 @@ def train(
                                  f"'{showers.geometry.name}', the geometry of the training data")
         if isinstance(showers, ShowerSet):
             showers.check()  # a ShowerSource's blocks are checked as they are read
-        context = _context_for(showers, config, source)
-
+    # Loaded once here when it fits (a new run's context is then fitted in memory, not in passes over
+    # the files), else streamed.
     family = get_family(config.family)
     if teacher is not None and not family.takes_teacher:
         raise InputError(None, "--teacher", f"was given, but family '{family.name}' does not distil",
                          "a family that takes a teacher (see 'caloforge families')")
-    module = family.build_module(config, context, None if teacher is None else load_sampler(teacher))
+    held = _held(showers, config.data)
+    if not resume:
+        context = _context_for(held, config, source)
+    module = family.module(config, context, None if teacher is None else load_sampler(teacher))
     if not isinstance(module, FamilyModule):
         raise TypeError(f"family '{family.name}' built a {type(module).__name__}, not a FamilyModule")
     if source is not None:
@@ -401,7 +404,7 @@ def train(
                              "a checkpoint whose model section matches the config") from None
 
     data = ShowerDataModule(
-        _held(showers, config.data), context, config.data,
+        held, context, config.data,
         batch_size=min(config.train.batch_size, len(showers)), seed=config.train.seed,
         representation=family.representation,
     )
