@@ -112,3 +112,13 @@ def test_official_binning_for_dataset_2_and_identical_samples_have_zero_separati
     etot = specs["etot_einc"].edges
     median = np.median(f.e_total / f.energy)
     assert (etot[0], etot[-1]) == (pytest.approx(0.5 * median), pytest.approx(1.5 * median))
+
+
+def test_layers_without_voxels_give_finite_features_and_are_left_out_of_the_vector() -> None:
+    # CaloChallenge dataset-1 photons: 24 layer slots, 5 with voxels (0, 1, 2, 3, 12).
+    photons = get_geometry("calochallenge-1-photons")
+    f = compute_features(_random_set(20, 3, photons), threshold_mev=0.0)
+    assert np.isfinite(f.sparsity).all() and (f.sparsity[:, 4] == 0.0).all()  # layer 4 has no voxels
+    vector = high_level_vector(f)
+    assert vector.shape == (20, 2 + 8 * 5) and np.isfinite(vector).all()
+    assert high_level_vector(compute_features(_random_set(5, 1))).shape == (5, 2 + 8 * TINY.n_layers)

@@ -155,7 +155,9 @@ class FeatureAccumulator:
             "width_y": np.sqrt(np.clip(per["yy"] / denom - cy**2, 0.0, None)),
             "centre_r": cr,
             "width_r": np.sqrt(np.clip(per["rr"] / denom - cr**2, 0.0, None)),
-            "sparsity": 1.0 - nonzero / self._voxels_per_layer,
+            # A layer without voxels (CaloChallenge dataset 1 has 19 of 24) has sparsity 0, not 0 / 0.
+            "sparsity": 1.0 - np.divide(nonzero, self._voxels_per_layer, out=np.ones_like(nonzero,
+                                        dtype=np.float64), where=self._voxels_per_layer > 0),
             "e_radial": sums[:, len(_WEIGHTS) * n_layers:],
         })
         deposits = showers[showers > 0]
@@ -212,13 +214,16 @@ def high_level_vector(features: Features) -> NDArray[np.float64]:
 
     Order and scaling as CaloChallenge ``evaluate.py``: log10 E_inc, log10(E_layer + 1e-8), centres x, y
     and widths x, y in units of 100 mm, log10(E_tot + 1e-8), sparsity, centre and width in r / 100 mm.
+    Per-layer features only of layers that have voxels (the official code's "relevant layers": all of
+    datasets 2 and 3, 5 of 24 for dataset-1 photons, 7 for pions), so n_layers counts those.
     """
+    keep = np.diff(features.geometry.layer_offsets) > 0  # (n_layers,)
     return np.concatenate([
         np.log10(features.energy)[:, None],
-        np.log10(features.e_layer + 1e-8),
-        features.centre_x / 1e2, features.centre_y / 1e2,
-        features.width_x / 1e2, features.width_y / 1e2,
+        np.log10(features.e_layer[:, keep] + 1e-8),
+        features.centre_x[:, keep] / 1e2, features.centre_y[:, keep] / 1e2,
+        features.width_x[:, keep] / 1e2, features.width_y[:, keep] / 1e2,
         np.log10(features.e_total + 1e-8)[:, None],
-        features.sparsity,
-        features.centre_r / 1e2, features.width_r / 1e2,
+        features.sparsity[:, keep],
+        features.centre_r[:, keep] / 1e2, features.width_r[:, keep] / 1e2,
     ], axis=1)
