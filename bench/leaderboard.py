@@ -317,11 +317,18 @@ def markdown(result: dict[str, Any], batches: list[int]) -> str:
             sampling = ", ".join(f"{k} {v}" for k, v in row.get("sampling", {}).items())
             training = (f"{row['train_minutes']:.0f} min, {row['steps']} steps; "
                         f"sampling: {sampling or 'one pass'}")
+            if row.get("scores_from"):
+                training += f"; scored in `{row['scores_from']}`"
         lines.append(
             f"| {row['name']} | {m['auc_low']:.3f} | {m['auc_high']:.3f} | {m['fpd_x1e3']:.1f} | "
             f"{m['kpd_x1e3']:.3f} | {m['mean_separation_power']:.4f} | {cpu} | "
             f"{cell(row, 'onnxruntime_cpu')} | {training} |"
         )
+    untimed = [row["name"] for row in result["rows"] if row["kind"] == "family" and any(
+        str(b) not in {str(k) for k in row.get("timing", {}).get("pytorch_cpu", {})} for b in batches)]
+    if untimed:
+        lines += ["", f"Not timed at every batch size (`--timing-batches-for`; \"-\" in the table): "
+                      f"{', '.join(untimed)}."]
     shown = {row["name"] for row in result["rows"]}
     absent = [name for name in result.get("registered", []) if name not in shown]
     if absent:
