@@ -59,8 +59,10 @@ def main() -> None:
                           "rms_change": float(np.sqrt((delta**2).mean())),
                           "row_sums_learned": [float(s) for s in learned.sum(axis=1)]}
         limit = max(np.abs(delta).max(), 1e-12)
-        panels = [(start, "initial: ring area overlap", "viridis", 0.0, 1.0),
-                  (learned, f"learned ({content.step} steps)", "viridis", 0.0, 1.0),
+        # trained entries may leave [0, 1]: one colour scale for both
+        lo, top = min(0.0, float(learned.min())), max(1.0, float(learned.max()))
+        panels = [(start, "initial: ring area overlap", "viridis", lo, top),
+                  (learned, f"learned ({content.step} steps)", "viridis", lo, top),
                   (delta, "learned - initial", "RdBu_r", -limit, limit)]
         for col, (matrix, title, cmap, lo, hi) in enumerate(panels):
             ax = axes[row, col]
