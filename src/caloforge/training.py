@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from os import PathLike
 from pathlib import Path
@@ -54,7 +56,7 @@ class FamilyModule(L.LightningModule):
 
     A family subclasses it and implements ``training_step``, ``configure_optimizers`` (with
     ``self.schedule(optimizer)``), ``sampler_state_dict`` and ``load_sampler_state_dict``, and builds its
-    networks from ``train.seed`` inside ``torch.random.fork_rng()`` (no global random state).
+    networks inside ``with self.seeded():`` (initial weights from ``train.seed``, no global random state).
     """
 
     def __init__(self, config: RunConfig, context: RunContext) -> None:
@@ -64,6 +66,14 @@ class FamilyModule(L.LightningModule):
         self._averaged: list[tuple[nn.Module, AveragedModel]] = []
         self._noise: torch.Generator | None = None
         self._noise_state: Tensor | None = None
+
+    @contextmanager
+    def seeded(self) -> Iterator[None]:
+        """Torch's random state seeded from ``train.seed`` inside, restored after: networks built in it
+        start from the run's seed without touching the caller's random state."""
+        with torch.random.fork_rng():
+            torch.manual_seed(self.config.train.seed)
+            yield
 
     # -- to implement
     def sampler_state_dict(self) -> dict[str, Tensor]:
@@ -383,12 +393,10 @@ def train(
                                  f"'{showers.geometry.name}', the geometry of the training data")
         if isinstance(showers, ShowerSet):
             showers.check()  # a ShowerSource's blocks are checked as they are read
+    family = get_family(config.family)
+    family.check_teacher(teacher is not None)
     # Loaded once here when it fits (a new run's context is then fitted in memory, not in passes over
     # the files), else streamed.
-    family = get_family(config.family)
-    if teacher is not None and not family.takes_teacher:
-        raise InputError(None, "--teacher", f"was given, but family '{family.name}' does not distil",
-                         "a family that takes a teacher (see 'caloforge families')")
     held = _held(showers, config.data)
     if not resume:
         context = _context_for(held, config, source)

@@ -64,12 +64,17 @@ class Family:
         self, run_config: RunConfig, context: RunContext, teacher: ShowerSampler | None = None
     ) -> L.LightningModule:
         """``build_module``'s LightningModule for a run; the teacher goes only to families that take one."""
-        if teacher is not None and not self.takes_teacher:
-            raise TypeError(f"family '{self.name}' does not distil: it takes no teacher")
+        self.check_teacher(teacher is not None)
         build = _resolve(self.build_module)
         module: L.LightningModule = (build(run_config, context, teacher) if self.takes_teacher
                                      else build(run_config, context))
         return module
+
+    def check_teacher(self, given: bool) -> None:
+        """Raise ``InputError`` when a teacher is given to a family that does not distil."""
+        if given and not self.takes_teacher:
+            raise InputError(None, "--teacher", f"was given, but family '{self.name}' does not distil",
+                             "a family that takes a teacher (see 'caloforge families')")
 
     def sampler(self, model_config: Any, context: RunContext, **options: Any) -> ShowerSampler:
         """``build_sampler`` after checking the option names; options set to ``None`` are left out."""

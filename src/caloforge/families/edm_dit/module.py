@@ -39,8 +39,7 @@ class EdmDitModule(FamilyModule):
         model.check()
         geometry, cond_dim = context.geometry, context.spec.dim
         has_layers = context.preprocessor.has_layer_energies
-        with torch.random.fork_rng():  # initial weights from the run's seed without touching global state
-            torch.manual_seed(config.train.seed)
+        with self.seeded():  # initial weights from the run's seed
             self.edm = self.make_denoiser(model, geometry, cond_dim, has_layers)
             self.layer_edm = build_layer_denoiser(model, geometry.n_layers, cond_dim) if has_layers else None
         self.ema = self.average(self.edm)

@@ -66,8 +66,7 @@ class FlowModule(FamilyModule):
         super().__init__(config, context)
         model: FlowConfig = config.model
         model.check()
-        with torch.random.fork_rng():  # initial weights from the run's seed without touching global state
-            torch.manual_seed(config.train.seed)
+        with self.seeded():  # initial weights from the run's seed
             self.flows = FlowSampler(model, context)
         self.ema = self.average(self.flows)
         self.teacher: FlowSampler | None = None

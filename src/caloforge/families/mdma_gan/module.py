@@ -68,8 +68,7 @@ class MdmaGanModule(FamilyModule):
         cond_dim = context.spec.dim
         self.max_hits = model.hit_slots(context.geometry.n_voxels)
         self.latent = model.net.resolved().latent
-        with torch.random.fork_rng():  # initial weights from the run's seed without touching global state
-            torch.manual_seed(config.train.seed)
+        with self.seeded():  # initial weights from the run's seed
             self.generator = build_generator(model, cond_dim)
             self.counts = build_counts(model, cond_dim, self.max_hits)
             self.critic = MeanFieldCritic(model.net, cond_dim + 1, N_FEATURES)

@@ -60,8 +60,7 @@ class VqGptModule(FamilyModule):
         model: VqGptConfig = config.model
         model.check()
         cond_dim = context.spec.dim
-        with torch.random.fork_rng():  # initial weights from the run's seed without touching global state
-            torch.manual_seed(config.train.seed)
+        with self.seeded():  # initial weights from the run's seed
             self.vqvae = build_vqvae(model, context.geometry, cond_dim)
             self.gpt = build_gpt(model, self.vqvae, cond_dim)
         self.gpt_ema = self.average(self.gpt)
