@@ -30,6 +30,7 @@ reference with the same classifier settings: checked) instead of generating agai
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -114,20 +115,28 @@ def generate(generator: ShowerGenerator, energy: np.ndarray, seed: int, name: st
     return ShowerSet.concatenate(parts)
 
 
+def check_same_split(flag: str, record: dict[str, Any], args: argparse.Namespace,
+                     extra: dict[str, tuple[Any, Any]] | None = None) -> None:
+    """Exit unless a ``bench/fidelity.py --data`` record split the board's file with its seed and held-out
+    size (and agrees on ``extra``: name -> (theirs, ours)); ``flag`` names the option in the message."""
+    checks = {"data": (Path(record.get("data") or "").resolve(), Path(args.data).resolve()),
+              "n_eval": (record.get("n_eval"), args.n_eval),
+              # runs before the seed was recorded in the result JSON used the script's default, 0
+              "seed": (record.get("seed", 0), args.seed), **(extra or {})}
+    for key, (theirs, ours) in checks.items():
+        if theirs != ours:
+            sys.exit(f"{flag}: its {key} is {theirs}, this board's is {ours}; retrain or rescore it")
+
+
 def fidelity_scores(name: str, path: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any], Any]:
     """(model, training record, metrics) of family ``name`` from a ``bench/fidelity.py --data`` JSON,
     after checking it split the same file with the same seed and held-out size and used the same
     classifier settings."""
     record = json.loads(Path(path).read_text())
-    checks = {"family": (record.get("family"), name),
-              "data": (Path(record.get("data") or "").resolve(), Path(args.data).resolve()),
-              "n_eval": (record.get("n_eval"), args.n_eval),
-              # runs before these keys were recorded used the script's defaults (seed 0, 15 epochs)
-              "seed": (record.get("seed", 0), args.seed),
-              "classifier_epochs": (record.get("classifier_epochs", 15), args.classifier_epochs)}
-    for key, (theirs, ours) in checks.items():
-        if theirs != ours:
-            sys.exit(f"--scores {name}={path}: its {key} is {theirs}, this board's is {ours}")
+    check_same_split(f"--scores {name}={path}", record, args, {
+        "family": (record.get("family"), name),
+        # runs before the epochs were recorded used the script's default, 15
+        "classifier_epochs": (record.get("classifier_epochs", 15), args.classifier_epochs)})
     training = {"train_minutes": record["train_minutes"], "reused": record["run_dir"], "scores_from": path}
     return Path(record["run_dir"]) / "model.ckpt", training, record["model"]
 
@@ -140,10 +149,7 @@ def trained_run(
     if name in reuse:
         run_dir = Path(reuse[name])
         record = json.loads((run_dir / "fidelity_run.json").read_text())
-        same = (Path(record.get("data") or "").resolve() == Path(args.data).resolve()
-                and record["seed"] == args.seed and record.get("n_eval") == args.n_eval)
-        if not same:
-            sys.exit(f"--reuse {name}={run_dir}: that run split another file or seed/n_eval; retrain it")
+        check_same_split(f"--reuse {name}={run_dir}", record, args)
         return run_dir / "model.ckpt", {"train_minutes": record["train_s"] / 60, "reused": str(run_dir)}
     assert train_set is not None
     config_path = ROOT / "configs" / "ds2-cpu.yaml" if name == "edm-dit" else None
@@ -220,11 +226,14 @@ def main() -> None:
         kpd_batch_size=min(10_000, args.n_eval),
     )
     capacity = low_level_capacity(geometry.n_voxels, eval_config)
-    ref_sample = collect([reference], "reference", eval_config, capacity)
+
+    @functools.cache
+    def ref_sample() -> Any:  # the reference's features, collected once and only if a row is scored here
+        return collect([reference], "reference", eval_config, capacity)
 
     def score(showers: ShowerSet, name: str) -> dict[str, Any]:
         print(f"scoring {name}", file=sys.stderr)
-        return summarise(compute_metrics(collect([showers], name, eval_config, capacity), ref_sample,
+        return summarise(compute_metrics(collect([showers], name, eval_config, capacity), ref_sample(),
                                          eval_config))
 
     kept_names = {row["name"] for row in kept}
@@ -287,12 +296,16 @@ def commands(result: dict[str, Any]) -> list[str]:
     return [*lines, f"Machine: {result['machine']}."]
 
 
+def timing_of(row: dict[str, Any], backend: str) -> dict[int, float]:
+    """ms/shower by batch size of one row and backend ({} when not timed); JSON keeps the sizes as strings."""
+    return {int(b): ms for b, ms in row.get("timing", {}).get(backend, {}).items()}
+
+
 def markdown(result: dict[str, Any], batches: list[int]) -> str:
     def cell(row: dict[str, Any], backend: str) -> str:
-        timing = row.get("timing", {}).get(backend)
+        timing = timing_of(row, backend)
         if not timing:
             return "-"
-        timing = {int(b): ms for b, ms in timing.items()}  # JSON keys are strings
         return " / ".join(f"{timing[b]:.3g}" if b in timing else "-" for b in batches)
 
     head = " / ".join(str(b) for b in batches)
@@ -324,8 +337,8 @@ def markdown(result: dict[str, Any], batches: list[int]) -> str:
             f"{m['kpd_x1e3']:.3f} | {m['mean_separation_power']:.4f} | {cpu} | "
             f"{cell(row, 'onnxruntime_cpu')} | {training} |"
         )
-    untimed = [row["name"] for row in result["rows"] if row["kind"] == "family" and any(
-        str(b) not in {str(k) for k in row.get("timing", {}).get("pytorch_cpu", {})} for b in batches)]
+    untimed = [row["name"] for row in result["rows"] if row["kind"] == "family"
+               and not set(batches) <= set(timing_of(row, "pytorch_cpu"))]
     if untimed:
         lines += ["", f"Not timed at every batch size (`--timing-batches-for`; \"-\" in the table): "
                       f"{', '.join(untimed)}."]
