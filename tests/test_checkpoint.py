@@ -34,8 +34,9 @@ def test_format1_checkpoint_generates_the_showers_it_generated_before() -> None:
     generator = load_generator(FORMAT1)
     heun = generator.sample(expected["energy"], seed=5, batch_size=3).showers  # the run's Heun, 3 steps
     euler = generator.sample(expected["energy"], seed=5, n_steps=2, sampler="euler").showers
-    np.testing.assert_array_equal(heun, expected["heun3_seed5_batch3"])
-    np.testing.assert_array_equal(euler, expected["euler2_seed5"])
+    # Up to float rounding: the CPU's kernels may differ in the last bit from the machine that wrote them.
+    np.testing.assert_allclose(heun, expected["heun3_seed5_batch3"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(euler, expected["euler2_seed5"], rtol=1e-5, atol=1e-4)
     assert heun.sum() > 0
 
 

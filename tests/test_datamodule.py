@@ -213,3 +213,18 @@ def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path: Path) -> None:
     state = read_checkpoint(model).sampler_state
     assert state is not None and all(v.dtype == torch.float32 and torch.isfinite(v).all()
                                      for v in state.values() if v.is_floating_point())
+
+
+def test_a_source_knows_each_blocks_detector_and_a_pass_balances_them(tmp_path: Path) -> None:
+    big, small = labelled(40), labelled(8, seed=1, offset=40)
+    paths = [tmp_path / "big.h5", tmp_path / "small.h5"]
+    write_showers(paths[0], big)
+    write_showers(paths[1], ShowerSet(small.showers, small.geometry, small.energy, detector=np.full(8, 2)))
+    source = ShowerSource.open(paths, block_rows=4)
+    assert source.block_detectors().tolist() == [0] * 10 + [2] * 2
+    stream = ShowerStream(source, by_energy, batch_size=8, seed=0, balance=True)
+    seen = np.concatenate(take(stream, 10))  # 80 rows: one balanced pass
+    assert stream.n_rows == 80
+    assert (seen >= 40).sum() == 40 and sorted(set(seen[seen >= 40].tolist())) == list(range(40, 48))
+    plain = ShowerStream(source, by_energy, batch_size=8, seed=0)
+    assert plain.n_rows == 48

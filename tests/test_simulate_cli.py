@@ -111,3 +111,23 @@ def test_simulate_command_reads_a_yaml_config(run, tmp_path) -> None:
     code, _, err = run("simulate", "-g", "calochallenge-2", "--n", 4, "--energy", "20000", "--config", bad,
                        "--out", tmp_path / "never.h5")
     assert code == 2 and "radial_scael" in err and "radial_scale" in err
+
+
+def test_simulate_command_another_medium_on_the_readout_with_a_detector_index(run, tmp_path) -> None:
+    out = tmp_path / "odd.h5"
+    code, stdout, stderr = run("simulate", "--geometry", "calochallenge-2", "--n", 20, "--energy", "10000",
+                               "--material", "ODD", "--detector", 3, "--out", out)
+    assert code == 0, stderr
+    assert "medium ODD, detector 3" in stdout
+    showers = read_showers(out)
+    assert showers.geometry.name == "calochallenge-2" and showers.detector is not None
+    assert set(showers.detector.tolist()) == {3}
+    siw = simulate_to_file  # the same readout, another medium: another visible fraction
+    siw(tmp_path / "siw.h5", "calochallenge-2", 20, "10000", seed=0, progress=False)
+    ratio = {name: np.mean(read_showers(tmp_path / f"{name}.h5").showers.sum(axis=1)) / 1e4
+             for name in ("odd", "siw")}
+    assert ratio["odd"] == pytest.approx(0.0275, rel=0.15) and ratio["siw"] == pytest.approx(0.0253, rel=0.1)
+    code, _, stderr = run("simulate", "--geometry", "calochallenge-2", "--n", 2, "--energy", "10000",
+                          "--material", "Lead", "--out", tmp_path / "x.h5")
+    assert code == 2 and "unknown simulator material 'Lead'" in stderr
+    assert not (tmp_path / "x.h5").exists()

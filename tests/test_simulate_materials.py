@@ -56,3 +56,26 @@ def test_unknown_and_atlas_media() -> None:
     assert set(MATERIALS) >= {"SiW", "SciPb", "PbWO4", "ATLAS"}  # ATLAS: tests/test_simulate_dataset1.py
     with pytest.raises(UnknownNameError, match="did you mean 'SiW'"):
         get_material("SiWW")
+
+
+def test_layer_stacks_with_inert_slices_by_hand() -> None:
+    # ODD ECal layer: 1.9 mm W, 0.5 mm Si read out, 2.30 mm G10-like boards and 0.35 mm air (5.05 mm).
+    g10 = SUBSTANCES["G10"]
+    assert g10.x0_mm / 10 * g10.density == pytest.approx(33.0, rel=1e-2)  # PDG: 33.0 g/cm2
+    odd = get_material("ODD")
+    masses = {"W": 1.9 * 19.30, "Si": 0.5 * 2.329, "G10": 2.30 * 1.70, "Air": 0.35 * 1.205e-3}
+    rho = sum(masses.values()) / 5.05
+    assert odd.density == pytest.approx(rho, rel=1e-6)
+    assert odd.fs == pytest.approx(odd.x0_mm / 5.05)
+    loss_si = 0.5 * 2.329 * 1.664
+    loss_rest = 1.9 * 19.30 * 1.145 + 2.30 * 1.70 * 1.87 + 0.35 * 1.205e-3 * 1.815
+    z_passive = (masses["W"] * 74 + masses["G10"] * g10.z + masses["Air"] * 7.3) / (
+        masses["W"] + masses["G10"] + masses["Air"])
+    ehat = 1 / (1 + 0.007 * (z_passive - 14))
+    assert odd.sampling_fraction == pytest.approx(ehat * loss_si / (loss_si + loss_rest), rel=1e-6)
+    # ALLEGRO's Pb/LAr: less dense and longer X0 than either W/Si medium, more visible than SiW.
+    allegro, siw = get_material("ALLEGRO"), get_material("SiW")
+    assert allegro.x0_mm > odd.x0_mm > siw.x0_mm
+    assert allegro.sampling_fraction > odd.sampling_fraction > 0
+    # Without inert slices the generalised stack is the two-slice one (SiW's test above still holds).
+    assert {"ODD", "ALLEGRO"} <= set(MATERIALS)

@@ -146,6 +146,11 @@ def simulate_command(
     gflash_params: str | None = typer.Option(None, "--gflash-params", help="Fitted parameters from "
                                              "'caloforge fit-gflash' (a GFlashConfig YAML, read like "
                                              "--config; both may be given if no key differs)."),
+    material: str | None = typer.Option(None, "--material", help="Simulate this medium on the geometry's "
+                                        "readout (SiW, SciPb, PbWO4, ATLAS, ODD, ALLEGRO; default: the "
+                                        "geometry's own)."),
+    detector: int | None = typer.Option(None, "--detector", min=0, help="Write this detector index with "
+                                        "every shower (multi-detector training sets)."),
 ) -> None:
     """Simulate electron showers with the embedded GFlash parameterisation and write them to a file."""
     import dataclasses
@@ -159,15 +164,18 @@ def simulate_command(
     settings = _gflash_settings(config, gflash_params) if config or gflash_params else GFlashConfig()
     if threshold_mev is not None:
         settings = dataclasses.replace(settings, threshold_mev=threshold_mev)
+    if material is not None:
+        settings = dataclasses.replace(settings, material=material)
     specs = (parse_spectrum(energy, "--energy", positive=True),
              None if theta is None else parse_spectrum(theta, "--theta"),
              None if phi is None else parse_spectrum(phi, "--phi"))
     start = time.perf_counter()
     simulate_to_file(out, g, n, *specs, config=settings, seed=seed, format=file_format,
-                     dtype="float16" if float16 else "float32", progress=True)
+                     dtype="float16" if float16 else "float32", progress=True, detector=detector)
     seconds = time.perf_counter() - start
     typer.echo(f"simulated {n} showers in {seconds:.2f} s ({n / max(seconds, 1e-9):.0f} showers/s), "
-               f"geometry {g.name}, wrote {out}"
+               f"geometry {g.name}, medium {settings.material_for(g).name}"
+               + ("" if detector is None else f", detector {detector}") + f", wrote {out}"
                + (f", GFlash parameters of {gflash_params}" if gflash_params else ""))
 
 
@@ -361,6 +369,56 @@ def train_command(
         typer.echo(f"model written to {path}")
 
 
+@app.command("adapt")
+def adapt_command(
+    checkpoint: str | None = typer.Argument(None, help="The pre-trained model.ckpt to adapt."),
+    data: list[str] = typer.Option(..., "--data", help="HDF5 showers of the new detector (repeatable; "  # noqa: B008
+                                   "one detector, loaded into memory)."),
+    out: str = typer.Option(..., "--out", help="Run directory of the adapted model (as for train)."),
+    method: str = typer.Option("full", "--method", help="Which weights train: full (all), bias (the "
+                               "biases only) or lora (low-rank updates of the linear layers)."),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="A model shipped in the package "
+                                          "instead of CHECKPOINT (see 'caloforge models')."),
+    slot: int | None = typer.Option(None, "--slot", min=0, help="Detector slot the new detector takes "
+                                    "(default: the first one the model was not trained on)."),
+    max_steps: int = typer.Option(2000, "--max-steps", min=1, help="Training steps of the adaptation."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes", min=0.01,
+                                             help="Wall-clock budget (default: none)."),
+    lora_rank: int = typer.Option(8, "--lora-rank", min=1, help="Rank of each low-rank update (lora)."),
+    lora_alpha: float = typer.Option(16.0, "--lora-alpha", min=0.0, help="Scale alpha of the updates "
+                                     "(they are multiplied by alpha / rank)."),
+    settings: list[str] = typer.Option([], "--set",  # noqa: B008
+                                       help="Override a key of the pre-trained run's config, e.g. "
+                                       "--set optim.lr=3e-4 (train, optim and data keys; repeatable)."),
+    geometry: str | None = typer.Option(None, "--geometry", "-g", help="Geometry preset, if the file "
+                                        "does not name one."),
+) -> None:
+    """Adapt a pre-trained model to a new detector from few showers: the detector takes a spare slot,
+    and training starts from the pre-trained weights (all of them, biases only, or LoRA updates)."""
+    from caloforge.adaptation import adapt
+    from caloforge.adapters import ADAPT_METHODS
+    from caloforge.checkpoint import read_checkpoint
+    from caloforge.io.source import ShowerSource
+    from caloforge.runconfig import run_config_from_dict
+
+    if method not in ADAPT_METHODS:
+        raise InputError(None, "--method", f"is '{method}'", f"one of {', '.join(ADAPT_METHODS)}")
+    source = _model_source(checkpoint, pretrained)
+    if source.endswith(".onnx"):
+        raise InputError(source, None, "is an exported graph", "a model.ckpt (graphs cannot be trained)")
+    base = read_checkpoint(source, weights=False).config.to_dict()
+    for assignment in settings:
+        _set_key(base, assignment)
+    run_config = run_config_from_dict(base, source)
+    run_config.train.max_steps = max_steps
+    run_config.train.max_minutes = max_minutes
+    showers = ShowerSource.open(data, run_config.data.block_rows, geometry)
+    typer.echo(f"adapting {source} to {len(showers)} showers of {', '.join(data)} ({method})", err=True)
+    path, claimed = adapt(source, showers, out, method, slot=slot, config=run_config, lora_rank=lora_rank,
+                          lora_alpha=lora_alpha)
+    typer.echo(f"adapted to detector slot {claimed} ({method}); wrote {path}")
+
+
 @app.command("tune")
 def tune_command(
     data: list[str] = typer.Option(..., "--data", help="HDF5 training showers (repeatable, as for train)."),  # noqa: B008
@@ -464,6 +522,8 @@ def generate_command(
     theta: str | None = typer.Option(None, "--theta", help="Polar angle spectrum in radians (default: "
                                      "normal incidence, not recorded)."),
     phi: str | None = typer.Option(None, "--phi", help="Azimuth spectrum in radians."),
+    detector: int | None = typer.Option(None, "--detector", min=0, help="Detector slot of a multi-detector "
+                                        "model (default: the slot it was trained or adapted on, if one)."),
     batch_size: int = typer.Option(1000, "--batch-size", min=1, help="Showers per model call."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the run's)."),
     sampler: str | None = typer.Option(None, "--sampler", help="heun, euler, stochastic, dpmpp_2m or "
@@ -511,7 +571,8 @@ def generate_command(
     # Reported once, here, before the progress display starts; the generator is told not to repeat it.
     for problem in check_request(ranges, energies, thetas, phis, strict=strict, source=checkpoint):
         typer.echo(f"warning: {problem}; the model extrapolates there", err=True)
-    count = generate_to_file(generator, out, energies, thetas, phis, seed=seed, batch_size=batch_size,
+    count = generate_to_file(generator, out, energies, thetas, phis, detector, seed=seed,
+                             batch_size=batch_size,
                              file_format=file_format, warn_outside=False, **options)
     typer.echo(f"wrote {count} showers to {out}")
     from caloforge.io import iter_showers

@@ -182,7 +182,9 @@ class ConditionEncoder(nn.Module):
 class ConditionRanges:
     """Span of the training conditions, saved in checkpoints for out-of-range warnings.
 
-    Energies in MeV, angles in radians; ``mean_energy_ratio`` is the mean of E_tot / E_inc.
+    Energies in MeV, angles in radians; ``mean_energy_ratio`` is the mean of E_tot / E_inc; ``detectors``
+    the detector slots the model was trained on (empty in checkpoints written before it was recorded),
+    which tells adaptation (``caloforge adapt``) which slots are spare.
     """
 
     energy_min: float
@@ -192,6 +194,7 @@ class ConditionRanges:
     phi_min: float
     phi_max: float
     mean_energy_ratio: float
+    detectors: tuple[int, ...] = ()
 
     @classmethod
     def from_showers(cls, showers: ShowerChunks | ConditionTable) -> ConditionRanges:
@@ -204,7 +207,14 @@ class ConditionRanges:
             float(table.phi.min()),
             float(table.phi.max()),
             float(table.ratio.mean()),
+            tuple(int(d) for d in np.unique(table.detector)),
         )
+
+    @property
+    def own_detector(self) -> int | None:
+        """The slot to generate in when none is asked for: the one detector trained on, when that is not
+        slot 0 (the default of ``ConditionRequest``); else ``None``."""
+        return self.detectors[0] if len(self.detectors) == 1 and self.detectors[0] != 0 else None
 
     def outside(self, energy: Any, theta: Any, phi: Any) -> list[str]:
         """Sentences naming each condition of the request that leaves the training span (empty if none)."""
@@ -224,12 +234,15 @@ class ConditionRanges:
                 )
         return problems
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["detectors"] = list(self.detectors)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConditionRanges:
-        return cls(**{k: float(v) for k, v in data.items()})
+        detectors = tuple(int(d) for d in data.get("detectors", ()))
+        return cls(**{k: float(v) for k, v in data.items() if k != "detectors"}, detectors=detectors)
 
 
 def _per_shower(name: str, values: ArrayLike | None, n: int) -> NDArray[np.float64]:

@@ -13,6 +13,10 @@ w + n_workers, ... (PyTorch's loader returns workers' batches in turn, so the ra
 - a resumed run starts the stream at the batch it stopped at, computed, not read;
 - memory holds one buffer per worker, ``shuffle_blocks x block_rows`` showers (plus the batch being cut).
 
+With ``data.balance_detectors`` (the default) a training pass over showers of several detectors gives each
+detector as many rows as the largest has (``balanced_pass``): a smaller detector's blocks are repeated, so a
+multi-detector model sees its detectors equally often whatever their share of the files.
+
 Every rank reads every buffer and keeps its own rows (no rank-dependent read pattern): ranks run in lockstep,
 so on one node the operating system's page cache serves the same blocks to all of them; across nodes each
 node reads the data once per pass.
@@ -41,7 +45,7 @@ from caloforge.errors import InputError
 from caloforge.io.source import ShowerSource
 from caloforge.runconfig import DataConfig
 
-__all__ = ["ShowerDataModule", "ShowerStream", "split_validation", "voxel_batch"]
+__all__ = ["ShowerDataModule", "ShowerStream", "balanced_pass", "split_validation", "voxel_batch"]
 
 Batch = tuple[Tensor, ...]
 ToBatch = Callable[[ShowerSet], Batch]
@@ -73,6 +77,34 @@ class _Blocks:
         if isinstance(self.data, ShowerSource):
             return self.data.read(blocks)
         return self.data[np.asarray(blocks)]
+
+    @property
+    def detectors(self) -> NDArray[np.int64]:
+        """Each block's detector index (in memory: each shower's)."""
+        if isinstance(self.data, ShowerSource):
+            return self.data.block_detectors()
+        return self.data.condition("detector").astype(np.int64)
+
+
+def balanced_pass(sizes: NDArray[np.int64], detectors: NDArray[np.int64], seed: int) -> NDArray[np.int64]:
+    """The blocks of one training pass (indices, sorted, with repeats) in which every detector has about as
+    many rows as the detector with most: each detector's blocks all appear ``target // rows`` times, and a
+    seeded random subset of them once more for the rest (to a block; exact when blocks are single showers).
+    ``sizes`` (n_blocks,) rows per block, ``detectors`` (n_blocks,) each block's detector."""
+    groups = [np.flatnonzero(detectors == d) for d in np.unique(detectors)]
+    if len(groups) < 2:
+        return np.arange(len(sizes))
+    target = max(int(sizes[g].sum()) for g in groups)
+    rng = np.random.default_rng([seed, 0xBA1A])
+    parts = []
+    for group in groups:
+        rows = int(sizes[group].sum())
+        parts += [group] * (target // rows)
+        rest = target % rows
+        if rest:
+            picked = rng.permutation(group)
+            parts.append(picked[: int(np.searchsorted(np.cumsum(sizes[picked]), rest)) + 1])
+    return np.sort(np.concatenate(parts))
 
 
 def split_validation(
@@ -108,6 +140,7 @@ class ShowerStream(IterableDataset[Batch]):
         seed: the order's seed.
         shuffle_blocks: blocks per shuffle buffer (in memory: rows per buffer, at least a global batch).
         training: endless shuffled stream (else one ordered pass).
+        balance: with training, give every detector as many rows per pass as the largest (``balanced_pass``).
         rank, world_size: this process's place in DDP.
         start_batch: index of the first global batch to yield (a resumed run's).
     """
@@ -120,6 +153,7 @@ class ShowerStream(IterableDataset[Batch]):
         seed: int = 0,
         shuffle_blocks: int = 8,
         training: bool = True,
+        balance: bool = False,
         rank: int = 0,
         world_size: int = 1,
         start_batch: int = 0,
@@ -130,7 +164,9 @@ class ShowerStream(IterableDataset[Batch]):
         self.batch_size, self.seed, self.training = int(batch_size), int(seed), training
         self.rank, self.world_size, self.start_batch = int(rank), int(world_size), int(start_batch)
         sizes = self.blocks.sizes
-        self.n_rows = int(sizes.sum())
+        self.pass_blocks = (balanced_pass(sizes, self.blocks.detectors, self.seed) if training and balance
+                            else np.arange(len(sizes)))
+        self.n_rows = int(sizes[self.pass_blocks].sum())
         global_batch = self.batch_size * self.world_size
         if training and self.n_rows < global_batch:
             raise InputError(data.source, "train.batch_size", f"x {self.world_size} processes is "
@@ -146,8 +182,8 @@ class ShowerStream(IterableDataset[Batch]):
         """Pass ``epoch``'s buffers (block indices) and their row offsets in the pass (n_buffers + 1,)."""
         if epoch not in self._plans:
             sizes = self.blocks.sizes
-            order = (np.random.default_rng([self.seed, epoch]).permutation(len(sizes)) if self.training
-                     else np.arange(len(sizes)))
+            order = (np.random.default_rng([self.seed, epoch]).permutation(self.pass_blocks) if self.training
+                     else self.pass_blocks)
             buffers = [order[i : i + self.buffer_blocks] for i in range(0, len(order), self.buffer_blocks)]
             offsets = np.concatenate([[0], np.cumsum([sizes[b].sum() for b in buffers])]).astype(np.int64)
             self._plans = {epoch: (buffers, offsets)}  # one pass at a time
@@ -270,7 +306,8 @@ class ShowerDataModule(L.LightningDataModule):
         rank, world, done = self._place()
         return self._loader(ShowerStream(
             self.train_data, self.to_batch, self.batch_size, self.seed, self.config.shuffle_blocks,
-            training=True, rank=rank, world_size=world, start_batch=done,
+            training=True, balance=self.config.balance_detectors, rank=rank, world_size=world,
+            start_batch=done,
         ))
 
     def val_dataloader(self) -> DataLoader[Batch]:

@@ -97,6 +97,7 @@ class ShowerGenerator:
         (for callers that have reported it already).
         """
         sampler = self.sampler_for(**options)
+        detector = self.content.ranges.own_detector if detector is None else detector
         request = ConditionRequest.of(energy_mev, theta, phi, detector)
         self.content.spec.check_detectors(request.detector)
         if warn_outside:

@@ -181,6 +181,7 @@ class OnnxGenerator:
         ``numpy.random.default_rng(seed)``, seed default 0), spec by spec for each batch.
         """
         self._check_fixed(options)
+        detector = self.ranges.own_detector if detector is None else detector
         request = ConditionRequest.of(energy_mev, theta, phi, detector)
         self.spec.check_detectors(request.detector)
         if warn_outside:

@@ -9,6 +9,7 @@ One YAML file (and the ``config`` of every checkpoint) reads::
     optim: {...}               # OptimConfig (caloforge.optim)
     train: {...}               # TrainConfig
     data: {...}                # DataConfig (streaming, validation split, workers)
+    adapt: {...}               # AdaptConfig (which weights train: full, bias or lora)
 
 Every section rejects unknown keys, naming the dotted key and the known ones. No Lightning here: a
 checkpoint's config is read on the generation path too.
@@ -27,6 +28,7 @@ from caloforge.preprocess import PreprocessConfig
 
 __all__ = [
     "DEFAULT_FAMILY",
+    "AdaptConfig",
     "ConditionConfig",
     "DataConfig",
     "RunConfig",
@@ -90,6 +92,8 @@ class DataConfig:
             for families that declare a validation loss.
         validation_every: training steps between validation passes.
         workers: dataloader worker processes per rank (0: read in the training process).
+        balance_detectors: in showers of several detectors, repeat the smaller detectors' showers so every
+            detector is seen as often as the largest (``caloforge.datamodule.balanced_pass``).
     """
 
     stream: bool | None = None
@@ -99,6 +103,7 @@ class DataConfig:
     validation_fraction: float = 0.0
     validation_every: int = 500
     workers: int = 0
+    balance_detectors: bool = True
 
     def __post_init__(self) -> None:
         if self.block_rows < 1 or self.shuffle_blocks < 1 or self.workers < 0 or self.validation_every < 1:
@@ -127,6 +132,33 @@ class ConditionConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """Which weights of the generating networks train (``caloforge.adapters``): all of them (``full``, every
+    run's default), only the biases (``bias``) or low-rank updates of the linear layers (``lora``), the
+    methods ``caloforge adapt`` offers for moving a pre-trained model to a new detector.
+
+    Args:
+        method: ``full``, ``bias`` or ``lora``.
+        lora_rank: rank r of each low-rank update.
+        lora_alpha: the updates are scaled by alpha / r.
+    """
+
+    method: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+
+    def __post_init__(self) -> None:
+        from caloforge.adapters import ADAPT_METHODS
+
+        if self.method not in ADAPT_METHODS:
+            raise InputError(None, "adapt.method", f"is {self.method!r}",
+                             f"one of {', '.join(ADAPT_METHODS)}")
+        if self.lora_rank < 1 or not self.lora_alpha > 0:
+            raise InputError(None, "adapt", f"has lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha}",
+                             "lora_rank >= 1 and lora_alpha > 0")
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; saved in every checkpoint and as ``config.yaml``.
 
@@ -141,6 +173,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -175,7 +208,7 @@ def run_config_from_dict(
     model = from_dict(chosen.config, data.pop("model", None), path, prefix="model")
     shared = from_dict(_SharedSections, data, path)
     return RunConfig(name, model, shared.preprocess, shared.conditions, shared.optim, shared.train,
-                     shared.data)
+                     shared.data, shared.adapt)
 
 
 @dataclass
@@ -187,6 +220,7 @@ class _SharedSections:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
 def load_run_config(path: str | PathLike[str] | None, family: str | None = None) -> RunConfig:

@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
+from caloforge.adapters import add_adapters, merged_state_dict, trainable_count
 from caloforge.averaging import exponential_average
 from caloforge.checkpoint import CHECKPOINT_KEY, CheckpointContent, checkpoint_entry, read_checkpoint
 from caloforge.context import RunContext
@@ -104,6 +105,21 @@ class FamilyModule(L.LightningModule):
         self._averaged.append((network, averaged))
         return averaged
 
+    def adapt(self) -> tuple[int, int]:
+        """Set which weights of the generating networks (those with an average) train, as ``adapt`` in the
+        run config says (``caloforge.adapters``); the averages get the same structure and start equal to
+        the networks. Returns (trained, total) weights of those networks."""
+        settings = self.config.adapt
+        trained = total = 0
+        for network, averaged in self._averaged:
+            add_adapters(network, settings.method, settings.lora_rank, settings.lora_alpha)
+            add_adapters(averaged.module, settings.method, settings.lora_rank, settings.lora_alpha)
+            averaged.module.load_state_dict(network.state_dict())
+            averaged.module.requires_grad_(False)
+            counts = trainable_count(network)
+            trained, total = trained + counts[0], total + counts[1]
+        return trained, total
+
     def update_averages(self) -> None:
         for network, averaged in self._averaged:
             averaged.update_parameters(network)
@@ -145,7 +161,8 @@ class FamilyModule(L.LightningModule):
                                 gradient_clip_algorithm="norm")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = checkpoint_entry(self.config, self.context, self.sampler_state_dict())
+        checkpoint[CHECKPOINT_KEY] = checkpoint_entry(self.config, self.context,
+                                                      merged_state_dict(self.sampler_state_dict()))
         if self._noise is not None:
             checkpoint["noise_generator_state"] = self._noise.get_state()
 
@@ -410,6 +427,9 @@ def train(
         except RuntimeError as error:
             raise InputError(init_from, "sampler weights", f"do not fit the configured model ({error})",
                              "a checkpoint whose model section matches the config") from None
+    if config.adapt.method != "full":
+        trained, total = module.adapt()  # after --init-from's weights, before --resume's (which hold them)
+        log.info("adapt.method %s: training %d of %d weights", config.adapt.method, trained, total)
 
     data = ShowerDataModule(
         held, context, config.data,

@@ -132,6 +132,20 @@ class ShowerSource:
         return ShowerSet(showers, self.geometry, energy, columns.get("theta"), columns.get("phi"),
                          columns.get("detector"), source=self.source)
 
+    def block_detectors(self) -> NDArray[np.int64]:
+        """Each block's detector index (n_blocks,), that of its first row (0 in files without a ``detector``
+        dataset), read from the detector datasets alone."""
+        labels = np.zeros(len(self.blocks), dtype=np.int64)
+        columns: dict[int, NDArray[np.int64]] = {}
+        for block, (file_index, start, _) in enumerate(self.blocks.tolist()):
+            if "detector" not in self.files[file_index].conditions:
+                continue
+            if file_index not in columns:
+                with _ShowerFile(self.files[file_index].path, self.geometry) as f:
+                    columns[file_index] = np.asarray(f.conditions["detector"][:], dtype=np.int64)
+            labels[block] = columns[file_index][start]
+        return labels
+
     def load(self) -> ShowerSet:
         """Every row in memory, in file order, in one array."""
         return self.read(np.arange(len(self.blocks)))

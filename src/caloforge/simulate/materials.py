@@ -12,6 +12,15 @@ Sampling stacks follow Grindhammer & Peters (hep-ex/0001020, section on sampling
 implemented in Geant4's ``GFlashSamplingShowerParameterisation::ComputeZAX0EFFetc``: mass-weighted
 effective Z, an effective X0 and E_c from the weighted inverse lengths, the sampling frequency
 F_S = X0_eff / (d_passive + d_active) and the e/mip ratio ê = 1 / (1 + 0.007 (Z_passive - Z_active)).
+A layer's other slices (glue, circuit boards, air gaps) are ``inert``: they count as passive material
+(mass-weighted into Z_passive) and are not read out.
+
+The media with several slices per layer stand in for the calorimeters a multi-detector model is pre-trained
+on (``MATERIALS``): the Open Data Detector's W/Si ECal and FCC-ee ALLEGRO's Pb/LAr ECal, each read on the
+same readout as the others, so that the detector index is the only thing telling them apart. FCC-ee CLD's
+ECal barrel (k4geo ``FCCee/CLD/compact/CLD_o2_v07/ECalBarrel_o2_v01_03.xml``) has exactly the ODD's eight
+slices per layer (40 layers instead of 48, both deeper than the dataset-2 readout), so as a GFlash medium it
+is the ``ODD`` medium: one entry serves both.
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ def _mass_weighted(parts: list[tuple[float, float, float]]) -> tuple[float, floa
 
 _PBWO4_Z, _PBWO4_A = _mass_weighted([(82, 207.2, 1), (74, 183.84, 1), (8, 15.999, 4)])
 _PS_Z, _PS_A = _mass_weighted([(6, 12.011, 8), (1, 1.008, 8)])  # polystyrene (C8H8)n
+_G10_Z, _G10_A = _mass_weighted([(14, 28.0855, 1), (8, 15.999, 2), (6, 12.011, 3), (1, 1.008, 3)])
 
 # PDG Atomic and Nuclear Properties (density g/cm3, X0 in cm -> mm, E_c(e-) MeV, <dE/dx>_min MeV cm2/g).
 SUBSTANCES: dict[str, Substance] = {
@@ -82,6 +92,13 @@ SUBSTANCES: dict[str, Substance] = {
         Substance("Polystyrene", _PS_Z, _PS_A, 1.060, 413.1, 93.11, 1.936),
         Substance("LAr", 18.0, 39.948, 1.396, 140.0, 32.84, 1.508),
         Substance("PbWO4", _PBWO4_Z, _PBWO4_A, 8.300, 8.903, 9.64, 1.229),
+        Substance("Fe", 26.0, 55.845, 7.874, 17.57, 21.68, 1.451),
+        Substance("Air", 7.3, 14.6, 1.205e-3, 303900.0, 87.92, 1.815),
+        # G10 glass-epoxy laminate: composition as Geant4 and DD4hep define it (SiO2 + C3H3 per unit);
+        # density, X0 (33.0 g/cm2) and dE/dx from the PDG's table of detector materials ("G10 plate");
+        # E_c from the PDG's solid-medium fit 610 MeV / (Z + 1.24), an estimate. Printed circuit boards,
+        # glue and the ground/HV foils of the layer stacks below are taken as G10 (a few % of a layer's X0).
+        Substance("G10", _G10_Z, _G10_A, 1.700, 194.1, 610.0 / (_G10_Z + 1.24), 1.87),
     ]
 }
 
@@ -145,31 +162,38 @@ def sampling_stack(
     threshold_mev: float = 0.0,
     description: str = "",
     upstream_x0: float = 0.0,
+    inert: tuple[tuple[Substance, float], ...] = (),
 ) -> CalorimeterMaterial:
     """Effective medium of a passive/active stack (G&P, sampling calorimeters; Geant4 ``ComputeZAX0EFFetc``).
 
-    The visible fraction for electrons is ê x f_mip, f_mip = d_a S_a / (d_a S_a + d_p S_p) with S the
-    minimum-ionisation loss per length (G&P: e/mip = ê). The stochastic resolution uses the
+    ``inert`` lists a layer's other slices as (substance, thickness in mm): passive material that is not
+    read out. The visible fraction for electrons is ê x f_mip, f_mip = d_a S_a / (d_a S_a + sum d_p S_p)
+    with S the minimum-ionisation loss per length (G&P: e/mip = ê). The stochastic resolution uses the
     PDG review "Calorimetry" estimate for EM sampling calorimeters, a = 2.7 % sqrt(d_a[mm] / f_mip).
     """
-    mass_p, mass_a = d_passive_mm * passive.density, d_active_mm * active.density
-    w_p, w_a = mass_p / (mass_p + mass_a), mass_a / (mass_p + mass_a)
-    rho = (mass_p + mass_a) / (d_passive_mm + d_active_mm)
-    x0 = 1.0 / (w_p * rho / (passive.x0_mm * passive.density) + w_a * rho / (active.x0_mm * active.density))
-    ec_over_x0 = w_p * passive.ec_mev / passive.x0_mm + w_a * active.ec_mev / active.x0_mm  # MeV / mm
-    ehat = 1.0 / (1.0 + 0.007 * (passive.z - active.z))
-    loss_p = d_passive_mm * passive.density * passive.dedx_mip
+    passive_slices = ((passive, d_passive_mm), *inert)
+    slices = (*passive_slices, (active, d_active_mm))
+    masses = [d * s.density for s, d in slices]
+    total_mass, depth = sum(masses), sum(d for _, d in slices)
+    weights = [m / total_mass for m in masses]
+    rho = total_mass / depth
+    x0 = 1.0 / sum(w * rho / (s.x0_mm * s.density) for w, (s, _) in zip(weights, slices, strict=True))
+    ec_over_x0 = sum(w * s.ec_mev / s.x0_mm for w, (s, _) in zip(weights, slices, strict=True))  # MeV / mm
+    passive_mass = sum(masses[:-1])
+    z_passive = sum(m * s.z for m, (s, _) in zip(masses, passive_slices, strict=False)) / passive_mass
+    ehat = 1.0 / (1.0 + 0.007 * (z_passive - active.z))
+    loss_p = sum(d * s.density * s.dedx_mip for s, d in passive_slices)
     loss_a = d_active_mm * active.density * active.dedx_mip
     f_mip = loss_a / (loss_a + loss_p)
     return CalorimeterMaterial(
         name=name,
-        z_eff=w_p * passive.z + w_a * active.z,
+        z_eff=sum(w * s.z for w, (s, _) in zip(weights, slices, strict=True)),
         x0_mm=x0,
         moliere_mm=ES_MEV / ec_over_x0,
         ec_mev=x0 * ec_over_x0,
         density=rho,
         sampling=True,
-        fs=x0 / (d_passive_mm + d_active_mm),
+        fs=x0 / depth,
         ehat=ehat,
         sampling_fraction=ehat * f_mip,
         sampling_resolution=0.027 * math.sqrt(d_active_mm / f_mip),
@@ -201,6 +225,22 @@ MATERIALS: dict[str, CalorimeterMaterial] = {
         sampling_stack("ATLAS", S["Pb"], 1.53, S["LAr"], 4.2, upstream_x0=2.0 * math.cosh(0.225),
                        description="ATLAS barrel (CaloChallenge dataset 1): Pb/LAr accordion, 1.53 mm Pb + "
                        "4.2 mm LAr, ~2 X0 upstream"),
+        # Open Data Detector ECal (acts-project/OpenDataDetector, xml/OpenDataECal.xml; the same slices as
+        # FCC-ee CLD's ECal barrel, module doc): per layer 1.9 mm W, 0.15 G10, 0.10 ground/HV foil,
+        # 0.50 Si (read out), 0.10 air, 1.30 PCB, 0.25 air, 0.75 G10; 5.05 mm pitch.
+        sampling_stack("ODD", S["W"], 1.9, S["Si"], 0.5,
+                       inert=((S["G10"], 0.15), (S["G10"], 0.10), (S["Air"], 0.10), (S["G10"], 1.30),
+                              (S["Air"], 0.25), (S["G10"], 0.75)),
+                       description="Open Data Detector / FCC-ee CLD ECal: 1.9 mm W + 0.5 mm Si (read out) "
+                       "+ 2.65 mm boards and gaps"),
+        # FCC-ee ALLEGRO noble-liquid ECal barrel (k4geo FCCee/ALLEGRO/compact/ALLEGRO_o1_v03/
+        # ECalBarrel_thetamodulemerged.xml): absorber plates of 1.8 mm Pb + 0.1 mm steel + 0.1 mm glue,
+        # 2 x 1.246 mm LAr gaps (read out) around a 1.2 mm PCB electrode. The plates' 50 degree inclination
+        # changes the path per plate, not the volume fractions an effective medium is made of.
+        sampling_stack("ALLEGRO", S["Pb"], 1.8, S["LAr"], 2 * 1.246,
+                       inert=((S["Fe"], 0.1), (S["G10"], 0.1), (S["G10"], 1.2)),
+                       description="FCC-ee ALLEGRO ECal: 1.8 mm Pb + 0.1 mm steel + 0.1 mm glue, 2.49 mm "
+                       "LAr (read out), 1.2 mm PCB"),
     ]
 }
 del S

@@ -30,6 +30,7 @@ above ~14 GeV.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -316,6 +317,7 @@ def simulate_to_file(
     progress: bool = True,
     chunk_size: int = DEFAULT_CHUNK,
     compression: str | None = None,
+    detector: int | None = None,
 ) -> None:
     """Simulate ``n`` showers with conditions drawn from spectra and write them, chunk by chunk.
 
@@ -339,6 +341,8 @@ def simulate_to_file(
             in a log).
         chunk_size: showers per chunk.
         compression: HDF5 filter for the showers (``"gzip"``, ``"lzf"`` or None).
+        detector: detector index written with every shower (the ``detector`` condition of a multi-detector
+            training set, e.g. one file per medium on one readout); None writes none.
     """
     from caloforge.geometry import get_geometry
     from caloforge.io import ShowerWriter
@@ -346,6 +350,8 @@ def simulate_to_file(
 
     if n < 0:
         raise InputError(None, "n", f"is {n}", "a number of showers >= 0")
+    if detector is not None and detector < 0:
+        raise InputError(None, "detector", f"is {detector}", "a detector index >= 0")
     geometry = get_geometry(geometry) if isinstance(geometry, str) else geometry
     config = config or GFlashConfig()
     config.material_for(geometry)  # an unknown medium fails before the file is opened
@@ -358,7 +364,8 @@ def simulate_to_file(
     energy_rng, theta_rng, phi_rng, shower_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
     )
-    conditions = ("energy",) + (("theta",) if theta else ()) + (("phi",) if phi else ())
+    conditions = (("energy",) + (("theta",) if theta else ()) + (("phi",) if phi else ())
+                  + (("detector",) if detector is not None else ()))
     with ShowerWriter(path, geometry, format=format, dtype=dtype, conditions=conditions, expected_n=n,
                       compression=compression) as writer, progress_bar(
         n, "simulate", unit="shower", enabled=progress,
@@ -368,6 +375,9 @@ def simulate_to_file(
             e = energy.sample(size, energy_rng)
             th = None if theta is None else theta.sample(size, theta_rng)
             ph = None if phi is None else phi.sample(size, phi_rng)
-            writer.append(simulate(geometry, e, th, ph, config=config, rng=shower_rng, chunk_size=size,
-                                   dtype=np.float64 if np.dtype(dtype) == np.float64 else np.float32))
+            showers = simulate(geometry, e, th, ph, config=config, rng=shower_rng, chunk_size=size,
+                               dtype=np.float64 if np.dtype(dtype) == np.float64 else np.float32)
+            if detector is not None:
+                showers = dataclasses.replace(showers, detector=np.full(size, detector, dtype=np.int64))
+            writer.append(showers)
             bar.update(size)
