@@ -89,8 +89,9 @@ def test_teacher_slot_and_manual_optimisation_with_clipping(tmp_path: Path) -> N
     assert len(clipped) == 3  # two optimiser steps per batch: 6 steps are 3 batches
     assert max(clipped) <= 1e-3 * 1.0001
     # a family that does not distil refuses a teacher, before anything is written
-    with pytest.raises(InputError, match="family 'edm-dit' does not distil"):
-        train(toy_showers(64), tmp_path / "x", short(tiny_dit_config()), teacher=teacher, progress=False)
+    vq = short(run_config_from_dict({"family": "vq-gpt", "model": get_family("vq-gpt").tiny}))
+    with pytest.raises(InputError, match="family 'vq-gpt' does not distil"):
+        train(toy_showers(64), tmp_path / "x", vq, teacher=teacher, progress=False)
     assert not (tmp_path / "x").exists()
 
 

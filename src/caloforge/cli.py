@@ -310,7 +310,9 @@ def train_command(
                                          "checkpoint (same family and geometry), e.g. to adapt a model to "
                                          "a new detector; its config is used unless --config is given."),
     teacher: str | None = typer.Option(None, "--teacher", help="Checkpoint of a trained model to distil "
-                                       "(families that take a teacher)."),
+                                       "(families that take a teacher); its config is used unless --config "
+                                       "is given, e.g. --set model.distill.method=consistency --set "
+                                       "model.sample.sampler=consistency --set model.sample.n_steps=1."),
     settings: list[str] = typer.Option([], "--set",  # noqa: B008 (typer's idiom for a repeatable option) help="Override one config key, e.g. "
                                        "--set model.dit.size=small --set train.batch_size=64 (repeatable)."),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Overrides train.max_steps."),
@@ -341,6 +343,10 @@ def train_command(
         from caloforge.checkpoint import read_checkpoint
 
         base, source = read_checkpoint(from_run, weights=False).config.to_dict(), str(from_run)
+    elif teacher is not None and Path(teacher).exists():  # a student starts from its teacher's config
+        from caloforge.checkpoint import read_checkpoint
+
+        base, source = read_checkpoint(teacher, weights=False).config.to_dict(), str(teacher)
     else:
         base, source = {}, None
     for assignment in settings:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from caloforge.diffusion.consistency import consistency
 from caloforge.diffusion.dpm_solver import dpmpp_2m, dpmpp_2m_logsnr
 from caloforge.errors import UnknownNameError
 
@@ -136,10 +137,11 @@ def stochastic(
     return x
 
 
-# dpmpp_2m(_logsnr): few-step DPM-Solver++(2M), one denoiser call per step (caloforge.diffusion.dpm_solver).
+# dpmpp_2m(_logsnr): few-step DPM-Solver++(2M), one denoiser call per step (caloforge.diffusion.dpm_solver);
+# consistency: a distilled consistency function's 1..n-step sampler (caloforge.diffusion.consistency).
 SAMPLERS: dict[str, Sampler] = {
     "heun": heun, "euler": euler, "stochastic": stochastic, "dpmpp_2m": dpmpp_2m,
-    "dpmpp_2m_logsnr": dpmpp_2m_logsnr,
+    "dpmpp_2m_logsnr": dpmpp_2m_logsnr, "consistency": consistency,
 }
 
 

@@ -20,7 +20,7 @@ from caloforge.errors import InputError, UnknownNameError
 from caloforge.families import Family
 from caloforge.models import DiTConfig, LayerModelConfig
 
-__all__ = ["FAMILY", "EdmDitConfig", "EdmModelConfig", "SampleConfig"]
+__all__ = ["FAMILY", "DistillConfig", "EdmDitConfig", "EdmModelConfig", "SampleConfig", "check_sampling"]
 
 
 @dataclass
@@ -37,12 +37,39 @@ class SampleConfig:
             raise UnknownNameError("sampler", self.sampler, SAMPLERS)
 
 
+@dataclass
+class DistillConfig:
+    """Few-step distillation of a trained model of the same family (``caloforge train --teacher``).
+
+    Args:
+        method: ``none`` (an ordinary run) or ``consistency`` (consistency distillation,
+            ``caloforge.diffusion.consistency``; the student starts from the teacher's weights and samples
+            with the ``consistency`` sampler in 1 or a few steps).
+        n_grid: levels of the teacher's EDM grid between which the loss takes the teacher's Heun step
+            (the paper's N).
+    """
+
+    method: str = "none"
+    n_grid: int = 18
+
+    def __post_init__(self) -> None:
+        if self.method not in ("none", "consistency"):
+            raise InputError(None, "model.distill.method", f"is {self.method!r}", "none or consistency")
+        if self.n_grid < 2:
+            raise InputError(None, "model.distill.n_grid", f"is {self.n_grid}", "at least 2 levels")
+
+    @property
+    def distilled(self) -> bool:
+        return self.method == "consistency"
+
+
 class EdmModelConfig(Protocol):
     """What the EDM sampler and module read of a ``model`` section (``edm-dit``'s, ``edm-unet``'s)."""
 
     layers: LayerModelConfig
     diffusion: EDMConfig
     sample: SampleConfig
+    distill: DistillConfig
 
     def check(self) -> None: ...
 
@@ -56,12 +83,14 @@ class EdmDitConfig:
         layers: the layer-energy stage (used when ``preprocess.layer_energies`` is on).
         diffusion: EDM noise distribution and sampling grid.
         sample: default sampler and steps.
+        distill: few-step distillation of a teacher (``--teacher``).
     """
 
     dit: DiTConfig = field(default_factory=DiTConfig)
     layers: LayerModelConfig = field(default_factory=LayerModelConfig)
     diffusion: EDMConfig = field(default_factory=EDMConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         self.check()
@@ -70,6 +99,15 @@ class EdmDitConfig:
         """Raise ``InputError`` for settings no model can be built with (also after in-place changes)."""
         self.layers.check()
         self.dit.resolved()  # an unknown size preset fails here, not when the model is built
+        check_sampling(self)
+
+
+def check_sampling(config: EdmModelConfig) -> None:
+    """A distilled model samples with the ``consistency`` sampler, and only a distilled one does."""
+    if config.distill.distilled != (config.sample.sampler == "consistency"):
+        raise InputError(None, "model.sample.sampler", f"is '{config.sample.sampler}' with model.distill."
+                         f"method '{config.distill.method}'", "consistency for a distilled model "
+                         "(model.distill.method: consistency), another sampler otherwise")
 
 
 FAMILY = Family(
@@ -80,6 +118,7 @@ FAMILY = Family(
     build_sampler="caloforge.families.edm_dit.sampler:EdmDitSampler",
     representation="voxels",
     sample_options=("n_steps", "sampler"),
+    takes_teacher=True,
     tiny={"dit": {"size": "tiny", "patch_size": [2, 2, 2]}, "layers": {"width": 16, "depth": 1},
           "sample": {"n_steps": 2}},
 )

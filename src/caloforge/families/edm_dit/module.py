@@ -1,4 +1,6 @@
-"""The ``edm-dit`` LightningModule: the EDM losses of the DiT and of the layer-energy stage (when on)."""
+"""The ``edm-dit`` LightningModule: the EDM losses of the DiT and of the layer-energy stage (when on), or,
+for a student (``model.distill.method: consistency`` with ``--teacher``), their consistency-distillation
+losses against the teacher (``caloforge.diffusion.consistency``)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,20 @@ import torch
 from torch import Tensor
 
 from caloforge.context import RunContext
-from caloforge.diffusion import EDM
+from caloforge.diffusion import EDM, ConsistencyEDM, consistency_distillation_loss
+from caloforge.errors import InputError
 from caloforge.families.edm_dit import EdmModelConfig
-from caloforge.families.edm_dit.sampler import build_denoiser, build_layer_denoiser, shape_condition
+from caloforge.families.edm_dit.sampler import (
+    EdmDitSampler,
+    as_distilled,
+    build_denoiser,
+    build_layer_denoiser,
+    shape_condition,
+)
 from caloforge.geometry import CylindricalGeometry
 from caloforge.optim import build_optimizer
 from caloforge.runconfig import RunConfig
+from caloforge.sampler import ShowerSampler
 from caloforge.training import FamilyModule
 
 __all__ = ["EdmDitModule"]
@@ -25,7 +35,8 @@ class EdmDitModule(FamilyModule):
 
     Batches are ``caloforge.datamodule.voxel_batch``'s: x0 (B, V), cond (B, C)[, layers (B, 1 + L)].
     ``make_denoiser`` is the backbone's builder, overridden by families with another backbone (as
-    ``EdmDitSampler.make_denoiser``).
+    ``EdmDitSampler.make_denoiser``). A student holds its frozen ``teacher`` (the teacher run's sampler)
+    and starts from the teacher's weights.
     """
 
     @staticmethod
@@ -33,15 +44,25 @@ class EdmDitModule(FamilyModule):
         """The DiT in EDM preconditioning (``build_denoiser``)."""
         return build_denoiser(config, geometry, cond_dim, layers)
 
-    def __init__(self, config: RunConfig, context: RunContext) -> None:
+    def __init__(self, config: RunConfig, context: RunContext, teacher: ShowerSampler | None = None) -> None:
         super().__init__(config, context)
         model: EdmModelConfig = config.model
         model.check()
         geometry, cond_dim = context.geometry, context.spec.dim
         has_layers = context.preprocessor.has_layer_energies
         with self.seeded():  # initial weights from the run's seed
-            self.edm = self.make_denoiser(model, geometry, cond_dim, has_layers)
-            self.layer_edm = build_layer_denoiser(model, geometry.n_layers, cond_dim) if has_layers else None
+            self.edm = as_distilled(self.make_denoiser(model, geometry, cond_dim, has_layers), model)
+            self.layer_edm = (as_distilled(build_layer_denoiser(model, geometry.n_layers, cond_dim), model)
+                              if has_layers else None)
+        self.teacher: EdmDitSampler | None = None
+        if model.distill.distilled != (teacher is not None):
+            raise InputError(None, "--teacher", "is given" if teacher is not None else "is missing",
+                             "a teacher exactly when model.distill.method is consistency")
+        if teacher is not None:
+            self.teacher = _checked_teacher(teacher, self, context).requires_grad_(False).eval()
+            self.edm.load_state_dict(self.teacher.denoiser.state_dict())
+            if self.layer_edm is not None and self.teacher.layer_denoiser is not None:
+                self.layer_edm.load_state_dict(self.teacher.layer_denoiser.state_dict())
         self.ema = self.average(self.edm)
         self.layer_ema = None if self.layer_edm is None else self.average(self.layer_edm)
 
@@ -55,11 +76,29 @@ class EdmDitModule(FamilyModule):
             edm = cast(EDM, self.ema.module)
             layer_edm = None if self.layer_ema is None else cast(EDM, self.layer_ema.module)
         layers = batch[2] if layer_edm is not None else None
+        if self.teacher is not None:
+            return self._distillation_losses(edm, layer_edm, x0, cond, layers, noise)
         loss = edm.loss(x0, shape_condition(cond, layers), generator=noise)
         if layer_edm is None or layers is None:
             return loss, None
         draws = self.config.model.layers.noise_draws
         layer_loss = layer_edm.loss(layers.repeat(draws, 1), cond.repeat(draws, 1), generator=noise)
+        return loss + self.config.model.layers.loss_weight * layer_loss, layer_loss
+
+    def _distillation_losses(
+        self, edm: EDM, layer_edm: EDM | None, x0: Tensor, cond: Tensor, layers: Tensor | None,
+        noise: torch.Generator,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Consistency-distillation losses of the shower stage (conditioned on the data's layer vector, as
+        in training) and of the layer stage against the teacher's."""
+        assert self.teacher is not None
+        n_grid = self.config.model.distill.n_grid
+        loss = consistency_distillation_loss(cast(ConsistencyEDM, edm), self.teacher.denoiser, x0,
+                                             shape_condition(cond, layers), n_grid, noise)
+        if layer_edm is None or layers is None or self.teacher.layer_denoiser is None:
+            return loss, None
+        layer_loss = consistency_distillation_loss(cast(ConsistencyEDM, layer_edm),
+                                                   self.teacher.layer_denoiser, layers, cond, n_grid, noise)
         return loss + self.config.model.layers.loss_weight * layer_loss, layer_loss
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
@@ -100,3 +139,25 @@ class EdmDitModule(FamilyModule):
             part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
             network.load_state_dict(part)
             average.module.load_state_dict(part)
+
+
+def _checked_teacher(teacher: ShowerSampler, student: EdmDitModule, context: RunContext) -> EdmDitSampler:
+    """The teacher, if it can teach this student: a sampler of the same kind whose networks have the
+    student's shapes and whose preprocessing is the student's (trained on the same showers)."""
+    if not isinstance(teacher, EdmDitSampler) or teacher.config.distill.distilled:
+        raise InputError(None, "--teacher", f"is a {type(teacher).__name__}",
+                         f"an undistilled model of the student's family ({type(student).__name__})")
+    mine = {k: v.shape for k, v in student.edm.state_dict().items()}
+    if {k: v.shape for k, v in teacher.denoiser.state_dict().items()} != mine or (
+        (student.layer_edm is None) != (teacher.layer_denoiser is None)
+    ):
+        raise InputError(None, "--teacher", "has networks of other shapes than the student's",
+                         "a teacher whose model section (backbone, layer stage) is the student's")
+    ours = dict(context.preprocessor.module().named_buffers())  # the fitted per-voxel mean and std
+    theirs = dict(teacher.transform.named_buffers())
+    if ours.keys() != theirs.keys() or any(
+        ours[k].shape != theirs[k].shape or not torch.allclose(ours[k], theirs[k]) for k in ours
+    ):
+        raise InputError(None, "--teacher", "was trained on other showers (its fitted preprocessing differs)",
+                         "the teacher's own training showers for the student")
+    return teacher

@@ -23,14 +23,15 @@ from torch import Tensor, nn
 
 from caloforge.conditioning import ConditionEncoder
 from caloforge.context import RunContext
-from caloforge.diffusion import EDM, get_sampler
+from caloforge.diffusion import EDM, ConsistencyEDM, consistency_sigmas, get_sampler
 from caloforge.errors import InputError
 from caloforge.families.edm_dit import EdmDitConfig, EdmModelConfig
 from caloforge.geometry import CylindricalGeometry
 from caloforge.models import DiT, LayerMLP
 from caloforge.sampler import ExtraGraph, NoiseSpec, ShowerSampler
 
-__all__ = ["DenoiserGraph", "EdmDitSampler", "build_denoiser", "build_layer_denoiser", "shape_condition"]
+__all__ = ["DenoiserGraph", "EdmDitSampler", "as_distilled", "build_denoiser", "build_layer_denoiser",
+           "shape_condition"]
 
 
 def build_denoiser(config: EdmDitConfig, geometry: CylindricalGeometry, cond_dim: int, layers: bool) -> EDM:
@@ -46,6 +47,12 @@ def build_denoiser(config: EdmDitConfig, geometry: CylindricalGeometry, cond_dim
 def build_layer_denoiser(config: EdmModelConfig, n_layers: int, cond_dim: int) -> EDM:
     """The layer-energy stage (``LayerMLP`` over 1 + n_layers values) in EDM preconditioning, fresh."""
     return EDM(LayerMLP(1 + n_layers, cond_dim, config.layers), config.diffusion)
+
+
+def as_distilled(edm: EDM, config: EdmModelConfig) -> EDM:
+    """``edm``'s backbone as a consistency function when the run is distilled (``model.distill``), else
+    ``edm`` itself; the weights are the same either way."""
+    return ConsistencyEDM(edm.backbone, edm.config) if config.distill.distilled else edm
 
 
 def shape_condition(cond: Tensor, layers: Tensor | None) -> Tensor:
@@ -85,17 +92,22 @@ class EdmDitSampler(ShowerSampler):
         self.layer_energies = pre.layer_energies(geometry)
         has_layers = self.layer_energies is not None
         self.energy_ratio = None if has_layers else pre.energy_ratio()
-        self.denoiser = self.make_denoiser(config, geometry, spec.dim, has_layers)
+        self.denoiser = as_distilled(self.make_denoiser(config, geometry, spec.dim, has_layers), config)
         self.layer_denoiser = (
-            build_layer_denoiser(config, geometry.n_layers, spec.dim) if has_layers else None
+            as_distilled(build_layer_denoiser(config, geometry.n_layers, spec.dim), config) if has_layers
+            else None
         )
         n_steps = config.sample.n_steps if n_steps is None else int(n_steps)
         if n_steps < 1:
             raise InputError(None, "n_steps", f"is {n_steps}", "at least 1 sampler step")
         name = sampler or config.sample.sampler
-        # Callable[..., Tensor]: the stochastic solver also takes its step noise (``noise=``).
+        if config.distill.distilled != (name == "consistency"):
+            raise InputError(None, "sampler", f"is '{name}'", "consistency for a distilled model, another "
+                             "sampler for an undistilled one")
+        # Callable[..., Tensor]: the stochastic and consistency solvers also take step noise (``noise=``).
         self.solver: Callable[..., Tensor] = get_sampler(name)
-        self.sigmas = self.denoiser.sigmas(n_steps)
+        self.sigmas = (consistency_sigmas(self.denoiser, n_steps) if config.distill.distilled
+                       else self.denoiser.sigmas(n_steps))
         self.options = {"n_steps": n_steps, "sampler": name}
         self.config = config
 
@@ -105,7 +117,7 @@ class EdmDitSampler(ShowerSampler):
             noise.append(NoiseSpec("layer_noise", (layer_dim,)))
         elif self.energy_ratio is not None:
             noise.append(NoiseSpec("u", (), "uniform"))
-        if name == "stochastic":
+        if name == "stochastic" or (name == "consistency" and n_steps > 1):
             if has_layers:
                 noise.append(NoiseSpec("layer_step_noise", (n_steps, layer_dim)))
             noise.append(NoiseSpec("step_noise", (n_steps, geometry.n_voxels)))
@@ -143,6 +155,7 @@ class EdmDitSampler(ShowerSampler):
         metadata: dict[str, Any] = {
             "sigma_data": edm.sigma_data, "sigma_min": edm.sigma_min,
             "sigma_max": edm.sigma_max, "rho": edm.rho,
+            "consistency_function": self.config.distill.distilled,  # f(x; sigma), not D(x; sigma)
         }
         return {"denoiser": ExtraGraph(
             DenoiserGraph(self), example, ["x", "sigma", "energy", "theta", "phi", "detector", "layers"],

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from caloforge.diffusion import EDMConfig
 from caloforge.families import Family
-from caloforge.families.edm_dit import SampleConfig
+from caloforge.families.edm_dit import DistillConfig, SampleConfig, check_sampling
 from caloforge.models import LayerModelConfig
 from caloforge.models.glam import GLaMConfig
 from caloforge.models.unet import UNetConfig
@@ -35,6 +35,7 @@ class EdmUnetConfig:
         layers: the layer-energy stage (used when ``preprocess.layer_energies`` is on).
         diffusion: EDM noise distribution and sampling grid.
         sample: default sampler and steps.
+        distill: few-step distillation of a teacher (``--teacher``).
     """
 
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -42,6 +43,7 @@ class EdmUnetConfig:
     layers: LayerModelConfig = field(default_factory=LayerModelConfig)
     diffusion: EDMConfig = field(default_factory=EDMConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         self.check()
@@ -50,6 +52,7 @@ class EdmUnetConfig:
         """Raise ``InputError`` for settings no model can be built with (also after in-place changes)."""
         self.layers.check()
         self.unet.resolved()  # an unknown size preset fails here, not when the model is built
+        check_sampling(self)
 
 
 FAMILY = Family(
@@ -60,5 +63,6 @@ FAMILY = Family(
     build_sampler="caloforge.families.edm_unet.sampler:EdmUnetSampler",
     representation="voxels",
     sample_options=("n_steps", "sampler"),
+    takes_teacher=True,
     tiny={"unet": {"size": "tiny"}, "layers": {"width": 16, "depth": 1}, "sample": {"n_steps": 2}},
 )
