@@ -7,6 +7,14 @@ model as a slim checkpoint (``caloforge.checkpoint.write_sampler_checkpoint``), 
 
     python bench/ship_pretrained.py --run bench/results/fidelity-g4-run \\
         --result bench/results/fidelity_g4_cpu60.json --name g4-siw-dit --n-sample 2500
+
+With ``--pretraining RUN`` it ships a multi-detector pre-training run instead (the start of ``caloforge
+adapt --pretrained NAME``): ``--data`` names the run's training files (their detector ids and sizes go into
+the entry) and ``--adaptation`` the ``bench/adaptation.py`` result measured from it, whose best AUCs per
+method and number of target showers become the entry's metrics.
+
+    python bench/ship_pretrained.py --pretraining runs/fm/pre4 --data runs/fm/sim-{SiW,SciPb,PbWO4,ODD}.h5 \\
+        --adaptation bench/results/adaptation_g4.json --name sim4-dit
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
 
 from caloforge.checkpoint import read_checkpoint, write_sampler_checkpoint
@@ -30,12 +40,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--run", required=True, help="run directory of bench/fidelity.py --data")
-    parser.add_argument("--result", required=True, help="its JSON result")
+    parser.add_argument("--run", help="run directory of bench/fidelity.py --data")
+    parser.add_argument("--result", help="its JSON result")
+    parser.add_argument("--pretraining", help="a multi-detector pre-training run directory (caloforge train)")
+    parser.add_argument("--data", nargs="+", default=[], help="with --pretraining: its training files")
+    parser.add_argument("--adaptation", help="with --pretraining: bench/adaptation.py's JSON from it")
     parser.add_argument("--name", default="g4-siw-dit", help="the model's name for --pretrained")
     parser.add_argument("--sample-name", default="g4-siw-electrons")
     parser.add_argument("--n-sample", type=int, default=2500, help="held-out Geant4 showers to ship")
     args = parser.parse_args()
+    if args.pretraining:
+        if not (args.data and args.adaptation):
+            sys.exit("--pretraining needs --data (its training files) and --adaptation "
+                     "(bench/adaptation.py JSON)")
+        ship_pretraining(args)
+        return
+    if not (args.run and args.result):
+        sys.exit("give --run and --result (a fidelity run), or --pretraining")
 
     record = json.loads((Path(args.run) / "fidelity_run.json").read_text())
     result = json.loads(Path(args.result).read_text())
@@ -76,16 +97,75 @@ def main() -> None:
                         f"bench/fidelity.py --data, commit {commit}",
         },
     }
-    index_path = SHELF / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {"models": [], "samples": []}
-    index["models"] = [m for m in index["models"] if m["name"] != args.name] + [entry]
+    index = _with_model(entry)
     index["samples"] = [s for s in index["samples"] if s["name"] != args.sample_name] + [{
         "name": args.sample_name, "file": sample_file,
         "description": f"{len(sample)} held-out Geant4 11.4 electron showers, 1-100 GeV, Par04 SiW "
                        "(dataset-2 readout), float16",
     }]
+    _write_index(index, [SHELF / model_file, SHELF / sample_file])
+
+
+def ship_pretraining(args: argparse.Namespace) -> None:
+    """Ship a multi-detector pre-training run with the adaptation figures measured from it."""
+    content = read_checkpoint(Path(args.pretraining) / "model.ckpt")
+    if content.ranges.detectors is None or len(content.ranges.detectors) < 2:
+        sys.exit(f"{args.pretraining}: not a multi-detector run "
+                 f"(trained detectors: {content.ranges.detectors})")
+    files = []
+    for name in args.data:
+        with h5py.File(name, "r") as f:
+            ids = sorted({int(d) for d in np.unique(f["detector"][:])}) if "detector" in f else []
+            files.append((Path(name).stem.removeprefix("sim-"), ids, len(f["incident_energies"])))
+    described = ", ".join(f"{stem} (detector {','.join(map(str, ids))}, {n} showers)"
+                          for stem, ids, n in files)
+    adaptation = json.loads(Path(args.adaptation).read_text())
+    rows = [row for row in adaptation["rows"] if row["n_showers"] is not None]
+    best: dict[str, float] = {}  # the best low-level AUC of each method and number of target showers
+    for row in rows:
+        key = f"auc_low_{row['method']}_{row['n_showers']}"
+        best[key] = round(min(row["auc_low"], best.get(key, 1.0)), 3)
+    floor = next(row for row in adaptation["rows"] if row["method"] == "floor")
+    model_file = f"{args.name}.ckpt"
+    write_sampler_checkpoint(content, SHELF / model_file)
+    config, ranges = content.config, content.ranges
+    spare = [s for s in range(config.conditions.detector_slots) if s not in ranges.detectors]
+    entry = {
+        "name": args.name,
+        "file": model_file,
+        "family": content.family,
+        "description": f"{config.model.dit.size} DiT ({content.family}) pre-trained on "
+                       f"{len(ranges.detectors)} embedded-simulator detectors on the dataset-2 readout, "
+                       f"spare detector slots {spare}: the start of "
+                       f"'caloforge adapt --pretrained {args.name}'",
+        "training_data": f"GFlash-style embedded simulator, electrons: {described}; {content.step} steps, "
+                         f"{config.train.max_minutes:.0f} min on 2 CPU cores",
+        "conditions": f"energy {ranges.energy_min / 1e3:.3g}-{ranges.energy_max / 1e3:.4g} GeV (MeV in the "
+                      f"API), normal incidence, detectors {list(ranges.detectors)} of "
+                      f"{config.conditions.detector_slots} slots",
+        "metrics": {
+            **best,
+            "floor_auc_low": round(floor["auc_low"], 3), "floor_auc_high": round(floor["auc_high"], 3),
+            "measured": f"auc_low_METHOD_N: adapted with METHOD (scratch: trained from scratch) to N Geant4 "
+                        f"11.4 SiW showers, best of steps {sorted({r['steps'] for r in rows})}; scored on "
+                        f"{adaptation['n_eval']} held-out ones with {adaptation['sampler']}; "
+                        f"bench/adaptation.py, commit {adaptation['commit']}",
+        },
+    }
+    _write_index(_with_model(entry), [SHELF / model_file])
+
+
+def _with_model(entry: dict[str, Any]) -> dict[str, Any]:
+    index_path = SHELF / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {"models": [], "samples": []}
+    index["models"] = [m for m in index["models"] if m["name"] != entry["name"]] + [entry]
+    return index
+
+
+def _write_index(index: dict[str, Any], written: list[Path]) -> None:
+    index_path = SHELF / "index.json"
     index_path.write_text(json.dumps(index, indent=2) + "\n")
-    for path in (SHELF / model_file, SHELF / sample_file):
+    for path in written:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"wrote {index_path}")
 

@@ -102,3 +102,35 @@ def test_shipped_model_generates_from_the_package_alone() -> None:
     sample = read_showers(pretrained.sample_path("g4-siw-electrons"))
     assert len(sample) == 2500 and sample.geometry.name == "calochallenge-2"
     assert 1e3 <= sample.energy.min() and sample.energy.max() <= 1e5
+
+
+def test_shipped_pretraining_model_adapts_offline_then_generates_and_exports(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The multi-detector model in the package is a start for `caloforge adapt --pretrained`: a new
+    detector claims its spare slot, and the adapted run generates and exports the Par04 graph."""
+    import onnx
+
+    from caloforge.export import METADATA_KEY
+    from caloforge.simulate import simulate_to_file
+
+    (model,) = [m for m in pretrained.list_models() if m.name == "sim4-dit"]
+    content = read_checkpoint(pretrained.model_path("sim4-dit"), weights=False)
+    trained = content.ranges.detectors
+    assert trained is not None and len(trained) == 4 and content.config.conditions.detector_slots == 5
+    (spare,) = set(range(5)) - set(trained)
+    data = tmp_path / "new.h5"
+    simulate_to_file(data, "calochallenge-2", 24, "log-uniform:1e3,1e5", progress=False)
+    code, out, err = run("adapt", "--pretrained", "sim4-dit", "--data", data, "--method", "bias",
+                         "--max-steps", "2", "--set", "train.batch_size=8", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert f"adapted to detector slot {spare} (bias)" in out
+    adapted = tmp_path / "run" / "model.ckpt"
+    code, out, err = run("generate", adapted, "--n", "2", "--energy", "10000", "--steps", "2",
+                         "--out", tmp_path / "g.h5")
+    assert code == 0 and "wrote 2 showers" in out, err
+    assert read_showers(tmp_path / "g.h5").showers.shape == (2, 6480)
+    code, out, err = run("export", adapted, "--out", tmp_path / "par04.onnx", "--target", "par04",
+                         "--steps", "1")
+    assert code == 0, err
+    entries = {p.key: p.value for p in onnx.load(str(tmp_path / "par04.onnx")).metadata_props}
+    assert json.loads(entries[METADATA_KEY])["graph"] == "par04"
+    assert model.family == "edm-dit"
