@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from caloforge.io import read_showers
+from caloforge.io import inspect_file, read_showers
 from caloforge.simulate import GFlashConfig, simulate, simulate_to_file
 from caloforge.spectra import parse_spectrum
 
@@ -122,8 +122,14 @@ def test_simulate_command_another_medium_on_the_readout_with_a_detector_index(ru
     showers = read_showers(out)
     assert showers.geometry.name == "calochallenge-2" and showers.detector is not None
     assert set(showers.detector.tolist()) == {3}
+    code, stdout, stderr = run("info", out)  # the file says which medium made it, the readout stays SiW's
+    assert code == 0 and "medium       ODD (simulated in it; the readout is the geometry's)" in stdout, stderr
+    code, _, stderr = run("convert", out, tmp_path / "odd_par04.h5", "--to", "par04")
+    assert code == 0, stderr
+    assert inspect_file(tmp_path / "odd_par04.h5").medium == "ODD"
     siw = simulate_to_file  # the same readout, another medium: another visible fraction
     siw(tmp_path / "siw.h5", "calochallenge-2", 20, "10000", seed=0, progress=False)
+    assert inspect_file(tmp_path / "siw.h5").medium is None  # the geometry's own medium
     ratio = {name: np.mean(read_showers(tmp_path / f"{name}.h5").showers.sum(axis=1)) / 1e4
              for name in ("odd", "siw")}
     assert ratio["odd"] == pytest.approx(0.0275, rel=0.15) and ratio["siw"] == pytest.approx(0.0253, rel=0.1)

@@ -63,6 +63,8 @@ def info_command(
         ("geometry", f"{g.name}: {_grid_text(g)} (layers x alpha x radial) = {g.n_voxels} voxels, "
                      f"{g.material}, {g.depth_mm:.4g} mm deep (from {info.geometry_source})"),
     ]
+    if info.medium is not None:
+        rows.append(("medium", f"{info.medium} (simulated in it; the readout is the geometry's)"))
     if s.empty:
         # No statistics to show (they would all be NaN); say so plainly. A description, so exit 0.
         rows.append(("showers", "0 (the file holds no showers)"))

@@ -40,7 +40,7 @@ def convert_file(
     info = inspect_file(source, geometry)
     dtype = info.showers_dtype if dtype is None else dtype
     with ShowerWriter(destination, info.geometry, to, dtype, info.conditions, info.n_showers,
-                      compression) as writer, progress_bar(
+                      compression, medium=info.medium) as writer, progress_bar(
         info.n_showers, "convert", unit="shower", enabled=progress,
     ) as bar:
         for chunk in iter_showers(source, chunk_size, info.geometry):

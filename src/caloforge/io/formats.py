@@ -24,9 +24,10 @@ from typing import Any
 
 from caloforge.errors import InputError
 
-__all__ = ["FORMATS", "FORMAT_NAMES", "GEOMETRY_ATTRIBUTE", "Layout", "detect_format"]
+__all__ = ["FORMATS", "FORMAT_NAMES", "GEOMETRY_ATTRIBUTE", "MEDIUM_ATTRIBUTE", "Layout", "detect_format"]
 
 GEOMETRY_ATTRIBUTE = "caloforge_geometry"
+MEDIUM_ATTRIBUTE = "caloforge_medium"  # the simulated medium, when not the geometry's own
 
 
 @dataclass(frozen=True)

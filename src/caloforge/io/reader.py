@@ -22,7 +22,7 @@ from numpy.typing import DTypeLike, NDArray
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
 from caloforge.geometry import PRESETS, CylindricalGeometry, get_geometry
-from caloforge.io.formats import FORMATS, GEOMETRY_ATTRIBUTE, Layout, detect_format
+from caloforge.io.formats import FORMATS, GEOMETRY_ATTRIBUTE, MEDIUM_ATTRIBUTE, Layout, detect_format
 
 __all__ = ["FileInfo", "GeometryLike", "inspect_file", "iter_showers", "read_showers"]
 
@@ -48,6 +48,8 @@ class FileInfo:
         condition_dtypes: storage dtype of each present condition.
         compression: HDF5 compression filter of the showers, or ``None``.
         size_bytes: file size on disk.
+        medium: the medium the showers were made in, when the file says it is not the geometry's own
+            (the ``caloforge_medium`` attribute, written by ``simulate --material``); else None.
     """
 
     path: str
@@ -61,6 +63,7 @@ class FileInfo:
     condition_dtypes: dict[str, np.dtype[Any]]
     compression: str | None
     size_bytes: int
+    medium: str | None = None
 
 
 def _open(path: PathLike) -> h5py.File:
@@ -223,6 +226,7 @@ class _ShowerFile:
             conditions=tuple(self.conditions), compression=self.showers.compression,
             condition_dtypes={name: ds.dtype for name, ds in self.conditions.items()},
             size_bytes=os.path.getsize(self.path),
+            medium=str(self.h5.attrs[MEDIUM_ATTRIBUTE]) if MEDIUM_ATTRIBUTE in self.h5.attrs else None,
         )
 
     def require_showers(self) -> None:

@@ -23,7 +23,7 @@ from caloforge.data import CONDITION_NAMES, ShowerSet
 from caloforge.errors import InputError, UnknownNameError
 from caloforge.geometry import CylindricalGeometry, get_geometry
 from caloforge.io.atomic import atomic_output
-from caloforge.io.formats import FORMATS, GEOMETRY_ATTRIBUTE
+from caloforge.io.formats import FORMATS, GEOMETRY_ATTRIBUTE, MEDIUM_ATTRIBUTE
 
 __all__ = ["ShowerWriter", "write_showers"]
 
@@ -44,6 +44,8 @@ class ShowerWriter:
             Every appended set must carry them; they keep the dtype of the first appended set.
         expected_n: number of showers expected in total, to size the datasets once (optional).
         compression: HDF5 filter for the showers (``"gzip"``, ``"lzf"`` or ``None``).
+        medium: the calorimeter medium the showers were made in, when it is not the geometry's own
+            (e.g. ``caloforge simulate --material``); stored as the ``caloforge_medium`` attribute.
 
     Example::
 
@@ -61,6 +63,7 @@ class ShowerWriter:
         conditions: Sequence[str] = ("energy",),
         expected_n: int | None = None,
         compression: str | None = None,
+        medium: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.geometry = get_geometry(geometry) if isinstance(geometry, str) else geometry
@@ -81,6 +84,7 @@ class ShowerWriter:
         self.conditions = tuple(dict.fromkeys(conditions))
         self.expected_n = expected_n
         self.compression = compression
+        self.medium = medium
         self.n = 0
         self._capacity = 0
         self._context: AbstractContextManager[Path] | None = None
@@ -95,6 +99,8 @@ class ShowerWriter:
             self._h5 = h5py.File(tmp, "w")
             self._h5.attrs[GEOMETRY_ATTRIBUTE] = json.dumps(self.geometry.to_dict())
             self._h5.attrs["caloforge_format"] = self.layout.name
+            if self.medium is not None:
+                self._h5.attrs[MEDIUM_ATTRIBUTE] = self.medium
         except BaseException as error:
             self._context.__exit__(type(error), error, error.__traceback__)
             raise

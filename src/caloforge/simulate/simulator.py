@@ -354,7 +354,7 @@ def simulate_to_file(
         raise InputError(None, "detector", f"is {detector}", "a detector index >= 0")
     geometry = get_geometry(geometry) if isinstance(geometry, str) else geometry
     config = config or GFlashConfig()
-    config.material_for(geometry)  # an unknown medium fails before the file is opened
+    medium = config.material_for(geometry).name  # an unknown medium fails before the file is opened
     energy = (parse_spectrum(energy_spec, "energy", positive=True) if isinstance(energy_spec, str)
               else energy_spec)
     theta = parse_spectrum(theta_spec, "theta") if isinstance(theta_spec, str) else theta_spec
@@ -367,7 +367,8 @@ def simulate_to_file(
     conditions = (("energy",) + (("theta",) if theta else ()) + (("phi",) if phi else ())
                   + (("detector",) if detector is not None else ()))
     with ShowerWriter(path, geometry, format=format, dtype=dtype, conditions=conditions, expected_n=n,
-                      compression=compression) as writer, progress_bar(
+                      compression=compression,
+                      medium=None if medium == geometry.material else medium) as writer, progress_bar(
         n, "simulate", unit="shower", enabled=progress,
     ) as bar:
         for start in range(0, n, chunk_size):
