@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--n-grid", type=int, default=18, help="model.distill.n_grid")
     parser.add_argument("--lr", type=float, default=2e-4, help="the student's learning rate")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue --out's run up to --budget-minutes in all (Lightning's timer resumes)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill-run"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,7 +57,7 @@ def main() -> None:
     config.optim.lr = args.lr
     showers, _, _ = split_file(args.data, None, args.split_n_eval, args.seed)
     start = time.perf_counter()
-    path = train(showers, args.out, config, teacher=args.teacher)
+    path = train(showers, args.out, config, resume=args.resume, teacher=args.teacher)
     steps = read_checkpoint(path, weights=False).step
     minutes = (time.perf_counter() - start) / 60
     print(f"distilled {args.teacher} into {path}: {steps} steps in {minutes:.1f} min on "

@@ -15,11 +15,18 @@ method and number of target showers become the entry's metrics.
 
     python bench/ship_pretrained.py --pretraining runs/fm/pre4 --data runs/fm/sim-{SiW,SciPb,PbWO4,ODD}.h5 \\
         --adaptation bench/results/adaptation_g4.json --name sim4-dit
+
+With ``--distilled RUN`` it ships a consistency-distilled student (``bench/distill.py``) of the shipped
+model ``--teacher-name``, with the figures of ``--fewstep`` (``bench/fewstep_fidelity.py`` on the student).
+
+    python bench/ship_pretrained.py --distilled runs/bench/distill-g4-50 --teacher-name g4-siw-dit \\
+        --fewstep bench/results/distill_student_g4_50.json --name g4-siw-dit-cd
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -45,10 +52,20 @@ def main() -> None:
     parser.add_argument("--pretraining", help="a multi-detector pre-training run directory (caloforge train)")
     parser.add_argument("--data", nargs="+", default=[], help="with --pretraining: its training files")
     parser.add_argument("--adaptation", help="with --pretraining: bench/adaptation.py's JSON from it")
+    parser.add_argument("--distilled", help="a distilled student's run directory (bench/distill.py)")
+    parser.add_argument("--teacher-name", default="g4-siw-dit", help="with --distilled: its shipped teacher")
+    parser.add_argument("--fewstep", help="with --distilled: bench/fewstep_fidelity.py's JSON on the student")
+    parser.add_argument("--default-steps", type=int, default=None,
+                        help="with --distilled: the shipped model's default number of steps")
     parser.add_argument("--name", default="g4-siw-dit", help="the model's name for --pretrained")
     parser.add_argument("--sample-name", default="g4-siw-electrons")
     parser.add_argument("--n-sample", type=int, default=2500, help="held-out Geant4 showers to ship")
     args = parser.parse_args()
+    if args.distilled:
+        if not args.fewstep:
+            sys.exit("--distilled needs --fewstep (bench/fewstep_fidelity.py JSON on the student)")
+        ship_distilled(args)
+        return
     if args.pretraining:
         if not (args.data and args.adaptation):
             sys.exit("--pretraining needs --data (its training files) and --adaptation "
@@ -151,6 +168,51 @@ def ship_pretraining(args: argparse.Namespace) -> None:
                         f"{adaptation['n_eval']} held-out ones with {adaptation['sampler']}; "
                         f"bench/adaptation.py, commit {adaptation['commit']}",
         },
+    }
+    _write_index(_with_model(entry), [SHELF / model_file])
+
+
+def ship_distilled(args: argparse.Namespace) -> None:
+    """Ship a consistency-distilled student of a shipped model with its few-step figures."""
+    content = read_checkpoint(Path(args.distilled) / "model.ckpt")
+    if content.config.model.distill.method != "consistency":
+        sys.exit(f"{args.distilled}: not a distilled run (model.distill.method "
+                 f"'{content.config.model.distill.method}')")
+    teacher = {m["name"]: m for m in json.loads((SHELF / "index.json").read_text())["models"]}.get(
+        args.teacher_name)
+    if teacher is None:
+        sys.exit(f"--teacher-name {args.teacher_name}: not a shipped model")
+    fewstep = json.loads(Path(args.fewstep).read_text())
+    metrics: dict[str, Any] = {}
+    for row in fewstep["rows"]:
+        if row.get("sampler") == "consistency":
+            n = row["steps"]
+            metrics |= {f"auc_low_{n}step": round(row["auc_low"], 3),
+                        f"auc_high_{n}step": round(row["auc_high"], 3),
+                        f"ms_per_shower_cpu_{n}step": round(row["generate_ms_per_shower"], 1)}
+        elif row["setting"] == "held-out (floor)":
+            metrics |= {"floor_auc_low": round(row["auc_low"], 3),
+                        "floor_auc_high": round(row["auc_high"], 3)}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip()
+    metrics["measured"] = (f"{fewstep['n_eval']} vs {fewstep['n_eval']} held-out Geant4 showers, "
+                           f"bench/fewstep_fidelity.py --data, 1 CPU thread, batch 500; "
+                           f"shipped at commit {commit}")
+    if args.default_steps is not None:
+        sample = dataclasses.replace(content.config.model.sample, n_steps=args.default_steps)
+        content.config.model.sample = sample
+    model_file = f"{args.name}.ckpt"
+    write_sampler_checkpoint(content, SHELF / model_file)
+    entry = {
+        "name": args.name,
+        "file": model_file,
+        "family": content.family,
+        "description": f"{args.teacher_name} consistency-distilled: 1 to 4 denoiser calls a shower "
+                       f"(--steps N, sampler consistency; {content.config.model.sample.n_steps} by default)",
+        "training_data": f"{teacher['training_data']}; then {content.step} distillation steps from "
+                         f"{args.teacher_name} on the same showers",
+        "conditions": teacher["conditions"],
+        "metrics": metrics,
     }
     _write_index(_with_model(entry), [SHELF / model_file])
 
