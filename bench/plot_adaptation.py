@@ -53,18 +53,22 @@ def main() -> None:
             if points:
                 by_step.plot(*zip(*points, strict=True), "-", marker=marker, color=COLOURS[method],
                              label=f"{method}, {size} showers")
-    for ax, xlabel in ((by_size, "target showers"), (by_step, "fine-tuning steps")):
+    for ax, xlabel, ticks in ((by_size, "target showers", sizes), (by_step, "fine-tuning steps", steps)):
         if floor is not None:
             ax.axhline(floor[args.key], color="grey", lw=1, ls=":", label="floor (Geant4 vs Geant4)")
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     by_size.legend(fontsize=7)
     by_step.legend(fontsize=7, ncol=2)
     target = Path(payloads[0]["data"]).name
-    fig.suptitle(f"Adapting a pre-trained model vs training from scratch ({target}; "
-                 f"commit {payloads[0]['commit']}, {payloads[0]['sampler']})", fontsize=10)
+    commits = ", ".join(sorted({payload["commit"] for payload in payloads}))
+    fig.suptitle(f"Adapting a pre-trained model vs training from scratch (target {target}; "
+                 f"commit {commits}; {payloads[0]['sampler']}, {payloads[0]['n_eval']} vs "
+                 f"{payloads[0]['n_eval']} showers)", fontsize=10)
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
 

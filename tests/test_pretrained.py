@@ -134,3 +134,14 @@ def test_shipped_pretraining_model_adapts_offline_then_generates_and_exports(run
     entries = {p.key: p.value for p in onnx.load(str(tmp_path / "par04.onnx")).metadata_props}
     assert json.loads(entries[METADATA_KEY])["graph"] == "par04"
     assert model.family == "edm-dit"
+
+
+def test_shipped_distilled_model_samples_in_one_call_and_declares_its_teacher() -> None:
+    (model,) = [m for m in pretrained.list_models() if m.name == "g4-siw-dit-cd"]
+    assert "g4-siw-dit" in model.training_data and model.metrics["ms_per_shower_cpu_1step"] > 0
+    content = read_checkpoint(pretrained.model_path("g4-siw-dit-cd"), weights=False)
+    assert content.config.model.distill.method == "consistency"
+    assert content.config.model.sample.sampler == "consistency"
+    generator = load_generator(pretrained.model_path("g4-siw-dit-cd"))
+    showers = generator.sample([2e3, 5e4], seed=0, n_steps=1).showers
+    assert showers.shape == (2, 6480) and np.isfinite(showers).all() and (showers >= 0).all()
