@@ -85,6 +85,30 @@ def score(checkpoint: Path, reference: Any, energy: np.ndarray, config: Evaluate
             "generation_s": seconds}
 
 
+def scoring(reference_set: ShowerSet, args: argparse.Namespace) -> tuple[EvaluateConfig, int, Any]:
+    """The validation settings every snapshot is scored with (low- and high-level classifiers, FPD, KPD; no
+    plots), the low-level classifier's capacity and the reference's collected features."""
+    eval_config = EvaluateConfig(
+        classifiers=("low", "high"), classifier=ClassifierConfig(epochs=args.classifier_epochs),
+        seed=args.seed, plots=False, fpd_min_samples=min(10_000, args.n_eval // 2),
+        fpd_max_samples=args.n_eval, kpd_batch_size=min(10_000, args.n_eval),
+    )
+    capacity = low_level_capacity(reference_set.geometry.n_voxels, eval_config)
+    return eval_config, capacity, collect([reference_set], "reference", eval_config, capacity)
+
+
+def write_result(out: str, fields: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Write the JSON result (command, commit, machine, ``fields``, ``rows``) atomically to ``out``."""
+    commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
+    payload = {"command": " ".join(sys.argv), "commit": commit, "machine": f"{os.cpu_count()} CPU cores",
+               **fields, "rows": rows}
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,13 +140,7 @@ def main() -> None:
     base = run_config(pretrained.config, steps[-1], args.seed)
     _, held_out, held_out_floor = split_file(args.data, 1, args.split_n_eval, args.seed)
     reference_set, floor = held_out[: args.n_eval], held_out_floor[: args.n_eval]
-    eval_config = EvaluateConfig(
-        classifiers=("low", "high"), classifier=ClassifierConfig(epochs=args.classifier_epochs),
-        seed=args.seed, plots=False, fpd_min_samples=min(10_000, args.n_eval // 2),
-        fpd_max_samples=args.n_eval, kpd_batch_size=min(10_000, args.n_eval),
-    )
-    capacity = low_level_capacity(reference_set.geometry.n_voxels, eval_config)
-    reference = collect([reference_set], "reference", eval_config, capacity)
+    eval_config, capacity, reference = scoring(reference_set, args)
     floor_metrics = compute_metrics(collect([floor], "floor", eval_config, capacity), reference, eval_config)
     rows: list[dict[str, Any]] = [{"method": "floor", "n_showers": None, "steps": None,
                                    "auc_low": floor_metrics["classifier"]["low"]["auc"],
@@ -155,20 +173,14 @@ def main() -> None:
                 rows.append(row)
                 print(f"{method:8s} n={n:6d} step {step:5d}: AUC low {row['auc_low']:.3f} high "
                       f"{row['auc_high']:.3f} FPD {row['fpd_x1e3']:.0f}", flush=True)
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 _write(args, rows)
     _write(args, rows)
     print(f"wrote {args.out}")
 
 
 def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
-    payload = {"command": " ".join(sys.argv), "commit": commit, "machine": f"{os.cpu_count()} CPU cores",
-               "pretrained": args.pretrained, "data": args.data, "n_eval": args.n_eval,
-               "sampler": f"{args.sampler}:{args.sampler_steps}", "rows": rows}
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, args.out)
+    write_result(args.out, {"pretrained": args.pretrained, "data": args.data, "n_eval": args.n_eval,
+                            "sampler": f"{args.sampler}:{args.sampler_steps}"}, rows)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ AUCs, as ``bench/adaptation.py`` does. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -27,13 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from adaptation import Snapshots, score
+from adaptation import Snapshots, score, scoring, write_result
 from fidelity import split_file
 
 from caloforge.adaptation import adapt
 from caloforge.data import ShowerSet
-from caloforge.evaluate.classifier import ClassifierConfig
-from caloforge.evaluate.pipeline import EvaluateConfig, collect, low_level_capacity
 from caloforge.io import read_showers
 from caloforge.runconfig import AdaptConfig, ConditionConfig, load_run_config
 from caloforge.training import train
@@ -90,13 +86,7 @@ def main() -> None:
     target = ShowerSet(target.showers, target.geometry, target.energy, target.theta, target.phi, None,
                        source=target.source)  # the new detector, whatever id the file gives it
     reference_set = held_out[: args.n_eval]
-    eval_config = EvaluateConfig(
-        classifiers=("low", "high"), classifier=ClassifierConfig(epochs=args.classifier_epochs),
-        seed=args.seed, plots=False, fpd_min_samples=min(10_000, args.n_eval // 2),
-        fpd_max_samples=args.n_eval, kpd_batch_size=min(10_000, args.n_eval),
-    )
-    capacity = low_level_capacity(reference_set.geometry.n_voxels, eval_config)
-    reference = collect([reference_set], "reference", eval_config, capacity)
+    eval_config, capacity, reference = scoring(reference_set, args)
     adapt_config = replace(base, train=replace(base.train, max_steps=steps[-1]))
 
     rows: list[dict[str, Any]] = []
@@ -136,18 +126,10 @@ def main() -> None:
 
 
 def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
-    payload = {"command": " ".join(sys.argv), "commit": commit, "machine": f"{os.cpu_count()} CPU cores",
-               "files": args.files, "target": args.target, "total": args.total,
-               "pretrain_steps": args.pretrain_steps, "adapt_showers": args.adapt_showers,
-               "method": args.method, "n_eval": args.n_eval,
-               "sampler": f"{args.sampler}:{args.sampler_steps}",
-               "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, out)
+    write_result(args.out, {"files": args.files, "target": args.target, "total": args.total,
+                            "pretrain_steps": args.pretrain_steps, "adapt_showers": args.adapt_showers,
+                            "method": args.method, "n_eval": args.n_eval,
+                            "sampler": f"{args.sampler}:{args.sampler_steps}"}, rows)
 
 
 if __name__ == "__main__":
