@@ -41,6 +41,12 @@ def test_config_yaml_round_trip_and_unknown_keys(tmp_path: Path) -> None:
     (tmp_path / "typo.yaml").write_text("train:\n  max_steps: many\n")
     with pytest.raises(InputError, match="max_steps"):
         load_run_config(tmp_path / "typo.yaml")
+    # YAML 1.1 reads 2e-4 as a string; a float key takes the number, and a word is refused by name.
+    (tmp_path / "lr.yaml").write_text("optim:\n  lr: 2e-4\n")
+    assert load_run_config(tmp_path / "lr.yaml").optim.lr == 2e-4
+    (tmp_path / "word.yaml").write_text("optim:\n  lr: fast\n")
+    with pytest.raises(InputError, match=r"optim\.lr.*'fast'.*a number"):
+        load_run_config(tmp_path / "word.yaml")
     # the family validates its own section, naming the key under model.
     (tmp_path / "model.yaml").write_text("model:\n  dit: {sise: tiny}\n")
     with pytest.raises(InputError, match=r"model\.dit\.sise.*size"):

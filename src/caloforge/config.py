@@ -63,6 +63,14 @@ def _convert(hint: Any, value: Any, where: str, path: str | None) -> Any:
         return tuple(_convert(a, v, where, path) for a, v in zip(args, value, strict=True))
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float:
+        # YAML 1.1 reads '2e-4' (no dot in the mantissa) as a string: take it as the number it spells.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise InputError(path, where, f"is {value!r}", "a number")
     if hint in (int, str, bool) and not isinstance(value, hint):
         raise InputError(path, where, f"is {value!r}", f"a value of type {hint.__name__}")
     if hint is int and isinstance(value, bool):
