@@ -106,7 +106,8 @@ def test_shipped_model_generates_from_the_package_alone() -> None:
 
 def test_shipped_pretraining_model_adapts_offline_then_generates_and_exports(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The multi-detector model in the package is a start for `caloforge adapt --pretrained`: a new
-    detector claims its spare slot, and the adapted run generates and exports the Par04 graph."""
+    detector claims its spare slot, the adapted run generates and exports the Par04 graph, and a
+    one-step student distilled from it exports too."""
     import onnx
 
     from caloforge.export import METADATA_KEY
@@ -134,6 +135,16 @@ def test_shipped_pretraining_model_adapts_offline_then_generates_and_exports(run
     entries = {p.key: p.value for p in onnx.load(str(tmp_path / "par04.onnx")).metadata_props}
     assert json.loads(entries[METADATA_KEY])["graph"] == "par04"
     assert model.family == "edm-dit"
+    # then distilled to one step through the teacher slot, and exported again (CaloDiT-2's order)
+    code, out, err = run("train", "--data", data, "--teacher", adapted, "--max-steps", "2",
+                         "--set", "model.distill.method=consistency",
+                         "--set", "model.sample.sampler=consistency",
+                         "--set", "model.sample.n_steps=1", "--set", "train.batch_size=8",
+                         "--out", tmp_path / "student")
+    assert code == 0, err
+    code, out, err = run("export", tmp_path / "student" / "model.ckpt", "--out", tmp_path / "student.onnx",
+                         "--target", "par04")
+    assert code == 0 and (tmp_path / "student.onnx").exists(), err
 
 
 def test_shipped_distilled_model_samples_in_one_call_and_declares_its_teacher() -> None:
