@@ -90,8 +90,7 @@ def main() -> None:
     sample_file = f"{args.sample_name}.h5"
     write_showers(SHELF / sample_file, sample, dtype=np.float16, compression="gzip")
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
+    commit = _commit()
     ranges = content.ranges
     model, floor = result["model"], result["floor"]
     entry = {
@@ -193,10 +192,9 @@ def ship_distilled(args: argparse.Namespace) -> None:
         elif row["setting"] == "held-out (floor)":
             metrics |= {"floor_auc_low": round(row["auc_low"], 3),
                         "floor_auc_high": round(row["auc_high"], 3)}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
+    commit = _commit()
     metrics["measured"] = (f"{fewstep['n_eval']} vs {fewstep['n_eval']} held-out Geant4 showers, "
-                           f"bench/fewstep_fidelity.py --data, 1 CPU thread, batch 500; "
+                           f"bench/fewstep_fidelity.py --data, {fewstep['torch_threads']} CPU thread(s); "
                            f"shipped at commit {commit}")
     if args.default_steps is not None:
         sample = dataclasses.replace(content.config.model.sample, n_steps=args.default_steps)
@@ -215,6 +213,11 @@ def ship_distilled(args: argparse.Namespace) -> None:
         "metrics": metrics,
     }
     _write_index(_with_model(entry), [SHELF / model_file])
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip()
 
 
 def _with_model(entry: dict[str, Any]) -> dict[str, Any]:
