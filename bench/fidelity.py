@@ -13,6 +13,7 @@ and optionally (``--curve K``) the low-level AUC at K points during training.
     python bench/fidelity.py --evaluate RUN_DIR --steps 32    # score a finished run again (other sampler)
     python bench/fidelity.py --data ../shared/data/g4-siw/train.h5 --n-eval 10000   # against Geant4 showers
     python bench/fidelity.py --geometry calochallenge-1-photons --config configs/ds1-photons-unet-cpu.yaml
+    python bench/fidelity.py --data ... --config STUDENT.yaml --teacher TEACHER_RUN/model.ckpt   # distil
 
 With ``--data`` the showers come from a file instead of the simulator: a seeded permutation holds out
 2 x n_eval showers (its halves are the reference and the floor sample, so the floor is two disjoint halves
@@ -180,6 +181,8 @@ def main() -> None:
     parser.add_argument(
         "--evaluate", default=None, help="run directory of a finished benchmark: score it, do not train"
     )
+    parser.add_argument("--teacher", default=None,
+                        help="teacher checkpoint for a distilling config (e.g. the flow student)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fidelity.json"))
     args = parser.parse_args()
     if args.threads:
@@ -235,13 +238,14 @@ def main() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         snapshots = Snapshots(run_dir, 60 * args.budget_minutes, args.curve)
         t0 = time.perf_counter()
-        model_path = train(train_set, run_dir, config, callbacks=[snapshots])
+        model_path = train(train_set, run_dir, config, callbacks=[snapshots], teacher=args.teacher)
         timings["train_s"] = time.perf_counter() - t0
         del train_set
         saved = [(e, s, str(p)) for e, s, p in snapshots.saved]
         settings = {"config": config_path, "budget_minutes": args.budget_minutes, "n_train": args.n_train,
                     "seed": args.seed, "train_s": timings["train_s"], "snapshots": saved,
-                    "data": args.data, "n_eval": args.n_eval, "geometry": geometry.name}
+                    "data": args.data, "n_eval": args.n_eval, "geometry": geometry.name,
+                    "teacher": args.teacher}
         record.write_text(json.dumps(settings, indent=2))
     else:
         model_path = run_dir / "model.ckpt"
@@ -347,6 +351,7 @@ def main() -> None:
         "device": "cuda" if cuda else "cpu",
         "torch_threads": torch.get_num_threads(),
         "config": config_path,
+        "teacher": args.teacher or recorded.get("teacher"),
         "run_dir": str(run_dir),
         "budget_minutes": args.budget_minutes,
         "train_minutes": timings["train_s"] / 60,

@@ -86,6 +86,20 @@ def test_layerwise_flow_samples_and_scores_layer_by_layer() -> None:
     torch.testing.assert_close(flow.log_prob(x, c), expected)
 
 
+def test_layerwise_sampling_bounds_each_layer_before_it_conditions_the_next() -> None:
+    flow = _randomised(LayerwiseFlow(12, 3, 2, FlowNetConfig(2, 8, 1), "maf").double(), seed=5, scale=1.0)
+    z = 30 * torch.randn(4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    c = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    low, high = torch.full_like(z, -2.0), torch.full_like(z, 3.0)
+    free, bounded = flow.sample(z, c), flow.sample(z, c, low, high)
+    assert free.abs().max() > 3 and bounded.min() >= -2 and bounded.max() <= 3
+    # layer 1 is the clamped free draw; layer 2 differs because its context (layer 1) was clamped
+    torch.testing.assert_close(bounded[:, :4], free[:, :4].clamp(-2, 3))
+    values, rows = flow.rows(bounded, c)
+    expected_l2 = flow.flow.to_data(z[:, 4:8], rows.reshape(4, 3, -1)[:, 1]).clamp(-2, 3)
+    torch.testing.assert_close(bounded[:, 4:8], expected_l2)
+
+
 def test_student_matches_teacher_after_distillation() -> None:
     torch.manual_seed(0)
     config = FlowNetConfig(2, 16, 1)

@@ -133,6 +133,14 @@ class PreprocessTransform(nn.Module):
         u = torch.log((showers + self.eps_mev) / energy[:, None])  # (N, V)
         return (u - self.mean) / self.std
 
+    def support(self, energy: Tensor) -> tuple[Tensor, Tensor]:
+        """The model-space range (low, high), each (N, V), of showers with incident energies (N,) MeV: from
+        an empty cell, ln(eps / E_inc), to the ``log_max`` clamp of ``inverse``."""
+        log_energy = torch.log(energy)[:, None]  # (N, 1)
+        low = (math.log(self.eps_mev) - log_energy - self.mean) / self.std
+        high = (self.log_max - self.mean) / self.std + torch.zeros_like(log_energy)
+        return low, high
+
     def inverse(self, z: Tensor, energy: Tensor) -> Tensor:
         u = torch.clamp(z * self.std + self.mean, max=self.log_max)  # (N, V)
         showers = energy[:, None] * torch.exp(u) - self.eps_mev
@@ -285,6 +293,11 @@ class LayerEnergies(nn.Module):
         fraction = layers / total[:, None]
         y = torch.cat([torch.log(total / energy)[:, None], torch.log(fraction + self.delta)], dim=1)
         return (y - self.mean) / self.std
+
+    def bound(self, z: Tensor) -> Tensor:
+        """Standardised layer vectors z (N, 1 + L) clamped to ``span``, the range seen in training."""
+        return torch.minimum(torch.maximum(z, (self.span[0] - self.mean) / self.std),
+                             (self.span[1] - self.mean) / self.std)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         y = torch.clamp(z * self.std + self.mean, self.span[0], self.span[1])

@@ -269,16 +269,26 @@ class LayerwiseFlow(nn.Module):
         values, rows = self.rows(x, context)
         return self.flow.log_prob(values, rows).reshape(x.shape[0], -1).sum(dim=1)
 
-    def sample(self, z: Tensor, context: Tensor) -> Tensor:
-        """Showers (N, V) in the model's space from standard normal z (N, V), layer after layer."""
+    def sample(self, z: Tensor, context: Tensor, low: Tensor | None = None,
+               high: Tensor | None = None) -> Tensor:
+        """Showers (N, V) in the model's space from standard normal z (N, V), layer after layer.
+
+        ``low``/``high`` (N, V), when given, bound each layer to the data's support before it becomes the
+        next layer's context: an affine flow is unbounded, and without the bound one draw far out in a
+        tail feeds ever larger values forward until the shower overflows.
+        """
         if not self.layered:
-            return self.flow.to_data(z, context)
+            x = self.flow.to_data(z, context)
+            return x if low is None or high is None else torch.minimum(torch.maximum(x, low), high)
         per = self.per_layer
         previous = torch.zeros_like(z[:, :per])
         layers = []
         for layer in range(self.n_layers):
             one_hot = self.eye[layer] + torch.zeros_like(z[:, :1])  # (N, L)
             rows = torch.cat([context, one_hot, previous], dim=1)
-            previous = self.flow.to_data(z[:, layer * per : (layer + 1) * per], rows)
+            part = slice(layer * per, (layer + 1) * per)
+            previous = self.flow.to_data(z[:, part], rows)
+            if low is not None and high is not None:
+                previous = torch.minimum(torch.maximum(previous, low[:, part]), high[:, part])
             layers.append(previous)
         return torch.cat(layers, dim=1)

@@ -118,7 +118,10 @@ class FlowSampler(ShowerSampler):
         y = None
         if self.layer_flow is not None:
             y = self.layer_flow.to_data(named["layer_noise"], cond)  # (N, 1 + L) standardised
-        x = self.shape_flow.sample(named["noise"], shape_condition(cond, y))  # (N, V) preprocessed
+            if self.layer_energies is not None:  # inside training's range, as flow II's context
+                y = self.layer_energies.bound(y)
+        low, high = self.transform.support(energy)  # keeps each layer, flow II's next context, finite
+        x = self.shape_flow.sample(named["noise"], shape_condition(cond, y), low, high)  # (N, V)
         showers = self.transform.inverse(x, energy)  # (N, V) MeV
         if y is not None and self.layer_energies is not None:
             showers = self.layer_energies.rescale(showers, energy, y)
