@@ -25,6 +25,11 @@ reference with the same classifier settings: checked) instead of generating agai
 
     python bench/leaderboard.py --data ../shared/data/g4-siw/train.h5 --n-eval 10000 --update \\
         --families edm-unet --scores edm-unet=bench/results/fidelity_g4_unet_cpu60.json
+
+A family with more than one model on the board (a teacher and its distilled student) gets one row per
+``FAMILY:VARIANT`` name, e.g. ``--families flow:teacher,flow:student`` with a ``--scores`` JSON for each
+(checked to be of that family); ``--pytorch-only NAME`` skips the onnxruntime timing of a model whose
+graph is impractical to export (the flow teacher unrolls thousands of network passes).
 """
 
 from __future__ import annotations
@@ -83,8 +88,9 @@ def ms_per_shower(run: Any, energy: np.ndarray, batch: int, repeats: int = 1) ->
     return 1e3 * best / batch
 
 
-def time_family(model: Path, energy: np.ndarray, batches: list[int]) -> dict[str, Any]:
-    """ms per shower at each batch size: PyTorch CPU, onnxruntime CPU (the exported sampler), GPU if any."""
+def time_family(model: Path, energy: np.ndarray, batches: list[int], onnx: bool = True) -> dict[str, Any]:
+    """ms per shower at each batch size: PyTorch CPU, onnxruntime CPU (the exported sampler, unless not
+    ``onnx``), GPU if any."""
     from caloforge.export import export_sampler
     from caloforge.onnx_runtime import load_onnx_generator
 
@@ -94,14 +100,18 @@ def time_family(model: Path, energy: np.ndarray, batches: list[int]) -> dict[str
 
     timing: dict[str, Any] = {"pytorch_cpu": {}, "onnxruntime_cpu": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        graph = export_sampler(load_generator(model), Path(tmp) / "s.onnx")
-        exported = load_onnx_generator(graph, providers=["CPUExecutionProvider"])
+        exported = None
+        if onnx:
+            graph = export_sampler(load_generator(model), Path(tmp) / "s.onnx")
+            exported = load_onnx_generator(graph, providers=["CPUExecutionProvider"])
         for b in batches:
             timing["pytorch_cpu"][b] = ms_per_shower(torch_run("cpu"), energy, b)
-            timing["onnxruntime_cpu"][b] = ms_per_shower(
-                lambda e: exported.sample(e, seed=0, batch_size=len(e)), energy, b)
-            print(f"  batch {b}: PyTorch CPU {timing['pytorch_cpu'][b]:.2f} ms/shower, onnxruntime CPU "
-                  f"{timing['onnxruntime_cpu'][b]:.2f}", file=sys.stderr)
+            line = f"  batch {b}: PyTorch CPU {timing['pytorch_cpu'][b]:.2f} ms/shower"
+            if exported is not None:
+                timing["onnxruntime_cpu"][b] = ms_per_shower(
+                    lambda e: exported.sample(e, seed=0, batch_size=len(e)), energy, b)
+                line += f", onnxruntime CPU {timing['onnxruntime_cpu'][b]:.2f}"
+            print(line, file=sys.stderr)
     if torch.cuda.is_available():
         timing["pytorch_gpu"] = {b: ms_per_shower(torch_run("cuda"), energy, b, repeats=3) for b in batches}
     return timing
@@ -128,13 +138,18 @@ def check_same_split(flag: str, record: dict[str, Any], args: argparse.Namespace
             sys.exit(f"{flag}: its {key} is {theirs}, this board's is {ours}; retrain or rescore it")
 
 
+def family_of(name: str) -> str:
+    """The family of a board row name: ``FAMILY`` or ``FAMILY:VARIANT`` (module doc)."""
+    return name.split(":", 1)[0]
+
+
 def fidelity_scores(name: str, path: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any], Any]:
     """(model, training record, metrics) of family ``name`` from a ``bench/fidelity.py --data`` JSON,
     after checking it split the same file with the same seed and held-out size and used the same
     classifier settings."""
     record = json.loads(Path(path).read_text())
     check_same_split(f"--scores {name}={path}", record, args, {
-        "family": (record.get("family"), name),
+        "family": (record.get("family"), family_of(name)),
         # runs before the epochs were recorded used the script's default, 15
         "classifier_epochs": (record.get("classifier_epochs", 15), args.classifier_epochs)})
     training = {"train_minutes": record["train_minutes"], "reused": record["run_dir"], "scores_from": path}
@@ -152,6 +167,9 @@ def trained_run(
         check_same_split(f"--reuse {name}={run_dir}", record, args)
         return run_dir / "model.ckpt", {"train_minutes": record["train_s"] / 60, "reused": str(run_dir)}
     assert train_set is not None
+    if name != family_of(name):
+        sys.exit(f"--families {name}: a FAMILY:VARIANT row is scored from --scores or --reuse, "
+                 "not trained here")
     config_path = ROOT / "configs" / "ds2-cpu.yaml" if name == "edm-dit" else None
     config = load_run_config(config_path, family=name)
     config.train.max_minutes = args.budget_minutes
@@ -180,6 +198,8 @@ def main() -> None:
                         help="NAME=1,100: batch sizes timed for that family (a slow one)")
     parser.add_argument("--scores", action="append", default=[],
                         help="NAME=FIDELITY_JSON: metrics from that family's bench/fidelity.py --data run")
+    parser.add_argument("--pytorch-only", action="append", default=[],
+                        help="NAME: time this row in PyTorch only (no ONNX export)")
     parser.add_argument("--update", action="store_true",
                         help="keep the rows of --out-json; score only --families (and rows absent)")
     parser.add_argument("--classifier-epochs", type=int, default=15)
@@ -268,7 +288,8 @@ def main() -> None:
         rows.append({
             "name": name, "kind": "family", "model": str(model), "steps": generator.content.step,
             "sampling": generator.sampler.options, **training, "metrics": metrics,
-            "timing": time_family(model, reference.energy, batches_for.get(name, batches)), **made,
+            "timing": time_family(model, reference.energy, batches_for.get(name, batches),
+                                  onnx=name not in args.pytorch_only), **made,
         })
 
     result = {"benchmark": "leaderboard", "data": args.data, "n_eval": args.n_eval, "seed": args.seed,
@@ -342,7 +363,12 @@ def markdown(result: dict[str, Any], batches: list[int]) -> str:
     if untimed:
         lines += ["", f"Not timed at every batch size (`--timing-batches-for`; \"-\" in the table): "
                       f"{', '.join(untimed)}."]
-    shown = {row["name"] for row in result["rows"]}
+    no_onnx = [row["name"] for row in result["rows"] if row["kind"] == "family"
+               and not timing_of(row, "onnxruntime_cpu")]
+    if no_onnx:
+        lines += ["", f"Timed in PyTorch only (`--pytorch-only`: graph impractical to export): "
+                      f"{', '.join(no_onnx)}."]
+    shown = {family_of(row["name"]) for row in result["rows"]}
     absent = [name for name in result.get("registered", []) if name not in shown]
     if absent:
         lines += ["", f"Registered families not on this board yet (not trained at this budget): "

@@ -93,9 +93,9 @@ def test_layerwise_sampling_bounds_each_layer_before_it_conditions_the_next() ->
     low, high = torch.full_like(z, -2.0), torch.full_like(z, 3.0)
     free, bounded = flow.sample(z, c), flow.sample(z, c, low, high)
     assert free.abs().max() > 3 and bounded.min() >= -2 and bounded.max() <= 3
-    # layer 1 is the clamped free draw; layer 2 differs because its context (layer 1) was clamped
+    # layer 1 is the clamped free draw; layer 2 is drawn with the clamped layer 1 as its context
     torch.testing.assert_close(bounded[:, :4], free[:, :4].clamp(-2, 3))
-    values, rows = flow.rows(bounded, c)
+    _, rows = flow.rows(bounded, c)
     expected_l2 = flow.flow.to_data(z[:, 4:8], rows.reshape(4, 3, -1)[:, 1]).clamp(-2, 3)
     torch.testing.assert_close(bounded[:, 4:8], expected_l2)
 
