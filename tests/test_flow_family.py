@@ -4,6 +4,7 @@ parity, the teacher slot required for a student, and exact log-likelihoods of a 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,26 @@ def test_teacher_and_student_train_export_and_score(data: Path, tmp_path: Path, 
     np.testing.assert_allclose(saved["file0"], scores, rtol=1e-6)
     code, _, err = run("likelihood", tmp_path / "none.ckpt", tmp_path / "typical.h5")
     assert code == 2 and "none.ckpt" in err
+
+    # the report compares the log-likelihoods of generated and reference showers
+    write_showers(tmp_path / "generated.h5", load_generator(teacher / "model.ckpt").sample(
+        toy_showers(24, seed=6).energy, seed=2))
+    write_showers(tmp_path / "reference.h5", toy_showers(24, seed=7))
+    report = tmp_path / "report"
+    code, out, err = run("evaluate", tmp_path / "generated.h5", tmp_path / "reference.h5", "--out", report,
+                         "--classifier", "none", "--likelihood", teacher / "model.ckpt")
+    assert code == 0, err
+    assert "log-likelihood under the flow: median generated" in out
+    metrics = json.loads((report / "metrics.json").read_text())
+    summary = metrics["likelihood"]
+    assert summary["generated"]["n"] == summary["reference"]["n"] == 24
+    assert 0 <= summary["separation_power"] <= 1 and summary["checkpoint"] == str(teacher / "model.ckpt")
+    assert (report / "likelihood.png").stat().st_size > 0
+    assert "likelihood.png" in (report / "index.html").read_text()
+    assert "likelihood.separation_power" in (report / "index.html").read_text()
+    code, _, err = run("evaluate", tmp_path / "generated.h5", tmp_path / "reference.h5", "--out",
+                       tmp_path / "no_report", "--likelihood", tmp_path / "none.ckpt")
+    assert code == 2 and "none.ckpt" in err and not (tmp_path / "no_report").exists()
 
 
 def test_log_prob_matches_a_sampled_shower_s_latents() -> None:

@@ -705,6 +705,9 @@ def evaluate_command(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the plots."),
     config: str | None = typer.Option(None, "--config", help="YAML file with EvaluateConfig keys "
                                       "(command-line options given explicitly take precedence)."),
+    likelihood: str | None = typer.Option(None, "--likelihood", help="A 'flow' model.ckpt: also score "
+                                          "every shower of both files by its exact log-likelihood under it "
+                                          "and compare the two distributions in the report."),
 ) -> None:
     """Compare generated showers with reference showers: CaloChallenge metrics, plots, HTML report."""
     import dataclasses
@@ -729,6 +732,7 @@ def evaluate_command(
         energy_range=_parse_range(energy_range, "--energy-range") or settings.energy_range,
         theta_range=_parse_range(theta_range, "--theta-range", angle=True) or settings.theta_range,
         phi_range=_parse_range(phi_range, "--phi-range", angle=True) or settings.phi_range,
+        likelihood=likelihood if likelihood is not None else settings.likelihood,
     )
     start = time.perf_counter()
     metrics = evaluate_files(generated, reference, out, settings)
@@ -742,6 +746,11 @@ def evaluate_command(
     worst = max(metrics["separation_power"]["summary"].items(), key=lambda kv: kv[1]["mean"], default=None)
     if worst is not None:
         typer.echo(f"  largest mean separation power: {worst[0]} {worst[1]['mean']:.4f}")
+    if "likelihood" in metrics:
+        value = metrics["likelihood"]
+        typer.echo(f"  log-likelihood under the flow: median generated {value['generated']['median']:.6g}, "
+                   f"reference {value['reference']['median']:.6g} nats; separation power "
+                   f"{value['separation_power']:.4f}")
     typer.echo(f"wrote {out}/index.html and {out}/metrics.json")
 
 

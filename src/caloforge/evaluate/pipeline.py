@@ -4,7 +4,9 @@
 (``caloforge.io.iter_showers``), keeps only the showers whose conditions lie in the selected ranges,
 accumulates their high-level features and, for the low-level classifier, their preprocessed voxels
 (up to a memory budget). Then it computes separation powers, FPD/KPD, the classifier tests, draws the
-plots and writes ``index.html`` + ``metrics.json`` into ``out_dir`` atomically.
+plots and writes ``index.html`` + ``metrics.json`` into ``out_dir`` atomically. With
+``EvaluateConfig.likelihood`` (a ``flow`` checkpoint) the same pass scores every shower by its exact
+log-likelihood, and the report compares the generated and reference distributions.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from caloforge.errors import InputError
 from caloforge.evaluate.classifier import ClassifierConfig, classifier_test, low_level_inputs
 from caloforge.evaluate.features import THRESHOLD_MEV, FeatureAccumulator, Features, high_level_vector
 from caloforge.evaluate.histograms import LAYER_KINDS, histogram_specs, separation_powers
-from caloforge.evaluate.metrics import frechet_physics_distance, kernel_physics_distance
+from caloforge.evaluate.metrics import frechet_physics_distance, kernel_physics_distance, separation_power
 from caloforge.progress import Progress, progress_bar
 
 __all__ = ["CLASSIFIER_KINDS", "EvaluateConfig", "Sample", "collect", "compute_metrics", "evaluate_files",
-           "evaluate_sets"]
+           "evaluate_sets", "likelihood_scorer", "likelihood_summary"]
 
 CLASSIFIER_KINDS = ("low", "high")
 
@@ -56,6 +58,9 @@ class EvaluateConfig:
             0.2.5 uses a degree-4 polynomial kernel).
         chunk_size: showers read per chunk.
         plots: draw the plots (the report without them has only the metric table).
+        likelihood: a ``flow`` checkpoint (path); when given, every selected shower of both files is
+            scored by its exact log-likelihood under it, and the report compares the two distributions
+            (a generated shower the flow finds untypical of the reference is one a classifier can spot).
     """
 
     classifiers: tuple[str, ...] = CLASSIFIER_KINDS
@@ -76,6 +81,7 @@ class EvaluateConfig:
     kpd_degree: int = 4
     chunk_size: int = 5_000
     plots: bool = True
+    likelihood: str | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.classifiers) - set(CLASSIFIER_KINDS))
@@ -98,6 +104,7 @@ class Sample:
     features: Features
     low_level: NDArray[np.float32] | None
     n_read: int
+    log_likelihood: NDArray[np.float64] | None = None
 
 
 def _selected(chunk: ShowerSet, config: EvaluateConfig) -> NDArray[np.bool_]:
@@ -113,10 +120,13 @@ def _selected(chunk: ShowerSet, config: EvaluateConfig) -> NDArray[np.bool_]:
 def collect(
     chunks: Iterable[ShowerSet], name: str, config: EvaluateConfig, low_level_capacity: int,
     progress: Callable[[int], None] | None = None,
+    score: Callable[[ShowerSet], NDArray[np.float64]] | None = None,
 ) -> Sample:
     """One pass over ``chunks``: select, accumulate features, keep up to ``low_level_capacity`` rows of
-    low-level classifier input. ``progress(n)`` is called with the number of showers read per chunk."""
+    low-level classifier input. ``progress(n)`` is called with the number of showers read per chunk;
+    ``score(showers)`` (e.g. a flow's log-likelihood, (N,)), when given, scores every selected shower."""
     accumulator: FeatureAccumulator | None = None
+    scores: list[NDArray[np.float64]] = []
     low_parts: list[NDArray[np.float32]] = []
     n_low = n_kept = n_read = 0
     for chunk in chunks:
@@ -134,6 +144,8 @@ def collect(
             continue
         n_kept += len(part)
         accumulator.update(part)
+        if score is not None:
+            scores.append(score(part))
         take = min(len(part), low_level_capacity - n_low)
         if take > 0:
             low_parts.append(low_level_inputs(part.showers[:take], part.energy[:take], config.threshold_mev))
@@ -141,7 +153,37 @@ def collect(
     if accumulator is None:
         raise InputError(name, "showers", "holds no showers", "at least one shower")
     low = np.concatenate(low_parts) if low_parts else None
-    return Sample(name, accumulator.finish(), low, n_read)
+    log_likelihood = np.concatenate(scores) if score is not None and scores else None
+    return Sample(name, accumulator.finish(), low, n_read, log_likelihood)
+
+
+def likelihood_scorer(checkpoint: str) -> Callable[[ShowerSet], NDArray[np.float64]]:
+    """``score`` for ``collect``: log-likelihoods (N,) nats under the ``flow`` model in ``checkpoint``."""
+    from caloforge.families.flow.likelihood import flow_sampler, log_likelihoods
+
+    sampler = flow_sampler(checkpoint)
+    return lambda showers: log_likelihoods(sampler, showers)
+
+
+def likelihood_summary(generated: NDArray[np.float64], reference: NDArray[np.float64],
+                       n_bins: int = 50) -> dict[str, Any]:
+    """The two log-likelihood distributions (nats): quantiles of each, the histogram edges (``n_bins``
+    between the 0.5 and 99.5 % points of both together; values outside fall into the end bins) and their
+    separation power."""
+    both = np.concatenate([generated, reference])
+    low, high = np.quantile(both, [0.005, 0.995])
+    edges = np.linspace(low, high if high > low else low + 1.0, n_bins + 1)
+
+    def counts(values: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0].astype(np.float64)
+
+    def quantiles(values: NDArray[np.float64]) -> dict[str, float]:
+        q05, median, q95 = np.quantile(values, [0.05, 0.5, 0.95])
+        return {"mean": float(values.mean()), "median": float(median), "q05": float(q05), "q95": float(q95),
+                "n": len(values)}
+
+    return {"generated": quantiles(generated), "reference": quantiles(reference), "edges": edges.tolist(),
+            "separation_power": separation_power(counts(generated), counts(reference))}
 
 
 def _condition_columns(generated: Features, reference: Features) -> list[str]:
@@ -260,6 +302,11 @@ def evaluate_sets(
                              "at least 10 (widen --energy-range/--theta-range/--phi-range)")
     metrics = compute_metrics(generated, reference, config, show_progress)
     metrics["timing_s"] = {**(timing or {}), **metrics["timing_s"]}
+    likelihoods = None
+    if generated.log_likelihood is not None and reference.log_likelihood is not None:
+        likelihoods = (reference.log_likelihood, generated.log_likelihood)
+        metrics["likelihood"] = {"checkpoint": config.likelihood, "units": "nats (the flow's coordinates)",
+                                 **likelihood_summary(generated.log_likelihood, reference.log_likelihood)}
     metrics.update({
         "seed": config.seed,
         "geometry": reference.features.geometry.name,
@@ -273,7 +320,7 @@ def evaluate_sets(
         **({"files": files} if files else {}),
     })
     return write_report(generated.features, reference.features, metrics, Path(out_dir), config.plots,
-                        show_progress)
+                        show_progress, likelihoods)
 
 
 def low_level_capacity(n_voxels: int, config: EvaluateConfig) -> int:
@@ -299,6 +346,7 @@ def evaluate_files(
     start = time.perf_counter()
     roles = (("reference", reference), ("generated", generated))
     infos = {role: inspect_file(path) for role, path in roles}  # both checked before a long read
+    score = likelihood_scorer(config.likelihood) if config.likelihood is not None else None
     for role, path in roles:
         if infos[role].n_showers == 0:
             raise InputError(path, "showers", f"holds no showers (the {role} file)",
@@ -309,7 +357,7 @@ def evaluate_files(
         with progress_bar(total, f"features ({role})", unit="shower", enabled=show_progress) as bar:
             samples[role] = collect(
                 iter_showers(path, chunk_size=config.chunk_size), str(path), config,
-                low_level_capacity(info.geometry.n_voxels, config), progress=bar.update)
+                low_level_capacity(info.geometry.n_voxels, config), progress=bar.update, score=score)
     files = {"generated": os.fspath(generated), "reference": os.fspath(reference)}
     reading = {"read_and_features": time.perf_counter() - start}
     return evaluate_sets(samples["generated"], samples["reference"], out_dir, config, show_progress, files,

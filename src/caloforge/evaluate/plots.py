@@ -29,6 +29,7 @@ from caloforge.evaluate.histograms import LAYER_KINDS, HistogramSpec, rebin_voxe
 
 __all__ = [
     "plot_average_showers",
+    "plot_distribution",
     "plot_layer_grid",
     "plot_longitudinal_profile",
     "plot_radial_profile",
@@ -99,6 +100,32 @@ def plot_single_histogram(
             top.set_title(f"separation power {separation:.2e}", loc="right")
         top.legend()
         _ratio(bottom, spec.edges, ref, gen, spec.log_x)
+        bottom.set_xlabel(xlabel)
+        fig.align_ylabels()
+        _save(fig, path)
+
+
+def plot_distribution(
+    reference: NDArray[np.float64], generated: NDArray[np.float64], edges: NDArray[np.float64], xlabel: str,
+    path: Path, separation: float | None = None,
+) -> None:
+    """Histograms of one per-shower number (reference and generated values, clipped into ``edges``),
+    normalised to unit sum, with a ratio panel below (e.g. log-likelihoods under a flow)."""
+    def density(values: NDArray[np.float64]) -> NDArray[np.float64]:
+        counts = np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0]
+        return _density(counts.astype(np.float64))
+
+    ref, gen = density(reference), density(generated)
+    with _style():
+        fig = Figure(figsize=(7, 6.5))
+        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05})
+        top.stairs(ref, edges, **REFERENCE_STYLE)
+        top.stairs(gen, edges, **GENERATED_STYLE)
+        top.set_ylabel("fraction of showers")
+        if separation is not None and math.isfinite(separation):
+            top.set_title(f"separation power {separation:.2e}", loc="right")
+        top.legend()
+        _ratio(bottom, edges, ref, gen, log_x=False)
         bottom.set_xlabel(xlabel)
         fig.align_ylabels()
         _save(fig, path)

@@ -17,10 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from caloforge.evaluate.features import Features
 from caloforge.evaluate.histograms import LAYER_KINDS, HistogramSpec, histogram_specs
 from caloforge.evaluate.plots import (
     plot_average_showers,
+    plot_distribution,
     plot_layer_grid,
     plot_longitudinal_profile,
     plot_radial_profile,
@@ -156,6 +160,14 @@ def _metric_rows(metrics: dict[str, Any]) -> list[str]:
             f"<tr><td>{name.upper()} x 1e3 (high-level features)</td>"
             f"{_cell(value['value'], f'{key}.value', THRESHOLDS[name])}"
             f"<td>error {_plain(value['error'], f'{key}.error')}</td></tr>")
+    if "likelihood" in metrics:
+        value = metrics["likelihood"]
+        gen, ref = value["generated"], value["reference"]
+        rows.append(
+            "<tr><td>separation power, log-likelihood under the flow</td>"
+            f"{_cell(value['separation_power'], 'likelihood.separation_power', THRESHOLDS['separation'])}"
+            f"<td>median generated {_plain(gen['median'], 'likelihood.generated.median')}, reference "
+            f"{_plain(ref['median'], 'likelihood.reference.median')} nats</td></tr>")
     for kind, value in metrics["separation_power"]["summary"].items():
         rows.append(
             f"<tr><td>separation power, {html.escape(kind)} (mean of {value['n_histograms']})</td>"
@@ -212,13 +224,29 @@ def _html(metrics: dict[str, Any], plots: list[_Plot]) -> str:
     return "\n".join(parts)
 
 
+def _likelihood_plot(likelihoods: tuple[NDArray[np.float64], NDArray[np.float64]],
+                     summary: dict[str, Any]) -> _Plot:
+    reference, generated = likelihoods
+    edges = np.asarray(summary["edges"])
+    return _Plot("Likelihood", "likelihood.png", "Log-likelihood under the flow",
+                 f"Exact log-likelihood of every shower under {summary['checkpoint']} ({summary['units']}; "
+                 "values beyond the 0.5-99.5 % range in the end bins). Higher is more typical of what the "
+                 "flow learnt; generated showers to the left of the reference are ones it finds untypical.",
+                 lambda p: plot_distribution(reference, generated, edges, "log-likelihood [nats]", p,
+                                             summary["separation_power"]))
+
+
 def write_report(
     generated: Features, reference: Features, metrics: dict[str, Any], out_dir: Path, plots: bool = True,
     show_progress: bool = False,
+    likelihoods: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir`` (index.html, metrics.json, PNG plots) atomically; returns ``metrics`` with the
-    list of plots added."""
+    list of plots added. ``likelihoods`` (reference, generated), per-shower log-likelihoods summarised in
+    ``metrics["likelihood"]``, add their plot."""
     chosen = _plots(reference, generated, metrics["separation_power"]["histograms"]) if plots else []
+    if plots and likelihoods is not None and "likelihood" in metrics:
+        chosen.append(_likelihood_plot(likelihoods, metrics["likelihood"]))
     metrics = {**metrics, "plots": [{"file": p.file, "title": p.title, "group": p.group} for p in chosen]}
     start = time.perf_counter()
     with atomic_output(out_dir) as tmp:

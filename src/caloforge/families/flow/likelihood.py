@@ -9,6 +9,7 @@ or one detector's showers against another's) under the same checkpoint.
 from __future__ import annotations
 
 from os import PathLike
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,15 +18,14 @@ from numpy.typing import NDArray
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
 
-__all__ = ["shower_log_likelihoods"]
+if TYPE_CHECKING:
+    from caloforge.families.flow.sampler import FlowSampler
+
+__all__ = ["flow_sampler", "log_likelihoods", "shower_log_likelihoods"]
 
 
-def shower_log_likelihoods(
-    checkpoint: str | PathLike[str], showers: ShowerSet, batch_size: int = 1000, device: str = "cpu"
-) -> NDArray[np.float64]:
-    """log p(shower | conditions) (N,) in nats for every shower of ``showers`` (MeV, with their incident
-    energy in MeV, angles in rad and detector index) under the ``flow`` model in ``checkpoint``, in
-    batches of ``batch_size`` on ``device``. The readout must be the checkpoint's."""
+def flow_sampler(checkpoint: str | PathLike[str], device: str = "cpu") -> FlowSampler:
+    """The ``FlowSampler`` of a ``flow`` checkpoint on ``device``; any other family is refused by name."""
     from caloforge.families.flow.sampler import FlowSampler
     from caloforge.generate import load_generator
 
@@ -34,9 +34,18 @@ def shower_log_likelihoods(
     if not isinstance(sampler, FlowSampler):
         raise InputError(checkpoint, "family", f"is '{generator.content.family}'",
                          "a 'flow' checkpoint (only flows have an exact likelihood)")
-    if showers.geometry != generator.geometry:
+    return sampler
+
+
+def log_likelihoods(sampler: FlowSampler, showers: ShowerSet, batch_size: int = 1000) -> NDArray[np.float64]:
+    """log p(shower | conditions) (N,) in nats for every shower of ``showers`` (MeV, with their incident
+    energy in MeV, angles in rad and detector index) under ``sampler``, in batches of ``batch_size`` on the
+    sampler's device. The readout must be the sampler's."""
+    geometry = sampler.context.geometry
+    if showers.geometry != geometry:
         raise InputError(showers.source, "geometry", f"is '{showers.geometry.name}'",
-                         f"'{generator.geometry.name}', the checkpoint's readout")
+                         f"'{geometry.name}', the checkpoint's readout")
+    device = next(sampler.parameters()).device
     out = np.empty(len(showers), dtype=np.float64)
     columns = {name: showers.condition(name) for name in ("theta", "phi", "detector")}
     for start in range(0, len(showers), batch_size):
@@ -53,3 +62,10 @@ def shower_log_likelihoods(
             )
         out[part] = log_p.double().cpu().numpy()
     return out
+
+
+def shower_log_likelihoods(
+    checkpoint: str | PathLike[str], showers: ShowerSet, batch_size: int = 1000, device: str = "cpu"
+) -> NDArray[np.float64]:
+    """``log_likelihoods`` of ``showers`` under the ``flow`` model in ``checkpoint``, on ``device``."""
+    return log_likelihoods(flow_sampler(checkpoint, device), showers, batch_size)
