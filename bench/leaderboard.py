@@ -220,7 +220,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()
     command = "python " + " ".join(sys.argv)
-    made = {"commit": commit, "command": command, "date": time.strftime("%Y-%m-%d")}
+    made = {"commit": commit, "command": command, "date": time.strftime("%Y-%m-%d"), "machine": machine()}
     kept: list[dict[str, Any]] = []
     if args.update:
         board = json.loads(Path(args.out_json).read_text())
@@ -232,6 +232,7 @@ def main() -> None:
             row.setdefault("commit", board["commit"])
             row.setdefault("command", board["command"])
             row.setdefault("date", board["date"])
+            row.setdefault("machine", board["machine"])
         kept = [row for row in board["rows"] if row["name"] not in names]
 
     train_set, reference, floor = split_file(args.data, args.n_train, args.n_eval, args.seed)
@@ -304,17 +305,22 @@ def main() -> None:
 
 
 def commands(result: dict[str, Any]) -> list[str]:
-    """The commands that made the rows, with their commit and date (one line each, in row order)."""
-    made: dict[tuple[str, str, str], list[str]] = {}
+    """The commands that made the rows, with their commit, date and machine (one line each, in row order;
+    the machine once at the end when every row had the same)."""
+    made: dict[tuple[str, str, str, str], list[str]] = {}
     for row in result["rows"]:
         key = (row.get("command", result["command"]), row.get("commit", result["commit"]),
-               row.get("date", result["date"]))
+               row.get("date", result["date"]), row.get("machine", result["machine"]))
         made.setdefault(key, []).append(row["name"])
+    machines = {key[3] for key in made}
     lines = []
-    for (command, commit, date), names in made.items():
+    for (command, commit, date, where), names in made.items():
         which = "" if len(made) == 1 else f" ({', '.join(names)})"
-        lines.append(f"Command{which}: `{command}`; commit {commit}, {date}.  ")
-    return [*lines, f"Machine: {result['machine']}."]
+        on = "" if len(machines) == 1 else f", {where}"
+        lines.append(f"Command{which}: `{command}`; commit {commit}, {date}{on}.  ")
+    if len(machines) == 1:
+        return [*lines, f"Machine: {machines.pop()}."]
+    return [*lines, "Timings of rows made on different machines are not comparable with each other."]
 
 
 def timing_of(row: dict[str, Any], backend: str) -> dict[int, float]:
