@@ -82,27 +82,36 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path)
 
 
+def _histogram_with_ratio(
+    ref: NDArray[np.float64], gen: NDArray[np.float64], edges: NDArray[np.float64], xlabel: str, ylabel: str,
+    path: Path, separation: float | None, log_x: bool, log_y: bool,
+) -> None:
+    """Two normalised histograms over ``edges``, reference filled and generated a line, with a ratio panel."""
+    with _style():
+        fig = Figure(figsize=(7, 6.5))
+        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05})
+        top.stairs(ref, edges, **REFERENCE_STYLE)
+        top.stairs(gen, edges, **GENERATED_STYLE)
+        top.set_ylabel(ylabel)
+        if log_y and (ref > 0).any():
+            top.set_yscale("log")
+        if separation is not None and math.isfinite(separation):
+            top.set_title(f"separation power {separation:.2e}", loc="right")
+        top.legend()
+        _ratio(bottom, edges, ref, gen, log_x)
+        bottom.set_xlabel(xlabel)
+        fig.align_ylabels()
+        _save(fig, path)
+
+
 def plot_single_histogram(
     reference: Features, generated: Features, spec: HistogramSpec, xlabel: str, path: Path,
     separation: float | None = None, log_y: bool = True,
 ) -> None:
     """One histogram (normalised to unit sum) with a ratio panel below."""
     ref, gen = _density(_counts(reference, spec)), _density(_counts(generated, spec))
-    with _style():
-        fig = Figure(figsize=(7, 6.5))
-        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05})
-        top.stairs(ref, spec.edges, **REFERENCE_STYLE)
-        top.stairs(gen, spec.edges, **GENERATED_STYLE)
-        top.set_ylabel("fraction of entries")
-        if log_y and (ref > 0).any():
-            top.set_yscale("log")
-        if separation is not None and math.isfinite(separation):
-            top.set_title(f"separation power {separation:.2e}", loc="right")
-        top.legend()
-        _ratio(bottom, spec.edges, ref, gen, spec.log_x)
-        bottom.set_xlabel(xlabel)
-        fig.align_ylabels()
-        _save(fig, path)
+    _histogram_with_ratio(ref, gen, spec.edges, xlabel, "fraction of entries", path, separation, spec.log_x,
+                          log_y)
 
 
 def plot_distribution(
@@ -115,20 +124,8 @@ def plot_distribution(
         counts = np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0]
         return _density(counts.astype(np.float64))
 
-    ref, gen = density(reference), density(generated)
-    with _style():
-        fig = Figure(figsize=(7, 6.5))
-        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05})
-        top.stairs(ref, edges, **REFERENCE_STYLE)
-        top.stairs(gen, edges, **GENERATED_STYLE)
-        top.set_ylabel("fraction of showers")
-        if separation is not None and math.isfinite(separation):
-            top.set_title(f"separation power {separation:.2e}", loc="right")
-        top.legend()
-        _ratio(bottom, edges, ref, gen, log_x=False)
-        bottom.set_xlabel(xlabel)
-        fig.align_ylabels()
-        _save(fig, path)
+    _histogram_with_ratio(density(reference), density(generated), edges, xlabel, "fraction of showers", path,
+                          separation, log_x=False, log_y=False)
 
 
 def plot_layer_grid(
