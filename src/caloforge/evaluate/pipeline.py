@@ -167,23 +167,22 @@ def likelihood_scorer(checkpoint: str) -> Callable[[ShowerSet], NDArray[np.float
 
 def likelihood_summary(generated: NDArray[np.float64], reference: NDArray[np.float64],
                        n_bins: int = 50) -> dict[str, Any]:
-    """The two log-likelihood distributions (nats): quantiles of each, the histogram edges (``n_bins``
-    between the 0.5 and 99.5 % points of both together; values outside fall into the end bins) and their
-    separation power."""
+    """The two log-likelihood distributions (nats): quantiles and histogram counts of each, the histogram
+    edges (``n_bins`` between the 0.5 and 99.5 % points of both together; values outside fall into the
+    end bins) and the separation power of the two histograms."""
     both = np.concatenate([generated, reference])
     low, high = np.quantile(both, [0.005, 0.995])
     edges = np.linspace(low, high if high > low else low + 1.0, n_bins + 1)
 
-    def counts(values: NDArray[np.float64]) -> NDArray[np.float64]:
-        return np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0].astype(np.float64)
-
-    def quantiles(values: NDArray[np.float64]) -> dict[str, float]:
+    def describe(values: NDArray[np.float64]) -> dict[str, Any]:
         q05, median, q95 = np.quantile(values, [0.05, 0.5, 0.95])
+        counts = np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0]
         return {"mean": float(values.mean()), "median": float(median), "q05": float(q05), "q95": float(q95),
-                "n": len(values)}
+                "n": len(values), "counts": counts.tolist()}
 
-    return {"generated": quantiles(generated), "reference": quantiles(reference), "edges": edges.tolist(),
-            "separation_power": separation_power(counts(generated), counts(reference))}
+    gen, ref = describe(generated), describe(reference)
+    return {"generated": gen, "reference": ref, "edges": edges.tolist(),
+            "separation_power": separation_power(gen["counts"], ref["counts"])}
 
 
 def _condition_columns(generated: Features, reference: Features) -> list[str]:
@@ -302,9 +301,7 @@ def evaluate_sets(
                              "at least 10 (widen --energy-range/--theta-range/--phi-range)")
     metrics = compute_metrics(generated, reference, config, show_progress)
     metrics["timing_s"] = {**(timing or {}), **metrics["timing_s"]}
-    likelihoods = None
     if generated.log_likelihood is not None and reference.log_likelihood is not None:
-        likelihoods = (reference.log_likelihood, generated.log_likelihood)
         metrics["likelihood"] = {"checkpoint": config.likelihood, "units": "nats (the flow's coordinates)",
                                  **likelihood_summary(generated.log_likelihood, reference.log_likelihood)}
     metrics.update({
@@ -320,7 +317,7 @@ def evaluate_sets(
         **({"files": files} if files else {}),
     })
     return write_report(generated.features, reference.features, metrics, Path(out_dir), config.plots,
-                        show_progress, likelihoods)
+                        show_progress)
 
 
 def low_level_capacity(n_voxels: int, config: EvaluateConfig) -> int:

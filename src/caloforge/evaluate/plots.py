@@ -118,14 +118,10 @@ def plot_distribution(
     reference: NDArray[np.float64], generated: NDArray[np.float64], edges: NDArray[np.float64], xlabel: str,
     path: Path, separation: float | None = None,
 ) -> None:
-    """Histograms of one per-shower number (reference and generated values, clipped into ``edges``),
-    normalised to unit sum, with a ratio panel below (e.g. log-likelihoods under a flow)."""
-    def density(values: NDArray[np.float64]) -> NDArray[np.float64]:
-        counts = np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0]
-        return _density(counts.astype(np.float64))
-
-    _histogram_with_ratio(density(reference), density(generated), edges, xlabel, "fraction of showers", path,
-                          separation, log_x=False, log_y=False)
+    """Histograms of one per-shower number (counts of showers per bin of ``edges``, reference and
+    generated), normalised to unit sum, with a ratio panel below (e.g. log-likelihoods under a flow)."""
+    _histogram_with_ratio(_density(reference), _density(generated), edges, xlabel, "fraction of showers",
+                          path, separation, log_x=False, log_y=False)
 
 
 def plot_layer_grid(

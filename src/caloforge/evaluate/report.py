@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from caloforge.evaluate.features import Features
 from caloforge.evaluate.histograms import LAYER_KINDS, HistogramSpec, histogram_specs
@@ -224,10 +223,10 @@ def _html(metrics: dict[str, Any], plots: list[_Plot]) -> str:
     return "\n".join(parts)
 
 
-def _likelihood_plot(likelihoods: tuple[NDArray[np.float64], NDArray[np.float64]],
-                     summary: dict[str, Any]) -> _Plot:
-    reference, generated = likelihoods
+def _likelihood_plot(summary: dict[str, Any]) -> _Plot:
     edges = np.asarray(summary["edges"])
+    reference = np.asarray(summary["reference"]["counts"], dtype=np.float64)
+    generated = np.asarray(summary["generated"]["counts"], dtype=np.float64)
     return _Plot("Likelihood", "likelihood.png", "Log-likelihood under the flow",
                  f"Exact log-likelihood of every shower under {summary['checkpoint']} ({summary['units']}; "
                  "values beyond the 0.5-99.5 % range in the end bins). Higher is more typical of what the "
@@ -239,14 +238,12 @@ def _likelihood_plot(likelihoods: tuple[NDArray[np.float64], NDArray[np.float64]
 def write_report(
     generated: Features, reference: Features, metrics: dict[str, Any], out_dir: Path, plots: bool = True,
     show_progress: bool = False,
-    likelihoods: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir`` (index.html, metrics.json, PNG plots) atomically; returns ``metrics`` with the
-    list of plots added. ``likelihoods`` (reference, generated), per-shower log-likelihoods summarised in
-    ``metrics["likelihood"]``, add their plot."""
+    list of plots added (with the log-likelihood histograms of ``metrics["likelihood"]`` when present)."""
     chosen = _plots(reference, generated, metrics["separation_power"]["histograms"]) if plots else []
-    if plots and likelihoods is not None and "likelihood" in metrics:
-        chosen.append(_likelihood_plot(likelihoods, metrics["likelihood"]))
+    if plots and "likelihood" in metrics:
+        chosen.append(_likelihood_plot(metrics["likelihood"]))
     metrics = {**metrics, "plots": [{"file": p.file, "title": p.title, "group": p.group} for p in chosen]}
     start = time.perf_counter()
     with atomic_output(out_dir) as tmp:
