@@ -296,8 +296,7 @@ class LayerEnergies(nn.Module):
 
     def bound(self, z: Tensor) -> Tensor:
         """Standardised layer vectors z (N, 1 + L) clamped to ``span``, the range seen in training."""
-        return torch.minimum(torch.maximum(z, (self.span[0] - self.mean) / self.std),
-                             (self.span[1] - self.mean) / self.std)
+        return torch.clamp(z, (self.span[0] - self.mean) / self.std, (self.span[1] - self.mean) / self.std)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         y = torch.clamp(z * self.std + self.mean, self.span[0], self.span[1])

@@ -279,7 +279,7 @@ class LayerwiseFlow(nn.Module):
         """
         if not self.layered:
             x = self.flow.to_data(z, context)
-            return x if low is None or high is None else torch.minimum(torch.maximum(x, low), high)
+            return x if low is None or high is None else torch.clamp(x, low, high)
         per = self.per_layer
         previous = torch.zeros_like(z[:, :per])
         layers = []
@@ -289,6 +289,6 @@ class LayerwiseFlow(nn.Module):
             part = slice(layer * per, (layer + 1) * per)
             previous = self.flow.to_data(z[:, part], rows)
             if low is not None and high is not None:
-                previous = torch.minimum(torch.maximum(previous, low[:, part]), high[:, part])
+                previous = torch.clamp(previous, low[:, part], high[:, part])
             layers.append(previous)
         return torch.cat(layers, dim=1)
