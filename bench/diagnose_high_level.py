@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,10 +29,12 @@ import numpy as np
 import torch
 from fidelity import split_file
 
+from caloforge.cli import sampling_options
 from caloforge.data import ShowerSet
 from caloforge.evaluate.classifier import ClassifierConfig, classifier_test
 from caloforge.evaluate.features import THRESHOLD_MEV, Features, compute_features, high_level_vector
 from caloforge.generate import load_generator
+from caloforge.io import atomic_output
 
 ROOT = Path(__file__).resolve().parents[1]
 # Cell-energy bins (MeV) of the ring spectra: the first two are fainter than a MIP in 0.3 mm of silicon.
@@ -45,15 +46,15 @@ def feature_groups(n_layers: int) -> dict[str, np.ndarray]:
     def block(start: int, width: int) -> np.ndarray:
         return np.arange(start, start + width)
 
-    layers = n_layers
+    n = n_layers
     return {
-        "layer energies": block(1, layers),
-        "centres x, y": block(1 + layers, 2 * layers),
-        "widths x, y": block(1 + 3 * layers, 2 * layers),
-        "E_tot": block(1 + 5 * layers, 1),
-        "sparsity": block(2 + 5 * layers, layers),
-        "centre r": block(2 + 6 * layers, layers),
-        "width r": block(2 + 7 * layers, layers),
+        "layer energies": block(1, n),
+        "centres x, y": block(1 + n, 2 * n),
+        "widths x, y": block(1 + 3 * n, 2 * n),
+        "E_tot": block(1 + 5 * n, 1),
+        "sparsity": block(2 + 5 * n, n),
+        "centre r": block(2 + 6 * n, n),
+        "width r": block(2 + 7 * n, n),
     }
 
 
@@ -81,7 +82,8 @@ def main() -> None:
     parser.add_argument("--classifier-epochs", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--option", action="append", default=[],
-                        help="sampling option KEY=VALUE (e.g. n_steps=16, sampler=dpmpp_2m_logsnr)")
+                        help="sampling option KEY=VALUE, read as 'caloforge generate --option' reads it "
+                        "(e.g. n_steps=16, sampler=dpmpp_2m_logsnr)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "diagnose_high_level.json"))
     args = parser.parse_args()
     if args.threads:
@@ -91,10 +93,7 @@ def main() -> None:
 
     _, held_out, _ = split_file(args.data, 1, args.split_n_eval, args.seed)
     reference = held_out[: args.n_eval]
-    options: dict[str, Any] = {}
-    for item in args.option:
-        key, value = item.split("=", 1)
-        options[key] = int(value) if value.isdigit() else value
+    options = {k: v for k, v in sampling_options(None, None, args.option).items() if v is not None}
     generator = load_generator(args.checkpoint)
     if reference.geometry != generator.geometry:
         sys.exit(f"--data {args.data}: geometry {reference.geometry.name}, the model's is "
@@ -120,10 +119,8 @@ def main() -> None:
               "classifier_epochs": args.classifier_epochs, "auc_high_by_group": aucs,
               "spectrum_edges_mev": list(SPECTRUM_EDGES_MEV), "rings": rings}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    with atomic_output(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
 
     print(f"high-level classifier AUC by feature group ({args.n_eval} vs {args.n_eval}, each group with "
           "log10 E_inc):")

@@ -494,9 +494,10 @@ def models_command() -> None:
         typer.echo(f"reference sample {s.name}: {s.description}")
 
 
-def _sampling_options(steps: int | None, sampler: str | None, assignments: list[str]) -> dict[str, Any]:
+def sampling_options(steps: int | None, sampler: str | None, assignments: list[str]) -> dict[str, Any]:
     """The sampling options of the command line (``None``: the run's own): --steps and --sampler, and any
-    family's as --option KEY=VALUE (VALUE read as YAML; the family refuses names it does not take)."""
+    family's as --option KEY=VALUE (VALUE read as YAML; the family refuses names it does not take). The
+    bench scripts that take --option read it here too."""
     import yaml
 
     options: dict[str, Any] = {"n_steps": steps, "sampler": sampler}
@@ -556,7 +557,7 @@ def generate_command(
     energies = parse_spectrum(energy, "--energy", positive=True).sample(n, rng)
     thetas = None if theta is None else parse_spectrum(theta, "--theta").sample(n, rng)
     phis = None if phi is None else parse_spectrum(phi, "--phi").sample(n, rng)
-    options = _sampling_options(steps, sampler, option)
+    options = sampling_options(steps, sampler, option)
     generator: Any
     if checkpoint.endswith(".onnx"):
         from caloforge.onnx_runtime import load_onnx_generator
@@ -780,7 +781,7 @@ def export_command(
 
     checkpoint = _model_source(checkpoint, pretrained)
     written = export_checkpoint(checkpoint, out, target=target, extras=extras,
-                                **_sampling_options(steps, sampler, option))
+                                **sampling_options(steps, sampler, option))
     for path in written:
         typer.echo(f"wrote {path}")
     if check and target == "caloforge":
