@@ -14,6 +14,11 @@ and optionally (``--curve K``) the low-level AUC at K points during training.
     python bench/fidelity.py --data ../shared/data/g4-siw/train.h5 --n-eval 10000   # against Geant4 showers
     python bench/fidelity.py --geometry calochallenge-1-photons --config configs/ds1-photons-unet-cpu.yaml
     python bench/fidelity.py --data ... --config STUDENT.yaml --teacher TEACHER_RUN/model.ckpt   # distil
+    python bench/fidelity.py --evaluate RUN_DIR --calibrate    # score the model with its cell calibration
+
+With ``--calibrate`` the trained model is calibrated (``caloforge.calibration``: ``--calibration-showers``
+generated at energies of the training part, fitted to the training part) into
+``RUN_DIR/model-calibrated.ckpt`` and that model is the one scored (the JSON's ``model_path``).
 
 With ``--data`` the showers come from a file instead of the simulator: a seeded permutation holds out
 2 x n_eval showers (its halves are the reference and the floor sample, so the floor is two disjoint halves
@@ -183,6 +188,9 @@ def main() -> None:
     )
     parser.add_argument("--teacher", default=None,
                         help="teacher checkpoint for a distilling config (e.g. the flow student)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit the cell calibration on the training part and score the calibrated model")
+    parser.add_argument("--calibration-showers", type=int, default=5000, help="showers generated for it")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fidelity.json"))
     args = parser.parse_args()
     if args.threads:
@@ -217,7 +225,7 @@ def main() -> None:
         train_set, reference, floor = split_file(args.data, args.n_train, args.n_eval, args.seed)
         geometry = reference.geometry
         args.n_train = len(train_set)
-        if args.evaluate:
+        if args.evaluate and not args.calibrate:
             train_set = None
         source = f"read {args.data}: {args.n_train} training"
     else:
@@ -234,13 +242,12 @@ def main() -> None:
     print(f"{source} + 2 x {args.n_eval} showers in {timings['simulate_s']:.0f} s", file=sys.stderr)
 
     record = run_dir / "fidelity_run.json"  # what --evaluate needs to score the run again
-    if train_set is not None:
+    if not args.evaluate:
         run_dir.mkdir(parents=True, exist_ok=True)
         snapshots = Snapshots(run_dir, 60 * args.budget_minutes, args.curve)
         t0 = time.perf_counter()
         model_path = train(train_set, run_dir, config, callbacks=[snapshots], teacher=args.teacher)
         timings["train_s"] = time.perf_counter() - t0
-        del train_set
         saved = [(e, s, str(p)) for e, s, p in snapshots.saved]
         settings = {"config": config_path, "budget_minutes": args.budget_minutes, "n_train": args.n_train,
                     "seed": args.seed, "train_s": timings["train_s"], "snapshots": saved,
@@ -252,6 +259,24 @@ def main() -> None:
         timings["train_s"] = recorded["train_s"]
         saved = recorded["snapshots"][: args.curve]
     device = "cuda" if cuda else "cpu"
+    calibration = None
+    if args.calibrate:
+        if train_set is None:
+            sys.exit("--calibrate: needs --data (the calibration is fitted to the training part)")
+        from caloforge.calibration import CalibrationConfig
+        from caloforge.generate import calibrate_checkpoint
+
+        t0 = time.perf_counter()
+        calibrated = run_dir / "model-calibrated.ckpt"
+        with progress_bar(args.calibration_showers, "calibration showers", unit="shower") as bar:
+            fitted = calibrate_checkpoint(
+                model_path, train_set, calibrated, CalibrationConfig(n_showers=args.calibration_showers),
+                seed=args.seed + 13, batch_size=args.gen_batch_size, progress=bar.update,
+                n_steps=args.steps, sampler=args.sampler)
+        calibration = fitted.info
+        timings["calibrate_s"] = time.perf_counter() - t0
+        model_path = calibrated
+    del train_set
     generator = load_generator(model_path, device)
     steps_trained = generator.content.step
 
@@ -353,6 +378,8 @@ def main() -> None:
         "config": config_path,
         "teacher": args.teacher or recorded.get("teacher"),
         "run_dir": str(run_dir),
+        "model_path": str(model_path),
+        "calibration": calibration,
         "budget_minutes": args.budget_minutes,
         "train_minutes": timings["train_s"] / 60,
         "steps_trained": steps_trained,

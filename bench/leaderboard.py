@@ -153,7 +153,8 @@ def fidelity_scores(name: str, path: str, args: argparse.Namespace) -> tuple[Pat
         # runs before the epochs were recorded used the script's default, 15
         "classifier_epochs": (record.get("classifier_epochs", 15), args.classifier_epochs)})
     training = {"train_minutes": record["train_minutes"], "reused": record["run_dir"], "scores_from": path}
-    return Path(record["run_dir"]) / "model.ckpt", training, record["model"]
+    model = record.get("model_path") or Path(record["run_dir"]) / "model.ckpt"  # older runs: the run's
+    return Path(model), training, record["model"]
 
 
 def trained_run(

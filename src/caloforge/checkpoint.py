@@ -9,6 +9,7 @@ for resuming), every checkpoint holds::
         "config": RunConfig as plain dicts,    # caloforge.runconfig
         "context": RunContext.to_dict(),       # geometry, fitted preprocessing, condition spec, ranges
         "sampler": {name: tensor},             # the weights the family's sampler loads (averaged ones)
+        "calibration": {...},                  # optional: caloforge.calibration.CellCalibration.to_dict()
     }
 
 so ``read_checkpoint`` (and ``caloforge generate``) needs nothing else, and never Lightning. Only plain
@@ -57,7 +58,8 @@ class CheckpointContent:
     """What a checkpoint holds for generation.
 
     ``sampler_state`` is the state dict the family's sampler loads (``None`` when read with
-    ``weights=False``); ``step`` the optimiser steps trained; ``format`` the file's format version.
+    ``weights=False``); ``step`` the optimiser steps trained; ``format`` the file's format version;
+    ``calibration`` the cell-spectrum calibration applied after the sampler (``caloforge calibrate``), if any.
     """
 
     config: RunConfig
@@ -65,6 +67,7 @@ class CheckpointContent:
     sampler_state: dict[str, Tensor] | None = None
     step: int = 0
     format: int = FORMAT_VERSION
+    calibration: dict[str, Any] | None = None
 
     @property
     def family(self) -> str:
@@ -88,16 +91,20 @@ class CheckpointContent:
 
 
 def checkpoint_entry(
-    config: RunConfig, context: RunContext, sampler_state: dict[str, Tensor]
+    config: RunConfig, context: RunContext, sampler_state: dict[str, Tensor],
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``caloforge`` entry of a checkpoint (module doc)."""
-    return {
+    entry = {
         "format": FORMAT_VERSION,
         "family": config.family,
         "config": config.to_dict(),
         "context": context.to_dict(),
         "sampler": {name: tensor.detach().cpu() for name, tensor in sampler_state.items()},
     }
+    if calibration is not None:
+        entry["calibration"] = calibration
+    return entry
 
 
 def _format1_config(data: dict[str, Any]) -> dict[str, Any]:
@@ -147,17 +154,23 @@ def read_checkpoint(path: str | PathLike[str], weights: bool = True) -> Checkpoi
             config = run_config_from_dict(_format1_config(entry["config"]), path)
             context = RunContext.from_dict(entry)
             state = _format1_weights(checkpoint.get("state_dict", {})) if weights else None
+            calibration = None
         else:
             config = run_config_from_dict(entry["config"], path)
             context = RunContext.from_dict(entry["context"])
             state = dict(entry["sampler"]) if weights else None
+        calibration = entry.get("calibration")
     except (KeyError, TypeError) as error:
         raise InputError(
             path, CHECKPOINT_KEY, f"lacks or mangles {error}", "a complete caloforge entry"
         ) from None
     if state is not None and not state:
         raise InputError(path, CHECKPOINT_KEY, "holds no sampler weights", "a checkpoint of a trained model")
-    return CheckpointContent(config, context, state, int(checkpoint.get("global_step", 0)), int(version))
+    if calibration is not None and not isinstance(calibration, dict):
+        raise InputError(path, f"{CHECKPOINT_KEY}.calibration", f"is a {type(calibration).__name__}",
+                         "a calibration table written by 'caloforge calibrate'")
+    return CheckpointContent(config, context, state, int(checkpoint.get("global_step", 0)), int(version),
+                             calibration)
 
 
 def write_sampler_checkpoint(content: CheckpointContent, path: str | PathLike[str]) -> Path:
@@ -170,6 +183,6 @@ def write_sampler_checkpoint(content: CheckpointContent, path: str | PathLike[st
         raise InputError(None, "sampler weights", "were not read", "read_checkpoint(path, weights=True)")
     target = Path(path)
     with atomic_output(target) as tmp:
-        torch.save({CHECKPOINT_KEY: checkpoint_entry(content.config, content.context, content.sampler_state),
-                    "global_step": content.step}, tmp)
+        entry = checkpoint_entry(content.config, content.context, content.sampler_state, content.calibration)
+        torch.save({CHECKPOINT_KEY: entry, "global_step": content.step}, tmp)
     return target

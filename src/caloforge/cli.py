@@ -589,6 +589,54 @@ def generate_command(
     typer.echo(energy_response(iter_showers(out), ranges).summary())
 
 
+@app.command("calibrate")
+def calibrate_command(
+    checkpoint: str = typer.Argument(..., help="model.ckpt written by 'caloforge train'."),
+    data: str = typer.Argument(..., help="Shower file the model was trained on (e.g. Geant4's): the "
+                               "calibration takes its hit-cell spectrum. Never the file you score on."),
+    out: str = typer.Option(..., "--out", help="Calibrated checkpoint to write (atomically); generate, "
+                            "export and evaluate use it like any checkpoint."),
+    n_showers: int = typer.Option(5000, "--n-showers", min=1, help="Showers generated for the fit, at "
+                                  "incident energies drawn from DATA."),
+    n_reference: int | None = typer.Option(None, "--n-reference", min=1, help="Showers of DATA to fit to "
+                                           "(a seeded random choice; default all)."),
+    energy_bins: int = typer.Option(8, "--energy-bins", min=1, help="Bins of ln E_inc."),
+    quantiles: int = typer.Option(33, "--quantiles", min=2, help="Quantile knots per (layer, radial bin) "
+                                  "and energy bin."),
+    keep_layers: bool = typer.Option(True, "--keep-layer-energies/--free-layer-energies",
+                                     help="Scale each layer back to its energy before the map."),
+    batch_size: int = typer.Option(500, "--batch-size", min=1, help="Showers per model call."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the run's); "
+                                     "generate with the same setting the calibration was fitted for."),
+    sampler: str | None = typer.Option(None, "--sampler", help="Sampler (default: the run's)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the choice of showers and energies, and the noise."),
+    option: list[str] = typer.Option([], "--option", help=OPTION_HELP),  # noqa: B008
+) -> None:
+    """Fit a cell-spectrum calibration (quantile map of hit-cell energies per layer, radial bin and
+    incident energy) of a trained model to its training data, and write the calibrated model."""
+    import numpy as np
+
+    from caloforge.calibration import CalibrationConfig
+    from caloforge.generate import calibrate_checkpoint
+    from caloforge.io import read_sample
+    from caloforge.progress import progress_bar
+
+    config = CalibrationConfig(n_showers=n_showers, n_energy_bins=energy_bins, n_quantiles=quantiles,
+                               preserve_layer_energies=keep_layers)
+    options = sampling_options(steps, sampler, option)
+    reference = read_sample(data, n_reference, seed=seed, progress=True)
+    typer.echo(f"calibrating {checkpoint} to {len(reference)} showers of {data}: generating {n_showers}",
+               err=True)
+    with progress_bar(n_showers, "generating", unit="shower") as bar:
+        calibration = calibrate_checkpoint(checkpoint, reference, out, config, seed=seed,
+                                           batch_size=batch_size, progress=bar.update, **options)
+    shift = (calibration.y - calibration.x).abs().median().item()
+    typer.echo(f"wrote {out}: {calibration.x.shape[1]} (layer, radial bin) groups x {energy_bins} energy "
+               f"bins x {quantiles} quantiles; {calibration.info['fitted_fraction']:.0%} fitted (the rest "
+               f"had under {config.min_hits} hits), median cell-energy correction "
+               f"x{np.exp(shift):.3f}; sampling {calibration.info['sampling']}")
+
+
 @app.command("likelihood")
 def likelihood_command(
     checkpoint: str = typer.Argument(..., help="model.ckpt of a 'flow' run (exact likelihood)."),

@@ -11,7 +11,8 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,7 +26,10 @@ from caloforge.families import Family, get_family
 from caloforge.geometry import CylindricalGeometry
 from caloforge.sampler import ShowerSampler
 
-__all__ = ["ShowerGenerator", "generate_to_file", "load_generator"]
+if TYPE_CHECKING:
+    from caloforge.calibration import CalibrationConfig, CellCalibration
+
+__all__ = ["ShowerGenerator", "calibrate_checkpoint", "generate_to_file", "load_generator"]
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +153,15 @@ class ShowerGenerator:
 
 
 def _load_sampler(content: CheckpointContent, family: Family, options: dict[str, Any]) -> ShowerSampler:
+    """The family's sampler with the checkpoint's weights, wrapped in its calibration if it has one.
+
+    A calibrated checkpoint samples by default with the options its calibration was fitted for; other
+    options are honoured, with a warning (the calibration then corrects a spectrum it was not fitted to)."""
+    if content.calibration is not None:
+        fitted_for = dict(content.calibration.get("info", {}).get("sampling", {}))
+        options = {**fitted_for, **{k: v for k, v in options.items() if v is not None}}
+        if options != fitted_for:
+            log.warning("the calibration was fitted for sampling %s; sampling with %s", fitted_for, options)
     sampler = family.sampler(content.config.model, content.context, **options)
     assert content.sampler_state is not None
     missing, unexpected = sampler.load_state_dict(content.sampler_state, strict=False)
@@ -156,6 +169,10 @@ def _load_sampler(content: CheckpointContent, family: Family, options: dict[str,
         raise InputError(None, "sampler weights",
                          f"do not fit family '{family.name}' as configured (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})", "the weights of the model its config describes")
+    if content.calibration is not None:
+        from caloforge.calibration import CalibratedSampler, CellCalibration
+
+        sampler = CalibratedSampler(sampler, CellCalibration.from_dict(content.calibration, content.geometry))
     return sampler.eval().requires_grad_(False)
 
 
@@ -212,3 +229,42 @@ def generate_to_file(
         ):
             writer.append(batch)
     return n
+
+
+def calibrate_checkpoint(
+    checkpoint: str | PathLike[str], reference: ShowerSet, out: str | PathLike[str],
+    config: CalibrationConfig | None = None, seed: int = 0, batch_size: int = 500,
+    progress: Callable[[int], None] | None = None, **options: Any,
+) -> CellCalibration:
+    """Generate ``config.n_showers`` showers with ``checkpoint``'s model (sampling ``options``, e.g.
+    ``n_steps``) at incident energies drawn from ``reference`` (seeded by ``seed``), fit the calibration to
+    ``reference`` (the model's training showers: never the showers it will be scored against) and write
+    the model with it to ``out`` (a slim checkpoint, written atomically). ``progress(n)`` is called after
+    each generated batch. Returns the calibration."""
+    from caloforge.calibration import CalibrationConfig, check_single_condition, fit_cell_calibration
+    from caloforge.checkpoint import write_sampler_checkpoint
+
+    config = config or CalibrationConfig()
+    generator = load_generator(checkpoint)
+    if generator.content.calibration is not None:
+        raise InputError(checkpoint, "caloforge.calibration", "is there already",
+                         "an uncalibrated checkpoint (calibrate the model it was made from)")
+    if reference.geometry.n_voxels != generator.geometry.n_voxels:
+        raise InputError(reference.source, "showers", f"have {reference.geometry.n_voxels} voxels "
+                         f"(geometry '{reference.geometry.name}')",
+                         f"{generator.geometry.n_voxels}, the readout of {checkpoint}")
+    check_single_condition(reference, "reference")
+    rng = np.random.default_rng(seed)
+    energy = rng.choice(np.asarray(reference.energy, dtype=np.float64), config.n_showers,
+                        replace=config.n_showers > len(reference))
+    sampler = generator.sampler_for(**options)
+    generated = ShowerSet.concatenate(list(generator.sample_batches(
+        energy, seed=seed, batch_size=batch_size, on_batch=progress, warn_outside=False, **options)))
+    threshold = generator.content.preprocessor.threshold_mev
+    calibration = fit_cell_calibration(generated, reference, threshold, config)
+    calibration.info.update({"sampling": dict(sampler.options), "seed": seed,
+                             "reference": str(reference.source) if reference.source else None})
+    content = generator.content
+    content.calibration = calibration.to_dict()
+    write_sampler_checkpoint(content, Path(out))
+    return calibration

@@ -114,6 +114,11 @@ class ShowerSampler(nn.Module):
             if tuple(tensor.shape) != (n, *spec.shape):
                 raise InputError(None, spec.name, f"has shape {tuple(tensor.shape)}", f"{(n, *spec.shape)}")
 
+    def base(self) -> ShowerSampler:
+        """The family's own sampler: itself, or the one a wrapper (``calibration.CalibratedSampler``)
+        holds."""
+        return self
+
     def metadata(self) -> dict[str, Any]:
         """Family-specific facts recorded in every exported graph (plain JSON types; default: none)."""
         return {}

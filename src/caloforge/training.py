@@ -176,7 +176,7 @@ def load_sampler(path: str | PathLike[str]) -> ShowerSampler:
     """The sampler of a checkpoint, in eval mode and frozen (a teacher for distillation)."""
     from caloforge.generate import load_generator
 
-    return load_generator(path).sampler.requires_grad_(False)
+    return load_generator(path).sampler.base().requires_grad_(False)
 
 
 # ---- the Trainer ------------------------------------------------------------------------------------------

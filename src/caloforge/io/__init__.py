@@ -10,7 +10,7 @@
 from caloforge.io.atomic import atomic_output
 from caloforge.io.convert import convert_file
 from caloforge.io.formats import FORMAT_NAMES, FORMATS, GEOMETRY_ATTRIBUTE, Layout, detect_format
-from caloforge.io.reader import FileInfo, inspect_file, iter_showers, read_showers
+from caloforge.io.reader import FileInfo, inspect_file, iter_showers, read_sample, read_showers
 from caloforge.io.summary import FileSummary, summarize_file
 from caloforge.io.writer import ShowerWriter, write_showers
 
@@ -27,6 +27,7 @@ __all__ = [
     "detect_format",
     "inspect_file",
     "iter_showers",
+    "read_sample",
     "read_showers",
     "summarize_file",
     "write_showers",

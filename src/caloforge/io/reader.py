@@ -24,7 +24,7 @@ from caloforge.errors import InputError
 from caloforge.geometry import PRESETS, CylindricalGeometry, get_geometry
 from caloforge.io.formats import FORMATS, GEOMETRY_ATTRIBUTE, MEDIUM_ATTRIBUTE, Layout, detect_format
 
-__all__ = ["FileInfo", "GeometryLike", "inspect_file", "iter_showers", "read_showers"]
+__all__ = ["FileInfo", "GeometryLike", "inspect_file", "iter_showers", "read_sample", "read_showers"]
 
 GeometryLike = str | CylindricalGeometry | None
 PathLike = str | os.PathLike[str]
@@ -307,6 +307,35 @@ def read_showers(path: PathLike, geometry: GeometryLike = None, dtype: DTypeLike
     with _ShowerFile(path, geometry) as f:
         f.require_showers()
         return f.read(0, f.n, dtype)
+
+
+def read_sample(
+    path: PathLike, n_showers: int | None = None, seed: int = 0, geometry: GeometryLike = None,
+    progress: bool = False,
+) -> ShowerSet:
+    """``n_showers`` showers of a file as float32 (a seeded random choice, in file order; all when None
+    or more than the file holds), streamed so that memory holds only the chosen ones. Progress (rows
+    read) goes to stderr when ``progress``. Raises ``InputError`` for a file with no showers."""
+    from caloforge.progress import progress_bar
+
+    info = inspect_file(path, geometry)
+    if info.n_showers == 0:
+        raise InputError(path, "showers", "holds no showers", "at least one shower")
+    n = info.n_showers if n_showers is None else min(n_showers, info.n_showers)
+    keep = np.zeros(info.n_showers, dtype=bool)
+    keep[np.random.default_rng(seed).choice(info.n_showers, n, replace=False)] = True
+    parts = []
+    start = 0
+    with progress_bar(info.n_showers, "read", unit="shower", enabled=progress) as bar:
+        for chunk in _chunks(path, info.geometry, 0, info.n_showers, 5000, np.float32):
+            mask = keep[start : start + len(chunk)]
+            if mask.any():
+                parts.append(chunk[mask])
+            start += len(chunk)
+            bar.update(len(chunk))
+    showers = ShowerSet.concatenate(parts)
+    showers.source = str(path)
+    return showers
 
 
 def iter_showers(

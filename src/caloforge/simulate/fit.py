@@ -570,8 +570,7 @@ def read_fit_sample(
 
     Raises ``InputError`` for an empty file, a geometry the simulator cannot fill, or ``n_showers`` < 50.
     """
-    from caloforge.io import inspect_file, iter_showers
-    from caloforge.progress import progress_bar
+    from caloforge.io import inspect_file, read_sample
 
     info = inspect_file(path, geometry)
     if info.n_showers == 0:
@@ -584,22 +583,7 @@ def read_fit_sample(
         raise InputError(path, "geometry", f"is '{info.geometry.name}' (material "
                          f"'{info.geometry.material}'), which the GFlash simulator cannot fill ({error})",
                          "showers of a geometry the simulator fills (see 'caloforge geometries')") from None
-    n = info.n_showers if n_showers is None else min(n_showers, info.n_showers)
-    chosen = np.sort(np.random.default_rng(seed).choice(info.n_showers, n, replace=False))
-    keep = np.zeros(info.n_showers, dtype=bool)
-    keep[chosen] = True
-    parts = []
-    start = 0
-    with progress_bar(info.n_showers, "read", unit="shower", enabled=progress) as bar:
-        for chunk in iter_showers(path, chunk_size=5000, geometry=info.geometry, dtype=np.float32):
-            mask = keep[start:start + len(chunk)]
-            if mask.any():
-                parts.append(chunk[mask])
-            start += len(chunk)
-            bar.update(len(chunk))
-    showers = ShowerSet.concatenate(parts)
-    showers.source = str(path)
-    return showers
+    return read_sample(path, n_showers, seed=seed, geometry=info.geometry, progress=progress)
 
 
 # ---- the params file ---------------------------------------------------------------------------------------

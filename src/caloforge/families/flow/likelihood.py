@@ -30,7 +30,7 @@ def flow_sampler(checkpoint: str | PathLike[str], device: str = "cpu") -> FlowSa
     from caloforge.generate import load_generator
 
     generator = load_generator(checkpoint, device=device)
-    sampler = generator.sampler
+    sampler = generator.sampler.base()
     if not isinstance(sampler, FlowSampler):
         raise InputError(checkpoint, "family", f"is '{generator.content.family}'",
                          "a 'flow' checkpoint (only flows have an exact likelihood)")

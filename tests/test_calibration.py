@@ -1,0 +1,185 @@
+"""Cell-spectrum calibration: the fitted map, its checkpoint and sampler wrapper, export, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from toys import TOY_GEOMETRY as GEOMETRY
+from toys import tiny_dit_config, toy_showers
+
+from caloforge.calibration import (
+    CalibratedSampler,
+    CalibrationConfig,
+    CellCalibration,
+    cell_groups,
+    fit_cell_calibration,
+)
+from caloforge.checkpoint import read_checkpoint
+from caloforge.data import ShowerSet
+from caloforge.errors import InputError
+from caloforge.export import export_sampler
+from caloforge.generate import calibrate_checkpoint, load_generator
+from caloforge.io import write_showers
+from caloforge.onnx_runtime import check_export
+from caloforge.preprocess import layer_matrix
+from caloforge.runconfig import TrainConfig
+from caloforge.training import train
+
+THRESHOLD = 0.5  # MeV: toy_showers zero every cell below it
+
+
+def apply(calibration: CellCalibration, showers: ShowerSet) -> np.ndarray:
+    with torch.no_grad():
+        out = calibration(torch.from_numpy(showers.showers), torch.from_numpy(showers.energy).float())
+    return out.numpy()
+
+
+def scaled(showers: ShowerSet, factor: float) -> ShowerSet:
+    return ShowerSet(showers.showers * np.float32(factor), showers.geometry, showers.energy)
+
+
+def test_groups_are_one_per_layer_and_radial_bin() -> None:
+    groups = cell_groups(GEOMETRY)
+    layer, alpha, radial = GEOMETRY.voxel_indices
+    assert groups.shape == (GEOMETRY.n_voxels,) and groups.max() + 1 == 4 * 2
+    for g in range(8):  # every alpha bin of one (layer, radial bin), and nothing else
+        members = groups == g
+        assert len(set(layer[members])) == 1 and len(set(radial[members])) == 1
+        assert sorted(alpha[members]) == [0, 1, 2, 3]
+
+
+def test_fitted_to_itself_it_changes_nothing() -> None:
+    showers = toy_showers(400)
+    calibration = fit_cell_calibration(showers, showers, THRESHOLD, CalibrationConfig(n_energy_bins=3))
+    np.testing.assert_allclose(apply(calibration, showers), showers.showers, rtol=1e-4, atol=1e-5)
+    assert calibration.info["fitted_fraction"] == 1.0
+
+
+def bright(n: int, seed: int) -> ShowerSet:
+    """Toy showers with no hit below 2 x THRESHOLD, so halving them keeps every hit."""
+    showers = toy_showers(n, seed)
+    showers.showers[showers.showers < 2 * THRESHOLD] = 0.0
+    return showers
+
+
+def test_a_model_twice_too_faint_is_brought_back() -> None:
+    reference = bright(600, seed=1)
+    model = scaled(reference, 0.5)
+    config = CalibrationConfig(n_energy_bins=2, n_quantiles=17, preserve_layer_energies=False)
+    calibration = fit_cell_calibration(model, reference, THRESHOLD, config)
+    fresh = scaled(bright(300, seed=2), 0.5)  # showers the fit never saw
+    out = apply(calibration, fresh)
+    hits = fresh.showers > 0
+    # Every quantile of the model is half the reference's, so the piecewise-linear map in ln E is a
+    # shift by ln 2 everywhere, also between knots and beyond the outer ones.
+    np.testing.assert_allclose(out[hits] / fresh.showers[hits], 2.0, rtol=1e-4)
+    assert (out[~hits] == 0).all()  # empty cells stay empty
+
+
+def test_layer_energies_are_kept_when_asked() -> None:
+    reference = toy_showers(500, seed=3)
+    model = scaled(reference, 0.7)
+    model.showers[model.showers < THRESHOLD] = 0.0
+    calibration = fit_cell_calibration(model, reference, THRESHOLD, CalibrationConfig(n_energy_bins=2))
+    out = apply(calibration, model)
+    matrix = layer_matrix(GEOMETRY)
+    np.testing.assert_allclose(out @ matrix, model.showers @ matrix, rtol=1e-4)
+    assert not np.allclose(out, model.showers)  # energy moved between the cells of a layer
+    assert out[out > 0].min() >= THRESHOLD
+
+
+def test_varying_angles_are_refused_by_name() -> None:
+    showers = toy_showers(50)
+    tilted = ShowerSet(showers.showers, GEOMETRY, showers.energy, theta=np.linspace(0.1, 0.5, 50),
+                       source="tilted.h5")
+    with pytest.raises(InputError, match=r"tilted\.h5.*theta.*varies across the reference showers"):
+        fit_cell_calibration(showers, tilted, THRESHOLD)
+
+
+def test_config_refuses_a_single_quantile() -> None:
+    with pytest.raises(InputError, match=r"calibration\.n_quantiles.*is 1.*integer >= 2"):
+        CalibrationConfig(n_quantiles=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = tiny_dit_config((2, 2, 2))
+    config.train = TrainConfig(batch_size=16, max_steps=6, checkpoint_every=6)
+    config.model.sample.n_steps = 2
+    return train(toy_showers(96), tmp_path_factory.mktemp("run") / "run", config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def calibrated(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cal") / "calibrated.ckpt"
+    calibrate_checkpoint(checkpoint, toy_showers(200, seed=4), out, CalibrationConfig(n_showers=64,
+                         n_energy_bins=2, n_quantiles=9), seed=1, batch_size=32)
+    return out
+
+
+def test_calibrated_checkpoint_generates_the_calibrated_showers(checkpoint: Path, calibrated: Path) -> None:
+    content = read_checkpoint(calibrated)
+    assert content.calibration is not None and content.calibration["info"]["n_generated"] == 64
+    assert content.calibration["info"]["sampling"] == {"n_steps": 2, "sampler": "heun"}
+    generator = load_generator(calibrated)
+    assert isinstance(generator.sampler, CalibratedSampler)
+    energy = np.array([2e3, 9e3, 4e4, 9e4])
+    got = generator.sample(energy, seed=3).showers
+    raw = load_generator(checkpoint).sample(energy, seed=3)  # the same noise, no calibration
+    calibration = generator.sampler.calibration  # type: ignore[union-attr]
+    np.testing.assert_allclose(got, apply(calibration, raw), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, raw.showers)
+
+
+def test_a_calibrated_checkpoint_is_not_calibrated_again(calibrated: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"calibrated\.ckpt.*caloforge\.calibration.*is there already"):
+        calibrate_checkpoint(calibrated, toy_showers(50), tmp_path / "again.ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_calibrated_sampler_exports_with_onnxruntime_parity(calibrated: Path, tmp_path: Path) -> None:
+    generator = load_generator(calibrated)
+    path = export_sampler(generator, tmp_path / "s.onnx")
+    assert check_export(generator, path, n=5) < 1e-4
+
+
+def test_cli_calibrate_writes_the_model_and_says_what_it_fitted(
+    run, checkpoint: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "train.h5"
+    write_showers(data, toy_showers(150, seed=5))
+    out = tmp_path / "cal.ckpt"
+    code, stdout, stderr = run("calibrate", checkpoint, data, "--out", out, "--n-showers", 40,
+                               "--energy-bins", 2, "--quantiles", 5)
+    assert code == 0, stderr
+    assert f"wrote {out}: 8 (layer, radial bin) groups x 2 energy bins x 5 quantiles" in stdout
+    assert "calibrating" in stderr and "150 showers" in stderr
+    assert read_checkpoint(out).calibration is not None
+
+
+def test_cli_calibrate_refuses_another_readout(run, checkpoint: Path, tmp_path: Path) -> None:
+    from caloforge.geometry import CylindricalGeometry
+
+    other = CylindricalGeometry.regular("other", 3, 2, (0.0, 1.0, 2.0), 3.4, "SiW")
+    data = tmp_path / "other.h5"
+    write_showers(data, ShowerSet(np.ones((5, other.n_voxels), np.float32), other, np.full(5, 1e4)))
+    code, _, stderr = run("calibrate", checkpoint, data, "--out", tmp_path / "x.ckpt", "--n-showers", 4)
+    assert code == 2
+    assert "other.h5" in stderr and "have 12 voxels" in stderr and "32, the readout of" in stderr
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_a_calibrated_model_samples_as_it_was_calibrated(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "euler.ckpt"
+    calibrate_checkpoint(checkpoint, toy_showers(60), out, CalibrationConfig(n_showers=16, n_energy_bins=1),
+                         n_steps=1, sampler="euler")
+    generator = load_generator(out)
+    assert generator.sampler.options == {"n_steps": 1, "sampler": "euler"}  # not the run's heun, 2 steps
+    assert caplog.records == []
+    generator.sampler_for(n_steps=3)
+    assert "fitted for sampling {'n_steps': 1, 'sampler': 'euler'}" in caplog.text
