@@ -152,7 +152,8 @@ def fidelity_scores(name: str, path: str, args: argparse.Namespace) -> tuple[Pat
         "family": (record.get("family"), family_of(name)),
         # runs before the epochs were recorded used the script's default, 15
         "classifier_epochs": (record.get("classifier_epochs", 15), args.classifier_epochs)})
-    training = {"train_minutes": record["train_minutes"], "reused": record["run_dir"], "scores_from": path}
+    training = {"train_minutes": record["train_minutes"], "reused": record["run_dir"], "scores_from": path,
+                "calibration": record.get("calibration")}
     model = record.get("model_path") or Path(record["run_dir"]) / "model.ckpt"  # older runs: the run's
     return Path(model), training, record["model"]
 
@@ -358,6 +359,8 @@ def markdown(result: dict[str, Any], batches: list[int]) -> str:
             sampling = ", ".join(f"{k} {v}" for k, v in row.get("sampling", {}).items())
             training = (f"{row['train_minutes']:.0f} min, {row['steps']} steps; "
                         f"sampling: {sampling or 'one pass'}")
+            if row.get("calibration"):
+                training += "; cell calibration (`caloforge calibrate`)"
             if row.get("scores_from"):
                 training += f"; scored in `{row['scores_from']}`"
         lines.append(
