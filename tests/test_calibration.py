@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from toys import TOY_GEOMETRY as GEOMETRY
@@ -20,7 +21,7 @@ from caloforge.calibration import (
 from caloforge.checkpoint import read_checkpoint
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
-from caloforge.export import export_sampler
+from caloforge.export import export_par04, export_sampler
 from caloforge.generate import calibrate_checkpoint, load_generator
 from caloforge.io import write_showers
 from caloforge.onnx_runtime import check_export
@@ -144,6 +145,20 @@ def test_calibrated_sampler_exports_with_onnxruntime_parity(calibrated: Path, tm
     generator = load_generator(calibrated)
     path = export_sampler(generator, tmp_path / "s.onnx")
     assert check_export(generator, path, n=5) < 1e-4
+    par04 = export_par04(generator, tmp_path / "par04.onnx")  # the hits' gather and scatter, in-graph noise
+    session = ort.InferenceSession(str(par04), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    row = np.zeros((1, inp.shape[1]), np.float32)
+    row[0, :4] = [20.0, 0.0, np.pi / 2, 1.0]  # 20 GeV, phi, theta (normal incidence), detector slot 0
+    (out,) = session.run(None, {inp.name: row})
+    assert np.isfinite(out).all() and out.sum() > 0
+
+
+def test_showers_without_hits_come_back_empty() -> None:
+    calibration = fit_cell_calibration(toy_showers(100), toy_showers(100, seed=1), THRESHOLD)
+    empty = torch.zeros((3, GEOMETRY.n_voxels))
+    with torch.no_grad():
+        assert torch.equal(calibration(empty, torch.full((3,), 1e4)), empty)
 
 
 def test_cli_calibrate_writes_the_model_and_says_what_it_fitted(
