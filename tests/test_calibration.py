@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from toys import TOY_GEOMETRY as GEOMETRY
-from toys import tiny_dit_config, toy_showers
+from toys import toy_showers, train_tiny_dit
 
 from caloforge.calibration import (
     CalibratedSampler,
@@ -26,8 +26,6 @@ from caloforge.generate import calibrate_checkpoint, load_generator
 from caloforge.io import write_showers
 from caloforge.onnx_runtime import check_export
 from caloforge.preprocess import layer_matrix
-from caloforge.runconfig import TrainConfig
-from caloforge.training import train
 
 THRESHOLD = 0.5  # MeV: toy_showers zero every cell below it
 
@@ -107,10 +105,8 @@ def test_config_refuses_a_single_quantile() -> None:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = tiny_dit_config((2, 2, 2))
-    config.train = TrainConfig(batch_size=16, max_steps=6, checkpoint_every=6)
-    config.model.sample.n_steps = 2
-    return train(toy_showers(96), tmp_path_factory.mktemp("run") / "run", config, progress=False)
+    return train_tiny_dit(tmp_path_factory.mktemp("run") / "run",
+                          max_steps=6, sample_steps=2, checkpoint_every=6)
 
 
 @pytest.fixture(scope="module")

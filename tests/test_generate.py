@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from toys import TOY_GEOMETRY as GEOMETRY
-from toys import tiny_dit_config, toy_showers
+from toys import toy_showers, train_tiny_dit
 from typer.testing import CliRunner
 
 from caloforge.checkpoint import read_checkpoint
@@ -16,16 +16,12 @@ from caloforge.cli import app
 from caloforge.errors import InputError
 from caloforge.generate import load_generator
 from caloforge.io import read_showers, write_showers
-from caloforge.runconfig import TrainConfig
-from caloforge.training import train
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = tiny_dit_config((2, 2, 2))
-    config.train = TrainConfig(batch_size=16, max_steps=8, checkpoint_every=4)
-    config.model.sample.n_steps = 4
-    return train(toy_showers(96), tmp_path_factory.mktemp("run") / "run", config, progress=False)
+    return train_tiny_dit(tmp_path_factory.mktemp("run") / "run",
+                          max_steps=8, sample_steps=4, checkpoint_every=4)
 
 
 def test_same_seed_same_showers_across_reloads(checkpoint: Path) -> None:

@@ -1,6 +1,7 @@
 """Toy showers for the model tests (imported by the test files, which pytest puts on sys.path)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -27,3 +28,15 @@ def toy_showers(n: int, seed: int = 0) -> ShowerSet:
 def tiny_dit_config(patch_size: tuple[int, int, int] = (2, 2, 2)) -> RunConfig:
     """An edm-dit run config with the tiny DiT (the model tests' default)."""
     return RunConfig(model=EdmDitConfig(dit=DiTConfig(size="tiny", patch_size=patch_size)))
+
+
+def train_tiny_dit(run_dir: Path, max_steps: int, sample_steps: int, checkpoint_every: int) -> Path:
+    """model.ckpt of the tiny DiT trained on 96 toy showers (batch 16) for ``max_steps`` steps, sampling
+    with Heun and ``sample_steps`` steps by default."""
+    from caloforge.runconfig import TrainConfig
+    from caloforge.training import train
+
+    config = tiny_dit_config((2, 2, 2))
+    config.train = TrainConfig(batch_size=16, max_steps=max_steps, checkpoint_every=checkpoint_every)
+    config.model.sample.n_steps = sample_steps
+    return train(toy_showers(96), run_dir, config, progress=False)
