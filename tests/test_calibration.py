@@ -171,6 +171,15 @@ def test_cli_calibrate_writes_the_model_and_says_what_it_fitted(
     assert read_checkpoint(out).calibration is not None
 
 
+def test_cli_calibrate_refuses_a_calibrated_model_before_reading_data(
+    run, calibrated: Path, tmp_path: Path
+) -> None:
+    code, _, stderr = run("calibrate", calibrated, tmp_path / "never-read.h5", "--out", tmp_path / "x.ckpt")
+    assert code == 2
+    assert "calibrated.ckpt: field 'caloforge.calibration': is there already" in stderr
+    assert "never-read.h5" not in stderr and not (tmp_path / "x.ckpt").exists()
+
+
 def test_cli_calibrate_refuses_another_readout(run, checkpoint: Path, tmp_path: Path) -> None:
     from caloforge.geometry import CylindricalGeometry
 
