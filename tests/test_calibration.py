@@ -131,10 +131,15 @@ def test_calibrated_checkpoint_generates_the_calibrated_showers(checkpoint: Path
     assert not np.allclose(got, raw.showers)
 
 
-def test_a_calibrated_checkpoint_is_not_calibrated_again(calibrated: Path, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"calibrated\.ckpt.*caloforge\.calibration.*is there already"):
-        calibrate_checkpoint(calibrated, toy_showers(50), tmp_path / "again.ckpt")
-    assert list(tmp_path.iterdir()) == []
+def test_a_calibrated_checkpoint_is_calibrated_afresh(calibrated: Path, tmp_path: Path) -> None:
+    config = CalibrationConfig(n_showers=64, n_energy_bins=2, n_quantiles=9)
+    again = tmp_path / "again.ckpt"
+    calibrate_checkpoint(calibrated, toy_showers(200, seed=4), again, config, seed=1, batch_size=32)
+    first, second = read_checkpoint(calibrated).calibration, read_checkpoint(again).calibration
+    assert first is not None and second is not None
+    # the model's own showers were fitted, not the calibrated ones: the same map as from the raw model
+    torch.testing.assert_close(second["x"], first["x"])
+    torch.testing.assert_close(second["y"], first["y"])
 
 
 def test_calibrated_sampler_exports_with_onnxruntime_parity(calibrated: Path, tmp_path: Path) -> None:
@@ -171,13 +176,14 @@ def test_cli_calibrate_writes_the_model_and_says_what_it_fitted(
     assert read_checkpoint(out).calibration is not None
 
 
-def test_cli_calibrate_refuses_a_calibrated_model_before_reading_data(
-    run, calibrated: Path, tmp_path: Path
-) -> None:
-    code, _, stderr = run("calibrate", calibrated, tmp_path / "never-read.h5", "--out", tmp_path / "x.ckpt")
-    assert code == 2
-    assert "calibrated.ckpt: field 'caloforge.calibration': is there already" in stderr
-    assert "never-read.h5" not in stderr and not (tmp_path / "x.ckpt").exists()
+def test_cli_calibrate_says_it_replaces_a_calibration(run, calibrated: Path, tmp_path: Path) -> None:
+    data = tmp_path / "train.h5"
+    write_showers(data, toy_showers(80, seed=6))
+    code, stdout, stderr = run("calibrate", calibrated, data, "--out", tmp_path / "x.ckpt", "--n-showers", 8,
+                               "--energy-bins", 1)
+    assert code == 0, stderr
+    assert "is calibrated already: its model is calibrated afresh and the new map replaces the old" in stderr
+    assert f"wrote {tmp_path / 'x.ckpt'}" in stdout
 
 
 def test_cli_calibrate_refuses_another_readout(run, checkpoint: Path, tmp_path: Path) -> None:

@@ -625,9 +625,9 @@ def calibrate_command(
     config = CalibrationConfig(n_showers=n_showers, n_energy_bins=energy_bins, n_quantiles=quantiles,
                                preserve_layer_energies=keep_layers)
     options = sampling_options(steps, sampler, option)
-    if read_checkpoint(checkpoint, weights=False).calibration is not None:  # before reading DATA
-        raise InputError(checkpoint, "caloforge.calibration", "is there already",
-                         "an uncalibrated checkpoint (calibrate the model it was made from)")
+    if read_checkpoint(checkpoint, weights=False).calibration is not None:
+        typer.echo(f"{checkpoint} is calibrated already: its model is calibrated afresh and the new map "
+                   "replaces the old one", err=True)
     reference = read_sample(data, n_reference, seed=seed, progress=True)
     typer.echo(f"calibrating {checkpoint} to {len(reference)} showers of {data}: generating {n_showers}",
                err=True)

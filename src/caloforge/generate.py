@@ -240,15 +240,21 @@ def calibrate_checkpoint(
     ``n_steps``) at incident energies drawn from ``reference`` (seeded by ``seed``), fit the calibration to
     ``reference`` (the model's training showers: never the showers it will be scored against) and write
     the model with it to ``out`` (a slim checkpoint, written atomically). ``progress(n)`` is called after
-    each generated batch. Returns the calibration."""
+    each generated batch. Returns the calibration.
+
+    A checkpoint that is calibrated already is calibrated afresh: its model generates without the old
+    map, and the new one replaces it (e.g. for another sampler setting, or another training file)."""
     from caloforge.calibration import CalibrationConfig, check_single_condition, fit_cell_calibration
     from caloforge.checkpoint import write_sampler_checkpoint
 
     config = config or CalibrationConfig()
-    generator = load_generator(checkpoint)
-    if generator.content.calibration is not None:
-        raise InputError(checkpoint, "caloforge.calibration", "is there already",
-                         "an uncalibrated checkpoint (calibrate the model it was made from)")
+    content = read_checkpoint(checkpoint)
+    content.calibration = None  # the model's own showers, whatever map it held
+    family = get_family(content.family)
+    try:
+        generator = ShowerGenerator(content, family, _load_sampler(content, family, {}))
+    except InputError as error:
+        raise InputError(checkpoint, error.field, error.problem, error.expected) from None
     if reference.geometry.n_voxels != generator.geometry.n_voxels:
         raise InputError(reference.source, "showers", f"have {reference.geometry.n_voxels} voxels "
                          f"(geometry '{reference.geometry.name}')",
@@ -264,7 +270,6 @@ def calibrate_checkpoint(
     calibration = fit_cell_calibration(generated, reference, threshold, config)
     calibration.info.update({"sampling": dict(sampler.options), "seed": seed,
                              "reference": str(reference.source) if reference.source else None})
-    content = generator.content
     content.calibration = calibration.to_dict()
     write_sampler_checkpoint(content, Path(out))
     return calibration
