@@ -634,10 +634,12 @@ def calibrate_command(
     with progress_bar(n_showers, "generating", unit="shower") as bar:
         calibration = calibrate_checkpoint(checkpoint, reference, out, config, seed=seed,
                                            batch_size=batch_size, progress=bar.update, **options)
-    shift = (calibration.y - calibration.x).abs().median().item()
+    change = (calibration.y - calibration.x).abs()  # (B, G, K) in ln E
+    fitted = change.amax(dim=-1) > 0  # groups with a fitted map (the others are the identity)
+    shift = change[fitted].median().item() if bool(fitted.any()) else 0.0
     typer.echo(f"wrote {out}: {calibration.x.shape[1]} (layer, radial bin) groups x {energy_bins} energy "
                f"bins x {quantiles} quantiles; {calibration.info['fitted_fraction']:.0%} fitted (the rest "
-               f"had under {config.min_hits} hits), median cell-energy correction "
+               f"had under {config.min_hits} hits), median cell-energy correction of the fitted ones "
                f"x{np.exp(shift):.3f}; sampling {calibration.info['sampling']}")
 
 
