@@ -157,9 +157,9 @@ def fit_cell_calibration(
     x, n_x = _hit_quantiles(generated, groups, n_groups, bins_of(generated), n_bins, levels, threshold_mev)
     y, n_y = _hit_quantiles(reference, groups, n_groups, bins_of(reference), n_bins, levels, threshold_mev)
     fitted = (n_x >= config.min_hits) & (n_y >= config.min_hits)  # (B, G)
-    y = np.where(fitted[..., None], y, x)  # identity where a sample is too thin
     # Knots strictly increasing, so every segment has a slope (ties come from repeated float16 values).
     x = np.maximum.accumulate(x + np.arange(config.n_quantiles) * 1e-7, axis=-1)
+    y = np.where(fitted[..., None], y, x)  # identity where a sample is too thin
     return CellCalibration(
         torch.from_numpy(x).float(), torch.from_numpy(y).float(), torch.from_numpy(groups),
         torch.from_numpy(layer_matrix(generated.geometry)), log_lo, log_hi, threshold_mev,
