@@ -78,6 +78,36 @@ def test_a_model_twice_too_faint_is_brought_back() -> None:
     assert (out[~hits] == 0).all()  # empty cells stay empty
 
 
+def test_a_model_with_extra_faint_hits_is_cut_to_the_reference_count_when_asked() -> None:
+    rng = np.random.default_rng(8)
+
+    def sparse(n: int, seed: int) -> ShowerSet:  # half the cells empty
+        showers = bright(n, seed)
+        showers.showers[rng.random(showers.showers.shape) < 0.5] = 0.0
+        return showers
+
+    reference = sparse(600, seed=7)
+
+    def with_extra_hits(showers: ShowerSet) -> ShowerSet:  # a third of the empty cells get a faint hit
+        out = showers.showers.copy()
+        empty = out == 0
+        extra = empty & (rng.random(out.shape) < 0.33)
+        out[extra] = rng.uniform(THRESHOLD, 0.9 * THRESHOLD * 2, extra.sum())
+        return ShowerSet(out, GEOMETRY, showers.energy)
+
+    model = with_extra_hits(reference)
+    fresh_reference = sparse(400, seed=9)
+    fresh = with_extra_hits(fresh_reference)
+    kept = fit_cell_calibration(model, reference, THRESHOLD, CalibrationConfig(n_energy_bins=2))
+    cut = fit_cell_calibration(model, reference, THRESHOLD,
+                               CalibrationConfig(n_energy_bins=2, match_hit_count=True))
+    hits = {name: (apply(c, fresh) > 0).sum() for name, c in (("kept", kept), ("cut", cut))}
+    assert hits["kept"] == (fresh.showers > 0).sum()  # by default the count is the model's
+    target = (fresh_reference.showers > 0).sum()
+    assert abs(hits["cut"] - target) < 0.05 * target < (fresh.showers > 0).sum() - target
+    assert cut.info["mean_cut"] > 0 and kept.info["mean_cut"] == 0
+
+
 def test_layer_energies_are_kept_when_asked() -> None:
     reference = toy_showers(500, seed=3)
     model = scaled(reference, 0.7)

@@ -13,7 +13,11 @@ ln E_inc. In each group and energy bin, with u = ln(E / E_inc) of the hits, the 
 the values y_k. The map is piecewise linear through (x_k, y_k) — quantile matching: a generated cell at
 the p-th quantile of the model's spectrum moves to the p-th quantile of the reference's — and continues
 with slope 1 outside [x_0, x_{K-1}]. Groups with fewer than ``min_hits`` hits in either sample get the
-identity. Empty cells stay empty: the number of hits per shower is left to the model.
+identity. Empty cells stay empty: the number of hits per shower is left to the model, unless
+``match_hit_count``: where the model's fraction of hits p_model exceeds the reference's p_ref, the faintest
+1 - p_ref / p_model of its hits read zero (the knots become the model's quantiles at levels from that
+fraction up), which brings a model that makes too many faint hits (the flow student: 1049 hits per
+shower against Geant4's 644) to the reference's count.
 
 Apply (``CellCalibration``): for a shower of incident energy E_inc, the knots are interpolated linearly in
 ln E_inc between the centres of the two nearest energy bins (clamped to the first and last centre, as
@@ -67,6 +71,9 @@ class CalibrationConfig:
         n_quantiles: knots per group and energy bin (quantile levels evenly spaced in [0, 1]).
         min_hits: fewest hits in a group and energy bin, in each sample, for a fitted map (else identity).
         preserve_layer_energies: scale each layer back to its energy before the map.
+        match_hit_count: where the model makes a larger fraction of hits than the reference (per group and
+            energy bin), zero its faintest hits down to the reference's fraction (module doc). Off by
+            default: the DiT's count is right, and the cut only ever removes hits.
     """
 
     n_showers: int = 5000
@@ -74,6 +81,7 @@ class CalibrationConfig:
     n_quantiles: int = 33
     min_hits: int = 10
     preserve_layer_energies: bool = True
+    match_hit_count: bool = False
 
     def __post_init__(self) -> None:
         for name, least in (("n_showers", 1), ("n_energy_bins", 1), ("n_quantiles", 2), ("min_hits", 2)):
@@ -157,15 +165,28 @@ def fit_cell_calibration(
     x, n_x = _hit_quantiles(generated, groups, n_groups, bins_of(generated), n_bins, levels, threshold_mev)
     y, n_y = _hit_quantiles(reference, groups, n_groups, bins_of(reference), n_bins, levels, threshold_mev)
     fitted = (n_x >= config.min_hits) & (n_y >= config.min_hits)  # (B, G)
+    cut = np.zeros((n_bins, n_groups))
+    if config.match_hit_count:  # the faintest fraction ``cut`` of the model's hits reads zero
+        cells_per_group = np.bincount(groups, minlength=n_groups)  # (G,) per shower
+
+        def hit_fraction(counts: NDArray[np.int64], showers: ShowerSet) -> NDArray[np.float64]:
+            n_showers = np.bincount(bins_of(showers), minlength=n_bins)  # (B,)
+            return counts / np.maximum(np.outer(n_showers, cells_per_group), 1)
+
+        cut = np.where(fitted, np.clip(1 - hit_fraction(n_y, reference) / np.maximum(
+            hit_fraction(n_x, generated), 1e-30), 0.0, 1.0), 0.0)
+        # the knots move up to the quantiles cut + (1 - cut) level of the model's hits
+        x = np.stack([np.stack([np.interp(cut[b, g] + (1 - cut[b, g]) * levels, levels, x[b, g])
+                                for g in range(n_groups)]) for b in range(n_bins)])
     # Knots strictly increasing, so every segment has a slope (ties come from repeated float16 values).
     x = np.maximum.accumulate(x + np.arange(config.n_quantiles) * 1e-7, axis=-1)
     y = np.where(fitted[..., None], y, x)  # identity where a sample is too thin
     return CellCalibration(
         torch.from_numpy(x).float(), torch.from_numpy(y).float(), torch.from_numpy(groups),
         torch.from_numpy(layer_matrix(generated.geometry)), log_lo, log_hi, threshold_mev,
-        config.preserve_layer_energies,
+        config.preserve_layer_energies, torch.from_numpy(cut).float(),
         info={**asdict(config), "n_generated": len(generated), "n_reference": len(reference),
-              "fitted_fraction": float(fitted.mean())},
+              "fitted_fraction": float(fitted.mean()), "mean_cut": float(cut.mean())},
     )
 
 
@@ -173,17 +194,20 @@ class CellCalibration(nn.Module):
     """The fitted map (module doc). ``forward(showers (N, V) MeV, energy (N,) MeV) -> showers (N, V) MeV``.
 
     Buffers: knots ``x`` and values ``y`` (B, G, K) in u = ln(E / E_inc), ``groups`` (V,) int64, the layer
-    matrix (V, L). ``info`` records how it was fitted (plain JSON types).
+    matrix (V, L), ``cut`` (B, G): the fraction of the model's hits that ``match_hit_count`` zeroes (hits
+    below the first knot where it is > 0). ``info`` records how it was fitted (plain JSON types).
     """
 
     x: Tensor
     y: Tensor
     groups: Tensor
     layers: Tensor
+    cut: Tensor
 
     def __init__(
         self, x: Tensor, y: Tensor, groups: Tensor, layers: Tensor, log_lo: float, log_hi: float,
-        threshold_mev: float, preserve_layer_energies: bool = True, info: dict[str, Any] | None = None,
+        threshold_mev: float, preserve_layer_energies: bool = True, cut: Tensor | None = None,
+        info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if x.shape != y.shape or x.ndim != 3 or groups.shape[0] != layers.shape[0]:
@@ -193,6 +217,8 @@ class CellCalibration(nn.Module):
         self.register_buffer("y", y.float(), persistent=False)
         self.register_buffer("groups", groups.long(), persistent=False)
         self.register_buffer("layers", layers.float(), persistent=False)
+        cut = torch.zeros(x.shape[:2]) if cut is None else cut  # calibrations fitted before the cut: none
+        self.register_buffer("cut", cut.float(), persistent=False)
         self.log_lo, self.log_hi = float(log_lo), float(log_hi)
         self.threshold_mev = float(threshold_mev)
         self.preserve_layer_energies = bool(preserve_layer_energies)
@@ -228,6 +254,9 @@ class CellCalibration(nn.Module):
             return (1 - weight) * column[row0] + weight * column[row1]
 
         x_k, y_k = knot(x, 0), knot(y, 0)
+        cut = self.cut.reshape(-1)
+        # zeroed: below the first knot where a fraction of the model's hits is cut (match_hit_count)
+        kept = ((1 - weight) * cut[row0] + weight * cut[row1] <= 0) | (u >= x_k)
         mapped = y_k + torch.clamp(u - x_k, max=0.0)  # slope 1 below the first knot
         for k in range(1, x.shape[1]):
             x_next, y_next = knot(x, k), knot(y, k)
@@ -235,7 +264,8 @@ class CellCalibration(nn.Module):
             mapped = mapped + (y_next - y_k) / width * torch.clamp(u - x_k, min=0.0).minimum(width)
             x_k, y_k = x_next, y_next
         mapped = mapped + torch.clamp(u - x_k, min=0.0)  # slope 1 above the last knot
-        out = torch.zeros_like(flat).scatter(0, where, torch.exp(mapped + log_e)).reshape(showers.shape)
+        values = torch.where(kept, torch.exp(mapped + log_e), torch.zeros_like(mapped))
+        out = torch.zeros_like(flat).scatter(0, where, values).reshape(showers.shape)
         if self.preserve_layer_energies:
             hit = showers >= self.threshold_mev
             out = self._restore_layers(out, torch.where(hit, showers, torch.zeros_like(showers)))
@@ -257,7 +287,8 @@ class CellCalibration(nn.Module):
         """Tensors and plain types, for the checkpoint (``torch.load(weights_only=True)``)."""
         return {"x": self.x.cpu(), "y": self.y.cpu(), "groups": self.groups.cpu(), "log_lo": self.log_lo,
                 "log_hi": self.log_hi, "threshold_mev": self.threshold_mev,
-                "preserve_layer_energies": self.preserve_layer_energies, "info": self.info}
+                "preserve_layer_energies": self.preserve_layer_energies, "cut": self.cut.cpu(),
+                "info": self.info}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], geometry: CylindricalGeometry) -> CellCalibration:
@@ -267,7 +298,8 @@ class CellCalibration(nn.Module):
                              f"{geometry.n_voxels}, the model's readout")
         return cls(torch.as_tensor(data["x"]), torch.as_tensor(data["y"]), groups,
                    torch.from_numpy(layer_matrix(geometry)), float(data["log_lo"]), float(data["log_hi"]),
-                   float(data["threshold_mev"]), bool(data["preserve_layer_energies"]), dict(data["info"]))
+                   float(data["threshold_mev"]), bool(data["preserve_layer_energies"]),
+                   torch.as_tensor(data["cut"]) if "cut" in data else None, dict(data["info"]))
 
 
 class CalibratedSampler(ShowerSampler):

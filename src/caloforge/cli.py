@@ -605,6 +605,9 @@ def calibrate_command(
                                   "and energy bin."),
     keep_layers: bool = typer.Option(True, "--keep-layer-energies/--free-layer-energies",
                                      help="Scale each layer back to its energy before the map."),
+    match_hit_count: bool = typer.Option(False, "--match-hit-count", help="Where the model makes more "
+                                         "hits than DATA, zero its faintest ones down to DATA's count "
+                                         "(off: the hit counts are the model's)."),
     batch_size: int = typer.Option(500, "--batch-size", min=1, help="Showers per model call."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the run's); "
                                      "generate with the same setting the calibration was fitted for."),
@@ -623,7 +626,7 @@ def calibrate_command(
     from caloforge.progress import progress_bar
 
     config = CalibrationConfig(n_showers=n_showers, n_energy_bins=energy_bins, n_quantiles=quantiles,
-                               preserve_layer_energies=keep_layers)
+                               preserve_layer_energies=keep_layers, match_hit_count=match_hit_count)
     options = sampling_options(steps, sampler, option)
     if read_checkpoint(checkpoint, weights=False).calibration is not None:
         typer.echo(f"{checkpoint} is calibrated already: its model is calibrated afresh and the new map "
