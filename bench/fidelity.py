@@ -191,6 +191,8 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true",
                         help="fit the cell calibration on the training part and score the calibrated model")
     parser.add_argument("--calibration-showers", type=int, default=5000, help="showers generated for it")
+    parser.add_argument("--match-hit-count", action="store_true",
+                        help="with --calibrate: cut the model's faintest hits down to the data's count")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fidelity.json"))
     args = parser.parse_args()
     if args.threads:
@@ -270,7 +272,8 @@ def main() -> None:
         calibrated = run_dir / "model-calibrated.ckpt"
         with progress_bar(args.calibration_showers, "calibration showers", unit="shower") as bar:
             fitted = calibrate_checkpoint(
-                model_path, train_set, calibrated, CalibrationConfig(n_showers=args.calibration_showers),
+                model_path, train_set, calibrated,
+                CalibrationConfig(n_showers=args.calibration_showers, match_hit_count=args.match_hit_count),
                 seed=args.seed + 13, batch_size=args.gen_batch_size, progress=bar.update,
                 n_steps=args.steps, sampler=args.sampler)
         calibration = fitted.info
