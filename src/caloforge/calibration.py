@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
 from caloforge.geometry import CylindricalGeometry
-from caloforge.preprocess import layer_matrix
+from caloforge.preprocess import energy_bin_weights, layer_matrix
 from caloforge.sampler import ExtraGraph, ShowerSampler
 
 __all__ = [
@@ -162,19 +162,20 @@ def fit_cell_calibration(
         position = (np.log(np.asarray(showers.energy, dtype=np.float64)) - log_lo) / (log_hi - log_lo)
         return np.clip((position * n_bins).astype(np.int64), 0, n_bins - 1)
 
-    x, n_x = _hit_quantiles(generated, groups, n_groups, bins_of(generated), n_bins, levels, threshold_mev)
-    y, n_y = _hit_quantiles(reference, groups, n_groups, bins_of(reference), n_bins, levels, threshold_mev)
+    gen_bins, ref_bins = bins_of(generated), bins_of(reference)
+    x, n_x = _hit_quantiles(generated, groups, n_groups, gen_bins, n_bins, levels, threshold_mev)
+    y, n_y = _hit_quantiles(reference, groups, n_groups, ref_bins, n_bins, levels, threshold_mev)
     fitted = (n_x >= config.min_hits) & (n_y >= config.min_hits)  # (B, G)
     cut = np.zeros((n_bins, n_groups))
     if config.match_hit_count:  # the faintest fraction ``cut`` of the model's hits reads zero
         cells_per_group = np.bincount(groups, minlength=n_groups)  # (G,) per shower
 
-        def hit_fraction(counts: NDArray[np.int64], showers: ShowerSet) -> NDArray[np.float64]:
-            n_showers = np.bincount(bins_of(showers), minlength=n_bins)  # (B,)
+        def hit_fraction(counts: NDArray[np.int64], bins: NDArray[np.int64]) -> NDArray[np.float64]:
+            n_showers = np.bincount(bins, minlength=n_bins)  # (B,)
             return counts / np.maximum(np.outer(n_showers, cells_per_group), 1)
 
-        cut = np.where(fitted, np.clip(1 - hit_fraction(n_y, reference) / np.maximum(
-            hit_fraction(n_x, generated), 1e-30), 0.0, 1.0), 0.0)
+        cut = np.where(fitted, np.clip(1 - hit_fraction(n_y, ref_bins) / np.maximum(
+            hit_fraction(n_x, gen_bins), 1e-30), 0.0, 1.0), 0.0)
         # the knots move up to the quantiles cut + (1 - cut) level of the model's hits
         x = np.stack([np.stack([np.interp(cut[b, g] + (1 - cut[b, g]) * levels, levels, x[b, g])
                                 for g in range(n_groups)]) for b in range(n_bins)])
@@ -224,17 +225,8 @@ class CellCalibration(nn.Module):
         self.preserve_layer_energies = bool(preserve_layer_energies)
         self.info = dict(info or {})
 
-    def _knots(self, energy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Bins b0, b1 (N,) and weight w (N, 1) of each shower between energy-bin centres."""
-        n_bins = self.x.shape[0]
-        pos = (torch.log(energy) - self.log_lo) / (self.log_hi - self.log_lo) * n_bins - 0.5
-        pos = torch.clamp(pos, 0.0, float(n_bins - 1))
-        b0 = torch.clamp(torch.floor(pos), max=float(max(n_bins - 2, 0))).long()
-        b1 = torch.clamp(b0 + 1, max=n_bins - 1)
-        return b0, b1, (pos - b0.to(pos.dtype))[:, None]
-
     def forward(self, showers: Tensor, energy: Tensor) -> Tensor:
-        b0, b1, w = self._knots(energy)
+        b0, b1, w = energy_bin_weights(energy, self.log_lo, self.log_hi, self.x.shape[0])
         # Only hits are mapped: gathered into flat vectors (about a tenth of the cells), so the loop over
         # the knots costs a tenth of a dense one; then scattered back into zeros.
         n_voxels = showers.shape[1]

@@ -154,7 +154,6 @@ def read_checkpoint(path: str | PathLike[str], weights: bool = True) -> Checkpoi
             config = run_config_from_dict(_format1_config(entry["config"]), path)
             context = RunContext.from_dict(entry)
             state = _format1_weights(checkpoint.get("state_dict", {})) if weights else None
-            calibration = None
         else:
             config = run_config_from_dict(entry["config"], path)
             context = RunContext.from_dict(entry["context"])

@@ -181,7 +181,13 @@ def load_generator(
 ) -> ShowerGenerator:
     """A ``ShowerGenerator`` from a checkpoint written by ``caloforge train`` (any family, format 1 or 2),
     in eval mode on ``device``; ``options`` replace the run's default sampling options."""
-    content = read_checkpoint(path)
+    return _generator(read_checkpoint(path), path, device, options)
+
+
+def _generator(
+    content: CheckpointContent, path: str | PathLike[str], device: torch.device | str, options: dict[str, Any]
+) -> ShowerGenerator:
+    """A ``ShowerGenerator`` of ``content`` (read from ``path``, which errors name) on ``device``."""
     family = get_family(content.family)
     try:
         sampler = _load_sampler(content, family, options)
@@ -250,11 +256,7 @@ def calibrate_checkpoint(
     config = config or CalibrationConfig()
     content = read_checkpoint(checkpoint)
     content.calibration = None  # the model's own showers, whatever map it held
-    family = get_family(content.family)
-    try:
-        generator = ShowerGenerator(content, family, _load_sampler(content, family, {}))
-    except InputError as error:
-        raise InputError(checkpoint, error.field, error.problem, error.expected) from None
+    generator = _generator(content, checkpoint, "cpu", {})
     if reference.geometry.n_voxels != generator.geometry.n_voxels:
         raise InputError(reference.source, "showers", f"have {reference.geometry.n_voxels} voxels "
                          f"(geometry '{reference.geometry.name}')",

@@ -60,6 +60,7 @@ __all__ = [
     "PreprocessConfig",
     "PreprocessTransform",
     "ShowerPreprocessor",
+    "energy_bin_weights",
     "fit_energy_ratio",
     "layer_matrix",
     "smallest_layer_fraction",
@@ -148,6 +149,19 @@ class PreprocessTransform(nn.Module):
         return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
 
 
+def energy_bin_weights(
+    energy: Tensor, log_lo: float, log_hi: float, n_bins: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """For ``n_bins`` equal bins of ln E over [log_lo, log_hi], the two bins whose centres enclose each
+    energy (N,) MeV, b0 and b1 (N,) int64, and the weight of b1, (N, 1): linear interpolation between bin
+    centres, clamped to the first and last centre (no extrapolation). Torch ops only (ONNX-traceable)."""
+    pos = (torch.log(energy) - log_lo) / (log_hi - log_lo) * n_bins - 0.5
+    pos = torch.clamp(pos, 0.0, float(n_bins - 1))
+    b0 = torch.clamp(torch.floor(pos), max=float(max(n_bins - 2, 0))).long()
+    b1 = torch.clamp(b0 + 1, max=n_bins - 1)
+    return b0, b1, (pos - b0.to(pos.dtype))[:, None]
+
+
 class EnergyRatio(nn.Module):
     """Conditional model of r = E_tot / E_inc given E_inc: quantile table (n_bins, n_quantiles) over equal
     bins of ln E_inc in [log_lo, log_hi]. Torch ops only (ONNX-traceable).
@@ -167,12 +181,7 @@ class EnergyRatio(nn.Module):
 
     def forward(self, energy: Tensor, u: Tensor) -> Tensor:
         n_bins, n_q = self.table.shape
-        # position between bin centres, clamped to the first/last centre (no extrapolation)
-        pos = (torch.log(energy) - self.log_lo) / (self.log_hi - self.log_lo) * n_bins - 0.5
-        pos = torch.clamp(pos, 0.0, float(n_bins - 1))
-        b0 = torch.clamp(torch.floor(pos), max=float(max(n_bins - 2, 0))).long()
-        b1 = torch.clamp(b0 + 1, max=n_bins - 1)
-        wb = (pos - b0.to(pos.dtype))[:, None]
+        b0, b1, wb = energy_bin_weights(energy, self.log_lo, self.log_hi, n_bins)
         q = torch.clamp(u, 0.0, 1.0) * (n_q - 1)
         q0 = torch.clamp(torch.floor(q), max=float(n_q - 2)).long()[:, None]
         wq = q[:, None] - q0.to(q.dtype)
