@@ -13,7 +13,7 @@ from toys import TOY_GEOMETRY, toy_showers
 
 from caloforge.context import RunContext
 from caloforge.data import ShowerSet
-from caloforge.datamodule import ShowerStream, split_validation, voxel_batch
+from caloforge.datamodule import ShowerDataModule, ShowerStream, bucket_by_hits, split_validation, voxel_batch
 from caloforge.errors import InputError
 from caloforge.geometry import get_geometry
 from caloforge.io import read_showers, write_showers
@@ -106,6 +106,60 @@ def test_two_ranks_see_together_what_one_rank_sees_at_twice_the_batch(two_files:
     flat = [e for batch in one for e in batch]
     assert sorted(flat[:n]) == list(range(n)) and flat[:n] != list(range(n))
     assert flat[n : 2 * n] != flat[:n]  # a new order each pass
+
+
+def hit_labelled(n: int) -> ShowerSet:
+    """``labelled`` showers whose hit count is a seeded 1..V, so a batch's spread of counts can be read."""
+    showers = labelled(n)
+    counts = np.random.default_rng(5).integers(1, showers.showers.shape[1] + 1, n)
+    showers.showers = np.where(np.arange(showers.showers.shape[1])[None] < counts[:, None], 1.0, 0.0)
+    return showers
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_bucketed_batches_hold_similar_hit_counts_and_still_cover_every_shower(tmp_path: Path,
+                                                                                in_memory: bool) -> None:
+    data_set = hit_labelled(96)
+    write_showers(tmp_path / "h.h5", data_set)
+    data = data_set if in_memory else ShowerSource.open([tmp_path / "h.h5"], block_rows=8)
+    counts = (data_set.showers > 0).sum(1)
+
+    def spread(batches: list[list[int]]) -> float:
+        return float(np.mean([np.ptp(counts[b]) for b in batches]))
+
+    plain = take(ShowerStream(data, by_energy, 8, seed=3, shuffle_blocks=12), 12)
+    bucketed = take(ShowerStream(data, by_energy, 8, seed=3, shuffle_blocks=12, bucket=True), 24)
+    assert spread(bucketed[:12]) < 0.3 * spread(plain)
+    flat = [e for batch in bucketed for e in batch]
+    assert sorted(flat[:96]) == list(range(96)) and sorted(flat[96:]) == list(range(96))
+    assert bucketed[12:] != bucketed[:12]  # a new order each pass
+    # DDP: two ranks at half the batch together see the same bucketed batches
+    ranks = [take(ShowerStream(data, by_energy, 4, seed=3, shuffle_blocks=12, bucket=True, rank=r,
+                               world_size=2), 24) for r in range(2)]
+    assert [a + b for a, b in zip(*ranks, strict=True)] == bucketed
+
+
+def test_bucketing_cuts_where_the_stream_cuts_batches() -> None:
+    counts = np.arange(20)[::-1]
+    showers = np.where(np.arange(20)[None] < counts[:, None], 1.0, 0.0)
+    order = bucket_by_hits(showers, 8, start=3, rng=np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(20))
+    # the buffer starts 3 rows into a global batch of 8: 5 rows complete it, then 8 whole, then 7 left
+    parts = [counts[order[:5]], counts[order[5:13]], counts[order[13:]]]
+    assert np.ptp(parts[1]) == 7  # a whole batch: 8 consecutive counts
+    assert max(parts[0]) == 4 and min(parts[2]) == 13
+
+
+def test_padded_point_clouds_are_bucketed_by_default_and_the_config_decides_otherwise() -> None:
+    showers = hit_labelled(16)
+    context = RunContext.fit(showers, PreprocessConfig())
+    bucketed = {
+        (representation, setting): ShowerDataModule(showers, context, DataConfig(bucket_by_hits=setting), 4,
+                                                    representation=representation).bucket
+        for representation in ("voxels", "points") for setting in (None, True, False)
+    }
+    assert bucketed == {("voxels", None): False, ("voxels", True): True, ("voxels", False): False,
+                        ("points", None): True, ("points", True): True, ("points", False): False}
 
 
 def test_workers_and_a_resumed_stream_continue_the_same_order(two_files: list[Path]) -> None:

@@ -16,7 +16,8 @@ from caloforge.context import RunContext
 from caloforge.data import ShowerSet
 from caloforge.families.mdma_gan import MdmaGanConfig
 from caloforge.families.mdma_gan.counts import HitCountModel
-from caloforge.families.mdma_gan.points import PointScaling, Voxeliser, grid_to_hits, points_batch
+from caloforge.families.mdma_gan.module import log_response, sliced_wasserstein
+from caloforge.families.mdma_gan.points import PointScaling, Voxeliser, grid_to_hits, pack, points_batch
 from caloforge.families.mdma_gan.sampler import MdmaGanSampler
 from caloforge.geometry import CylindricalGeometry, LayerBinning
 from caloforge.models.mean_field import MeanFieldConfig, MeanFieldCritic, MeanFieldGenerator
@@ -54,7 +55,7 @@ def test_grid_to_hits_and_back_keeps_the_energy_of_every_cell(irregular: bool) -
                               np.random.default_rng(0))
     assert mask.sum() == (showers.showers > 0).sum()
     assert np.all(np.abs(hits[..., 0]) <= 1) and np.all(np.abs(hits[..., 3]) <= 1)
-    cells = Voxeliser(showers.geometry, scaling)(torch.from_numpy(hits), torch.from_numpy(mask),
+    cells = Voxeliser(showers.geometry, scaling)(*pack(torch.from_numpy(hits), torch.from_numpy(mask)),
                                                  torch.as_tensor(showers.energy, dtype=torch.float32))
     np.testing.assert_allclose(cells.numpy(), showers.showers, rtol=1e-4, atol=1e-6)
 
@@ -109,39 +110,43 @@ def _networks(cond_dim: int = 3) -> tuple[MeanFieldGenerator, MeanFieldCritic]:
     return MeanFieldGenerator(TINY, cond_dim, 5).eval(), MeanFieldCritic(TINY, cond_dim, 5).eval()
 
 
+def _sets(counts: list[int], dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed random sets: (hits (T, dim), seg (T,), cond (N, 3))."""
+    g = torch.Generator().manual_seed(seed)
+    seg = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    return torch.randn(len(seg), dim, generator=g), seg, torch.randn(len(counts), 3, generator=g)
+
+
 def test_generator_is_equivariant_and_critic_invariant_under_hit_permutations() -> None:
     generator, critic = _networks()
-    g = torch.Generator().manual_seed(1)
-    z, cond = torch.randn(3, 7, 4, generator=g), torch.randn(3, 3, generator=g)
-    mask = torch.arange(7)[None] < torch.tensor([[7], [4], [1]])
-    perm = torch.randperm(7, generator=g)
+    z, seg, cond = _sets([7, 4, 1], 4, seed=1)
+    perm = torch.randperm(len(seg), generator=torch.Generator().manual_seed(1))  # across sets, too
     with torch.no_grad():
-        out = generator(z, mask, cond)
-        torch.testing.assert_close(generator(z[:, perm], mask[:, perm], cond), out[:, perm])
-        score, field = critic(out, mask, cond)
-        score_p, field_p = critic(out[:, perm], mask[:, perm], cond)
+        out = generator(z, seg, cond)
+        torch.testing.assert_close(generator(z[perm], seg[perm], cond), out[perm])
+        score, field = critic(out, seg, cond)
+        score_p, field_p = critic(out[perm], seg[perm], cond)
     torch.testing.assert_close(score_p, score, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(field_p, field, rtol=1e-5, atol=1e-6)
 
 
-def test_padding_changes_nothing() -> None:
+def test_a_set_is_the_same_alone_or_packed_with_others_and_an_empty_set_is_finite() -> None:
     generator, critic = _networks()
-    g = torch.Generator().manual_seed(2)
-    z, cond = torch.randn(2, 5, 4, generator=g), torch.randn(2, 3, generator=g)
-    mask = torch.arange(5)[None] < torch.tensor([[5], [2]])
-    # more slots, filled with garbage, and different garbage in the padded slots already there
-    z_wide = torch.cat([z, 100 * torch.randn(2, 6, 4, generator=g)], dim=1)
-    z_wide[1, 2:5] = -50.0
-    mask_wide = torch.cat([mask, torch.zeros(2, 6, dtype=torch.bool)], dim=1)
+    z, seg, cond = _sets([5, 2, 0, 9], 4, seed=2)
+    z[seg == 3] *= 30.0  # another set with large activations must not move the others (the shared shift)
     with torch.no_grad():
-        out = generator(z, mask, cond)
-        out_wide = generator(z_wide, mask_wide, cond)
-        torch.testing.assert_close(out_wide[:, :5], out)
-        assert (out_wide[~mask_wide] == 0).all()
-        x_wide = out_wide + 1e3 * (~mask_wide)[..., None]
-        torch.testing.assert_close(critic(x_wide, mask_wide, cond)[0], critic(out, mask, cond)[0])
-    # an empty set is finite (the null hit is always attended)
-    assert torch.isfinite(critic(out, torch.zeros_like(mask), cond)[0]).all()
+        out = generator(z, seg, cond)
+        score, _ = critic(out, seg, cond)
+        for k in (0, 1, 3):
+            alone = seg == k
+            out_k = generator(z[alone], torch.zeros(int(alone.sum()), dtype=torch.int64), cond[k : k + 1])
+            torch.testing.assert_close(out_k, out[alone], rtol=1e-5, atol=1e-5)
+            score_k, _ = critic(out_k, torch.zeros_like(seg[alone]), cond[k : k + 1])
+            torch.testing.assert_close(score_k, score[k : k + 1], rtol=1e-5, atol=1e-5)
+    # the set with no hit (index 2) has a finite score: the null hit is always attended
+    assert torch.isfinite(score).all()
+    no_hits = critic(torch.zeros(0, 5), torch.zeros(0, dtype=torch.int64), cond[:2])[0]
+    assert no_hits.shape == (2,) and torch.isfinite(no_hits).all()
 
 
 def test_the_critic_is_weight_normalised() -> None:
@@ -149,6 +154,24 @@ def test_the_critic_is_weight_normalised() -> None:
     names = [name for name, _ in critic.named_parameters()]
     assert any(name.endswith("parametrizations.weight.original0") for name in names)
     assert not any(name.endswith(".weight") for name in names)
+
+
+# ---- the generator's loss terms --------------------------------------------------------------------------
+def test_sliced_wasserstein_ignores_the_order_of_hits_and_measures_a_shift(context: RunContext) -> None:
+    real, _, _ = _sets([6, 3], 5, seed=4)
+    directions = torch.eye(5)[[0, 3]]
+    shuffled = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))]
+    assert sliced_wasserstein(real, shuffled, directions).item() < 1e-12
+    shifted = real + torch.tensor([0.3, 0, 0, 0, 0])
+    # projected on axis 0 every hit moved by 0.3, on axis 3 by nothing: mean of (0.09, 0)
+    torch.testing.assert_close(sliced_wasserstein(real, shifted, directions), torch.tensor(0.045))
+    # ln(E_tot / E_inc) of packed sets: a set of two hits of 1/4 each has ln(1/2)
+    scaling = PointScaling.of(context)
+    quarter = (math.log(0.25) - scaling.log_mid) / scaling.log_half
+    hits = torch.zeros(3, 5)
+    hits[:, 4] = quarter
+    response = log_response(hits, torch.tensor([0, 0, 1]), torch.zeros(2, 1), scaling)
+    torch.testing.assert_close(response, torch.tensor([math.log(0.5), math.log(0.25)]))
 
 
 # ---- the hit count --------------------------------------------------------------------------------------

@@ -94,6 +94,9 @@ class DataConfig:
         workers: dataloader worker processes per rank (0: read in the training process).
         balance_detectors: in showers of several detectors, repeat the smaller detectors' showers so every
             detector is seen as often as the largest (``caloforge.datamodule.balanced_pass``).
+        bucket_by_hits: cut training batches from buffers sorted by hit count, the batches in random order
+            (``caloforge.datamodule.bucket_by_hits``), so padded point clouds cost about their own size
+            (``None``: on for families whose representation is padded, ``points``).
     """
 
     stream: bool | None = None
@@ -104,6 +107,7 @@ class DataConfig:
     validation_every: int = 500
     workers: int = 0
     balance_detectors: bool = True
+    bucket_by_hits: bool | None = None
 
     def __post_init__(self) -> None:
         if self.block_rows < 1 or self.shuffle_blocks < 1 or self.workers < 0 or self.validation_every < 1:

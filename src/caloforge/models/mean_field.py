@@ -1,17 +1,20 @@
 """Mean-field attention networks over point clouds (MDMA: Buss, Kasieczka et al., "Mean-field attention"
 for calorimeter point clouds, CaloChallenge 2024 entry), a generator and a critic.
 
-A set of M hits (B, M, D), of which ``mask`` (B, M) marks the real ones, exchanges information only through
-one learned mean-field vector per set (B, D):
+N sets of hits are packed: all hits in one tensor (T, D), and ``seg`` (T,) int64, the set each hit belongs
+to (so a batch costs its real hits only, never padding up to its largest set). The hits of a set exchange
+information only through one learned mean-field vector per set (N, D):
 
-* the mean field queries the hits with multi-head cross-attention (masked; a learned "null" hit is always
-  attended, so a set with no hit is well defined and padding never enters the softmax), then an MLP of
-  [attention output, mean field, condition] updates it;
-* every hit is updated by the same per-hit MLP of [hit, mean field, condition].
+* the mean field queries its hits with multi-head cross-attention (a per-set softmax; a learned "null" hit
+  is always attended, so a set with no hit is well defined), then an MLP of [attention output, mean field,
+  condition] updates it;
+* every hit is updated by the same per-hit MLP of [hit, mean field of its set, condition].
 
-So a block costs O(M D) instead of attention's O(M^2 D), hits are permutation equivariant, and anything read
-off the mean field is permutation invariant. The backbones know no objective: the ``mdma-gan`` family's
-module owns the WGAN-GP losses. File layout: helpers, blocks, the two models, then named size presets.
+So a block costs O(T D) instead of attention's O(M^2 D) per set, hits are permutation equivariant, and
+anything read off the mean field is permutation invariant. Per-set sums are scatter-adds (ONNX
+ScatterElements), so the networks export with a dynamic number of hits. The backbones know no objective:
+the ``mdma-gan`` family's module owns the WGAN-GP losses. File layout: helpers, blocks, the two models,
+then named size presets.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "MeanFieldCritic",
     "MeanFieldGenerator",
     "MeanFieldSize",
+    "per_set_sum",
 ]
 
 
@@ -50,17 +54,21 @@ def _weight_normalise(module: nn.Module) -> nn.Module:
     return module
 
 
-def _hit_mask(mask: Tensor, like: Tensor) -> Tensor:
-    """mask (B, M) bool -> (B, M, 1) in ``like``'s dtype."""
-    return mask.to(like.dtype)[..., None]
+def per_set_sum(values: Tensor, seg: Tensor, sets: Tensor) -> Tensor:
+    """Sum of per-hit rows over each set: values (T, *S), seg (T,) int64 -> (N, *S), N = len(sets) (any
+    (N, ...) tensor of the batch; its length is taken from the graph, so an exported batch stays dynamic)."""
+    index = seg.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
+    zeros = torch.zeros_like(sets.reshape(sets.shape[0], -1)[:, :1])  # (N, 1)
+    zeros = zeros.view(-1, *([1] * (values.dim() - 1))).expand(-1, *values.shape[1:])
+    return zeros.scatter_add(0, index, values)
 
 
 # ---- blocks -----------------------------------------------------------------------------------------------
 class MeanFieldAttention(nn.Module):
-    """Multi-head cross-attention of the mean field over the real hits plus a learned null hit.
+    """Multi-head cross-attention of each set's mean field over its hits plus a learned null hit.
 
-    ``forward(mf, h, mask)``: mf (B, D), h (B, M, D), mask (B, M) bool -> (B, D). Invariant under any
-    permutation of the hits (with their mask entries); padded hits get probability exactly 0.
+    ``forward(mf, h, seg)``: mf (N, D), h (T, D), seg (T,) int64 -> (N, D). Invariant under any permutation
+    of the hits (with their ``seg`` entries).
     """
 
     def __init__(self, dim: int, n_heads: int) -> None:
@@ -72,25 +80,30 @@ class MeanFieldAttention(nn.Module):
         self.null_key = nn.Parameter(torch.randn(n_heads, self.head_dim) * 0.02)
         self.null_value = nn.Parameter(torch.zeros(n_heads, self.head_dim))
 
-    def forward(self, mf: Tensor, h: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, mf: Tensor, h: Tensor, seg: Tensor) -> Tensor:
         heads = (self.n_heads, self.head_dim)
         scale = 1.0 / math.sqrt(self.head_dim)
-        q = self.query(mf).unflatten(-1, heads)  # (B, H, dh)
-        k = self.key(h).unflatten(-1, heads)  # (B, M, H, dh)
-        v = self.value(h).unflatten(-1, heads)  # (B, M, H, dh)
-        scores = (k * q[:, None]).sum(-1) * scale  # (B, M, H)
-        scores = scores.masked_fill(~mask[..., None], float("-inf"))
-        null = (self.null_key * q).sum(-1)[:, None] * scale  # (B, 1, H)
-        p = torch.softmax(torch.cat([null, scores], dim=1), dim=1)  # (B, 1 + M, H)
-        pooled = p[:, 0, :, None] * self.null_value + (p[:, 1:, :, None] * v).sum(1)  # (B, H, dh)
-        return self.out(pooled.flatten(1))  # (B, D)
+        q = self.query(mf).unflatten(-1, heads)  # (N, H, dh)
+        k = self.key(h).unflatten(-1, heads)  # (T, H, dh)
+        v = self.value(h).unflatten(-1, heads)  # (T, H, dh)
+        scores = (k * q.index_select(0, seg)).sum(-1) * scale  # (T, H)
+        null = (self.null_key * q).sum(-1) * scale  # (N, H)
+        # A softmax is unchanged by a constant shift within a set; one shift for all sets (the largest
+        # score of each head) keeps exp() finite without a per-set maximum. The floor only matters if a
+        # whole set scored ~80 below another set of the batch: its weights then stay finite.
+        shift = torch.cat([null, scores]).amax(0).detach()  # (H,)
+        w_hits = torch.exp((scores - shift).clamp(min=-80.0))  # (T, H)
+        w_null = torch.exp((null - shift).clamp(min=-80.0))  # (N, H)
+        total = w_null + per_set_sum(w_hits, seg, mf)  # (N, H)
+        pooled = w_null[..., None] * self.null_value + per_set_sum(w_hits[..., None] * v, seg, mf)
+        return self.out((pooled / total[..., None]).flatten(1))  # (N, D)
 
 
 class MeanFieldBlock(nn.Module):
     """One mean-field update then one per-hit update (module doc), both residual.
 
-    ``forward(h, mf, mask, cond)``: h (B, M, D), mf (B, D), mask (B, M) bool, cond (B, C) ->
-    (h (B, M, D) with padded hits zero, mf (B, D)).
+    ``forward(h, mf, seg, cond)``: h (T, D), mf (N, D), seg (T,) int64, cond (N, C) -> (h (T, D),
+    mf (N, D)).
     """
 
     def __init__(self, dim: int, n_heads: int, cond_dim: int) -> None:
@@ -98,25 +111,25 @@ class MeanFieldBlock(nn.Module):
         self.attention = MeanFieldAttention(dim, n_heads)
         self.field = _mlp(2 * dim + cond_dim, 2 * dim, dim)
         # the per-hit MLP's first layer split into its hit part and its (mean field, condition) part, so
-        # the latter is computed once per set and broadcast, not copied to every hit
+        # the latter is computed once per set and gathered, not concatenated to every hit
         self.hit_in = nn.Linear(dim, 2 * dim)
         self.context_in = nn.Linear(dim + cond_dim, 2 * dim, bias=False)
         self.hit_out = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(2 * dim, dim))
 
-    def forward(self, h: Tensor, mf: Tensor, mask: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
-        pooled = self.attention(mf, h, mask)  # (B, D)
-        mf = mf + self.field(torch.cat([pooled, mf, cond], dim=1))  # (B, D)
-        context = self.context_in(torch.cat([mf, cond], dim=1))  # (B, 2D)
-        h = h + self.hit_out(self.hit_in(h) + context[:, None])  # (B, M, D)
-        return h * _hit_mask(mask, h), mf
+    def forward(self, h: Tensor, mf: Tensor, seg: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        pooled = self.attention(mf, h, seg)  # (N, D)
+        mf = mf + self.field(torch.cat([pooled, mf, cond], dim=1))  # (N, D)
+        context = self.context_in(torch.cat([mf, cond], dim=1))  # (N, 2D)
+        h = h + self.hit_out(self.hit_in(h) + context.index_select(0, seg))  # (T, D)
+        return h, mf
 
 
 # ---- the models -------------------------------------------------------------------------------------------
 class MeanFieldGenerator(nn.Module):
-    """Latent hits -> hit features, given the set's condition.
+    """Latent hits -> hit features, given each set's condition.
 
-    ``forward(z, mask, cond)``: z (B, M, latent) standard normal, mask (B, M) bool (the real hits),
-    cond (B, C) -> hits (B, M, n_features), zero where ``mask`` is False. Permutation equivariant.
+    ``forward(z, seg, cond)``: z (T, latent) standard normal, one row per hit, seg (T,) int64 the set of
+    each hit, cond (N, C) -> hits (T, n_features). Permutation equivariant.
     """
 
     def __init__(self, config: MeanFieldConfig, cond_dim: int, n_features: int) -> None:
@@ -129,19 +142,19 @@ class MeanFieldGenerator(nn.Module):
         self.blocks = nn.ModuleList(MeanFieldBlock(d, size.n_heads, cond_dim) for _ in range(size.depth))
         self.head = _mlp(d, d, n_features)
 
-    def forward(self, z: Tensor, mask: Tensor, cond: Tensor) -> Tensor:
-        h = self.embed(z) * _hit_mask(mask, z)  # (B, M, D)
-        mf = self.field0(cond)  # (B, D)
+    def forward(self, z: Tensor, seg: Tensor, cond: Tensor) -> Tensor:
+        h = self.embed(z)  # (T, D)
+        mf = self.field0(cond)  # (N, D)
         for block in self.blocks:
-            h, mf = block(h, mf, mask, cond)
-        return self.head(h) * _hit_mask(mask, z)  # (B, M, F)
+            h, mf = block(h, mf, seg, cond)
+        return self.head(h)  # (T, F)
 
 
 class MeanFieldCritic(nn.Module):
     """Hit sets -> a WGAN critic score and the final mean field, both permutation invariant.
 
-    ``forward(x, mask, cond)``: x (B, M, n_features), mask (B, M) bool, cond (B, C) ->
-    (score (B,), mean field (B, D), the features of feature matching). Every Linear is weight-normalised.
+    ``forward(x, seg, cond)``: x (T, n_features), seg (T,) int64, cond (N, C) -> (score (N,), mean field
+    (N, D), the features of feature matching). Every Linear is weight-normalised.
     """
 
     def __init__(self, config: MeanFieldConfig, cond_dim: int, n_features: int) -> None:
@@ -155,12 +168,12 @@ class MeanFieldCritic(nn.Module):
         self.head = _mlp(d + cond_dim, d, 1)
         _weight_normalise(self)
 
-    def forward(self, x: Tensor, mask: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.embed(x * _hit_mask(mask, x)) * _hit_mask(mask, x)  # (B, M, D)
-        mf = self.field0(cond)  # (B, D)
+    def forward(self, x: Tensor, seg: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.embed(x)  # (T, D)
+        mf = self.field0(cond)  # (N, D)
         for block in self.blocks:
-            h, mf = block(h, mf, mask, cond)
-        mf = mf + self.readout(mf, h, mask)  # (B, D)
+            h, mf = block(h, mf, seg, cond)
+        mf = mf + self.readout(mf, h, seg)  # (N, D)
         return self.head(torch.cat([mf, cond], dim=1))[:, 0], mf
 
 

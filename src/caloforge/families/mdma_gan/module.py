@@ -1,21 +1,26 @@
 """The ``mdma-gan`` LightningModule: WGAN-GP on point clouds, by manual optimisation.
 
-Each training step (batch) makes exactly one optimiser update, so ``global_step`` counts batches: steps
+Each training step (batch) makes exactly one update of the GAN, so ``global_step`` counts batches: steps
 whose index modulo ``critic_steps + 1`` is below ``critic_steps`` update the critic, the others the
-generator (and the hit-count model), as WGAN-GP's loop draws a fresh real batch for every critic update.
+generator, as WGAN-GP's loop draws a fresh real batch for every critic update. The hit-count model, a plain
+maximum-likelihood fit independent of the GAN, has its own optimiser and learns on every batch (inside the
+generator's optimiser its gradients were clipped together with the generator's, hundreds of times larger,
+and it did not learn).
 Both learning-rate schedules (``FamilyModule.schedule``: warm-up, cosine) are stepped after every batch, so
 both follow the run's progress, whichever network was updated.
 
 * critic: E[D(fake)] - E[D(real)] + gp_weight E[(|grad D(x_hat)| - 1)^2] (Gulrajani et al. 2017, eq. 3),
-  x_hat = eps x real + (1 - eps) x fake per shower. Fakes are generated with the real batch's mask (its hit
-  counts and padding), so the interpolates are masked alike and the penalty's gradient norm runs over
-  real hits only.
+  x_hat = eps x real + (1 - eps) x fake per shower. Fakes are generated with the real batch's hit counts
+  (the same packed layout), so real, fake and interpolates line up hit by hit, and the gradient norm is
+  taken per shower.
 * generator: -E[D(fake)] + feature_matching |mean mf(real) - mean mf(fake)|^2 (the critic's final mean
   field, Salimans et al. 2016) + response_weight E[(ln R_fake - ln R_real)^2], R = E_tot / E_inc of each
-  shower and of the real one whose conditions and count it was given, + the hit-count model's NLL.
+  shower and of the real one whose conditions and count it was given, + sliced_weight x the sliced
+  Wasserstein distance of the batch's pooled hits (``sliced_wasserstein``).
 
 Batches are ``points.points_batch``'s: hits (B, M_b, 5), mask (B, M_b), cond (B, C), E_inc (B,) MeV;
-hits beyond the model's slots (the lowest-energy ones: the batch is sorted) are dropped.
+hits beyond the model's slots (the lowest-energy ones: the batch is sorted) are dropped, the rest packed
+(``points.pack``: (T, 5) and the shower of each hit) for the networks.
 """
 
 from __future__ import annotations
@@ -29,30 +34,43 @@ from torch import Tensor
 
 from caloforge.context import RunContext
 from caloforge.families.mdma_gan import MdmaGanConfig
-from caloforge.families.mdma_gan.points import N_FEATURES, PointScaling, hit_energies
+from caloforge.families.mdma_gan.points import N_FEATURES, PointScaling, hit_energies, pack
 from caloforge.families.mdma_gan.sampler import build_counts, build_generator, hit_condition
-from caloforge.models.mean_field import MeanFieldCritic
+from caloforge.models.mean_field import MeanFieldCritic, per_set_sum
 from caloforge.optim import build_optimizer
 from caloforge.runconfig import RunConfig
 from caloforge.training import FamilyModule
 
-__all__ = ["MdmaGanModule", "gradient_penalty", "log_response"]
+__all__ = ["MdmaGanModule", "gradient_penalty", "log_response", "sliced_wasserstein"]
 
 
-def log_response(hits: Tensor, mask: Tensor, scaling: PointScaling) -> Tensor:
-    """ln(E_tot / E_inc) (B,) of hit sets (B, M, 5) with mask (B, M)."""
-    return torch.log(hit_energies(hits, mask, scaling).sum(1) + 1e-12)
+def log_response(hits: Tensor, seg: Tensor, cond: Tensor, scaling: PointScaling) -> Tensor:
+    """ln(E_tot / E_inc) (B,) of packed hit sets (T, 5) with seg (T,) (cond (B, C): the batch)."""
+    return torch.log(per_set_sum(hit_energies(hits, scaling), seg, cond) + 1e-12)
 
 
-def gradient_penalty(critic: MeanFieldCritic, real: Tensor, fake: Tensor, mask: Tensor, cond: Tensor,
+def sliced_wasserstein(real: Tensor, fake: Tensor, directions: Tensor) -> Tensor:
+    """Squared sliced 2-Wasserstein distance (Deshpande et al. 2018) between the real and generated hits of a
+    batch, all showers' hits pooled: real, fake (T, F) packed (the fakes take the real batch's hit counts),
+    directions (K, F) unit vectors. Each projection's T values are sorted and matched in order, the exact
+    1-D optimal transport; the mean over T and K of the squared differences is returned. Batches are
+    bucketed by hit count, hence by energy, so the pooled hits are those of similar showers: a steady,
+    non-adversarial pull on the hit marginals (position, energy and their joint projections) that a young
+    critic cannot give yet."""
+    r = real @ directions.T  # (T, K)
+    f = fake @ directions.T
+    return (torch.sort(r, dim=0).values - torch.sort(f, dim=0).values).pow(2).mean()
+
+
+def gradient_penalty(critic: MeanFieldCritic, real: Tensor, fake: Tensor, seg: Tensor, cond: Tensor,
                      generator: torch.Generator) -> Tensor:
-    """E[(|grad_x D(x_hat)| - 1)^2] over masked interpolates x_hat (B, M, F) of real and fake hit sets."""
-    eps = torch.rand(real.shape[0], 1, 1, generator=generator, device=real.device)
+    """E[(|grad_x D(x_hat)| - 1)^2] over interpolates x_hat (T, F) of real and fake packed hit sets, one
+    mixing weight and one gradient norm per shower."""
+    eps = torch.rand(cond.shape[0], generator=generator, device=real.device)[seg, None]  # (T, 1)
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    score, _ = critic(x_hat, mask, cond)
+    score, _ = critic(x_hat, seg, cond)
     (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
-    grad = grad * mask.to(grad.dtype)[..., None]  # the critic ignores padding; say so explicitly
-    norm = torch.sqrt(grad.pow(2).flatten(1).sum(1) + 1e-12)
+    norm = torch.sqrt(per_set_sum(grad.pow(2).sum(1), seg, cond) + 1e-12)  # (B,)
     return ((norm - 1) ** 2).mean()
 
 
@@ -78,16 +96,16 @@ class MdmaGanModule(FamilyModule):
 
     # -- data
     def _inputs(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(hits (B, M, 5), mask (B, M), cond (B, C), cond with the count (B, C + 1), counts (B,)), hits
-        cut to the model's slots."""
+        """(hits packed (T, 5), seg (T,), cond (B, C), cond with the count (B, C + 1), counts (B,)), each
+        shower's hits cut to the model's slots (its largest: the batch is sorted)."""
         hits, mask, cond = batch[0][:, : self.max_hits], batch[1][:, : self.max_hits], batch[2]
         n_hits = mask.sum(1)
-        return hits, mask, cond, hit_condition(cond, n_hits, self.max_hits), n_hits
+        return *pack(hits, mask), cond, hit_condition(cond, n_hits, self.max_hits), n_hits
 
-    def _fake(self, mask: Tensor, cond_n: Tensor, noise: torch.Generator) -> Tensor:
-        """Generated hit sets (B, M, 5) with the given mask (B, M) and condition (B, C + 1)."""
-        z = torch.randn(*mask.shape, self.latent, generator=noise, device=mask.device)
-        return self.generator(z, mask, cond_n)
+    def _fake(self, seg: Tensor, cond_n: Tensor, noise: torch.Generator) -> Tensor:
+        """Generated packed hits (T, 5) for the showers ``seg`` (T,) points into, conditions (B, C + 1)."""
+        z = torch.randn(seg.shape[0], self.latent, generator=noise, device=seg.device)
+        return self.generator(z, seg, cond_n)
 
     # -- training
     def _is_critic_step(self) -> bool:
@@ -95,41 +113,46 @@ class MdmaGanModule(FamilyModule):
         return self.global_step % (every + 1) < every
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        hits, mask, cond, cond_n, n_hits = self._inputs(batch)
+        hits, seg, cond, cond_n, n_hits = self._inputs(batch)
         noise = self.noise_generator()
-        gen_opt, critic_opt = self.optimizers()  # type: ignore[attr-defined]
+        gen_opt, critic_opt, counts_opt = self.optimizers()  # type: ignore[attr-defined]
         if self._is_critic_step():
             with torch.no_grad():
-                fake = self._fake(mask, cond_n, noise)
-            real_score, _ = self.critic(hits, mask, cond_n)
-            fake_score, _ = self.critic(fake, mask, cond_n)
-            penalty = gradient_penalty(self.critic, hits, fake, mask, cond_n, noise)
+                fake = self._fake(seg, cond_n, noise)
+            real_score, _ = self.critic(hits, seg, cond_n)
+            fake_score, _ = self.critic(fake, seg, cond_n)
+            penalty = gradient_penalty(self.critic, hits, fake, seg, cond_n, noise)
             distance = real_score.mean() - fake_score.mean()  # the Wasserstein estimate
             loss = -distance + self.config.model.gp_weight * penalty
             self._update(critic_opt, loss)
             self.log_dict({"train/wasserstein": distance, "train/gradient_penalty": penalty},
                           on_step=True, on_epoch=False)
         else:
-            loss = self._generator_loss(hits, mask, cond, cond_n, n_hits, noise)
+            loss = self._generator_loss(hits, seg, cond, cond_n, noise)
             self._update(gen_opt, loss)
+        count_nll = self.counts.loss(cond, n_hits)  # its own optimiser, every batch (module doc)
+        self._update(counts_opt, count_nll)
+        self.log("train/count_nll", count_nll, on_step=True, on_epoch=False)
         self._step_schedules()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
-    def _generator_loss(self, hits: Tensor, mask: Tensor, cond: Tensor, cond_n: Tensor, n_hits: Tensor,
+    def _generator_loss(self, hits: Tensor, seg: Tensor, cond: Tensor, cond_n: Tensor,
                         noise: torch.Generator) -> Tensor:
         model: MdmaGanConfig = self.config.model
-        fake = self._fake(mask, cond_n, noise)
-        fake_score, fake_field = self.critic(fake, mask, cond_n)
+        fake = self._fake(seg, cond_n, noise)
+        fake_score, fake_field = self.critic(fake, seg, cond_n)
         with torch.no_grad():
-            _, real_field = self.critic(hits, mask, cond_n)
+            _, real_field = self.critic(hits, seg, cond_n)
         matching = (fake_field.mean(0) - real_field.mean(0)).pow(2).mean()
-        response = (log_response(fake, mask, self.scaling) - log_response(hits, mask, self.scaling)).pow(2)
-        count_nll = self.counts.loss(cond, n_hits)
+        response = (log_response(fake, seg, cond, self.scaling)
+                    - log_response(hits, seg, cond, self.scaling)).pow(2)
+        directions = torch.randn(model.sliced_projections, N_FEATURES, generator=noise, device=hits.device)
+        sliced = sliced_wasserstein(hits, fake, directions / directions.norm(dim=1, keepdim=True))
         self.log_dict({"train/feature_matching": matching, "train/response": response.mean(),
-                       "train/count_nll": count_nll}, on_step=True, on_epoch=False)
+                       "train/sliced_wasserstein": sliced}, on_step=True, on_epoch=False)
         return (-fake_score.mean() + model.feature_matching * matching
-                + model.response_weight * response.mean() + count_nll)
+                + model.response_weight * response.mean() + model.sliced_weight * sliced)
 
     def _update(self, optimizer: Any, loss: Tensor) -> None:
         optimizer.zero_grad()
@@ -157,15 +180,15 @@ class MdmaGanModule(FamilyModule):
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
         optim, model = self.config.optim, self.config.model
         precision = self.config.train.precision
-        generator = build_optimizer([*self.generator.parameters(), *self.counts.parameters()], optim,
-                                    precision)
+        generator = build_optimizer(self.generator.parameters(), optim, precision)
         critic_optim = replace(optim, lr=model.critic_lr_for(optim.lr))
         critic = build_optimizer(self.critic.parameters(), critic_optim, precision)
         for optimizer in (generator, critic):
             for group in optimizer.param_groups:
                 group["betas"] = tuple(model.betas)
-        schedules = [self.schedule(generator)["scheduler"], self.schedule(critic)["scheduler"]]
-        return [generator, critic], schedules
+        counts = build_optimizer(self.counts.parameters(), replace(optim, lr=model.count_lr), precision)
+        optimizers = [generator, critic, counts]
+        return optimizers, [self.schedule(optimizer)["scheduler"] for optimizer in optimizers]
 
     # -- the checkpoint entry
     def sampler_state_dict(self) -> dict[str, Tensor]:

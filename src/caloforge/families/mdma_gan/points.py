@@ -21,7 +21,8 @@ A batch (``points_batch``) is padded and masked: hits (B, M_b, 5) float32 with e
 energy, highest first (so a model with fewer slots keeps the largest hits by slicing), mask (B, M_b) bool,
 condition vectors (B, C) and E_inc (B,) MeV; M_b is the batch's largest hit count (at least 1).
 
-``Voxeliser`` is the way back, hits -> cells, summing the energies of hits that share a cell with a
+The networks take the real hits packed (``pack``: (T, 5) and the shower of each); ``Voxeliser`` is the
+way back, packed hits -> cells, summing the energies of hits that share a cell with a
 scatter-add, so it exports to ONNX. It handles per-layer binning (CaloChallenge dataset 1): each layer's
 alpha and radial bins are looked up from tables indexed by the hit's layer. No Lightning here.
 """
@@ -42,7 +43,7 @@ from caloforge.context import RunContext
 from caloforge.data import ShowerSet
 from caloforge.geometry import CylindricalGeometry
 
-__all__ = ["N_FEATURES", "PointScaling", "Voxeliser", "grid_to_hits", "hit_energies", "points_batch"]
+__all__ = ["N_FEATURES", "PointScaling", "Voxeliser", "grid_to_hits", "hit_energies", "pack", "points_batch"]
 
 N_FEATURES = 5
 _MARGIN = 1e-3  # fraction of a cell kept free at its edges by the dequantisation
@@ -129,16 +130,21 @@ def points_batch(showers: ShowerSet, context: RunContext) -> tuple[Tensor, ...]:
             torch.from_numpy(energy.astype(np.float32)))
 
 
-def hit_energies(hits: Tensor, mask: Tensor, scaling: PointScaling) -> Tensor:
-    """Hits (B, M, 5), mask (B, M) -> E_hit / E_inc (B, M), zero for padding; capped at 1 (no hit holds
-    more than the incident energy)."""
-    log_ratio = (scaling.log_mid + scaling.log_half * hits[..., 4]).clamp(max=0.0)
-    return torch.exp(log_ratio) * mask.to(hits.dtype)
+def pack(hits: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Padded hits (B, M, F) with mask (B, M) -> (the real hits packed (T, F), seg (T,) int64 the shower of
+    each), shower by shower in slot order: the layout of ``caloforge.models.mean_field``."""
+    return hits[mask], mask.nonzero()[:, 0]
+
+
+def hit_energies(hits: Tensor, scaling: PointScaling) -> Tensor:
+    """Hits (..., 5) -> E_hit / E_inc (...), capped at 1 (no hit holds more than the incident energy)."""
+    return torch.exp((scaling.log_mid + scaling.log_half * hits[..., 4]).clamp(max=0.0))
 
 
 class Voxeliser(nn.Module):
-    """Hits -> cells: ``forward(hits, mask, energy)``: hits (N, M, 5), mask (N, M) bool, E_inc (N,) MeV ->
-    showers (N, V) MeV, the energies of the hits in each cell summed (scatter-add; ONNX-exportable).
+    """Hits -> cells: ``forward(hits, seg, energy)``: packed hits (T, 5), seg (T,) int64 the shower of each
+    hit, E_inc (N,) MeV -> showers (N, V) MeV, the energies of the hits in each cell summed (scatter-add;
+    ONNX-exportable).
 
     Positions outside the readout are clamped to the nearest layer and radial bin; alpha wraps. Hits in an
     empty layer (no voxels) are dropped. Tables are buffers derived from the geometry (not weights).
@@ -170,22 +176,23 @@ class Voxeliser(nn.Module):
             self.register_buffer(name, value, persistent=False)
 
     def cells(self, hits: Tensor) -> Tensor:
-        """Hits (N, M, 5) -> flat voxel index (N, M) int64 of each hit's cell (in [0, V))."""
+        """Hits (..., 5) -> flat voxel index (...) int64 of each hit's cell (in [0, V))."""
         n_layers = self.scaling.n_layers
-        layer = torch.floor((hits[..., 0] + 1) * (0.5 * n_layers)).clamp(0, n_layers - 1).long()  # (N, M)
-        alpha = torch.atan2(hits[..., 2], hits[..., 1])  # (N, M) in [-pi, pi]
-        n_alpha = self.n_alpha[layer]  # (N, M)
+        layer = torch.floor((hits[..., 0] + 1) * (0.5 * n_layers)).clamp(0, n_layers - 1).long()
+        alpha = torch.atan2(hits[..., 2], hits[..., 1])  # in [-pi, pi]
+        n_alpha = self.n_alpha[layer]
         alpha_bin = torch.remainder(torch.floor((alpha + math.pi) * (0.5 / math.pi) * n_alpha), n_alpha)
-        r_mm = (hits[..., 3] + 1) * (0.5 * self.scaling.outer_radius_mm)  # (N, M)
-        n_radial = self.n_radial[layer]  # (N, M)
-        radial = (r_mm[..., None] >= self.inner_edges[layer]).long().sum(-1)  # (N, M)
+        r_mm = (hits[..., 3] + 1) * (0.5 * self.scaling.outer_radius_mm)
+        n_radial = self.n_radial[layer]
+        radial = (r_mm[..., None] >= self.inner_edges[layer]).long().sum(-1)
         radial = torch.minimum(radial, n_radial - 1)
         index = self.layer_offset[layer] + alpha_bin.long() * n_radial + radial
         return index.clamp(0, self.n_voxels - 1)
 
-    def forward(self, hits: Tensor, mask: Tensor, energy: Tensor) -> Tensor:
-        layer = torch.floor((hits[..., 0] + 1) * (0.5 * self.scaling.n_layers))
-        used = self.layer_used[layer.clamp(0, self.scaling.n_layers - 1).long()]  # (N, M)
-        deposits = hit_energies(hits, mask, self.scaling) * used * energy[:, None]  # (N, M) MeV
-        empty = torch.zeros_like(energy)[:, None].expand(-1, self.n_voxels)  # (N, V), batch kept dynamic
-        return empty.scatter_add(1, self.cells(hits), deposits)  # (N, V) MeV
+    def forward(self, hits: Tensor, seg: Tensor, energy: Tensor) -> Tensor:
+        layer = torch.floor((hits[:, 0] + 1) * (0.5 * self.scaling.n_layers))
+        used = self.layer_used[layer.clamp(0, self.scaling.n_layers - 1).long()]  # (T,)
+        deposits = hit_energies(hits, self.scaling) * used * energy.index_select(0, seg)  # (T,) MeV
+        flat = seg * self.n_voxels + self.cells(hits)  # (T,) index into the N x V cells
+        empty = torch.zeros_like(energy)[:, None].expand(-1, self.n_voxels).reshape(-1)  # (N V,), N dynamic
+        return empty.scatter_add(0, flat, deposits).view(-1, self.n_voxels)  # (N, V) MeV

@@ -7,10 +7,12 @@ Noise spec, in order (each (N, *shape)):
 * ``hit_noise`` (M, latent) normal: one latent per hit slot; slots at or beyond the drawn count are padding
   and change nothing.
 
-forward: condition vector -> n (N,) -> mask (N, M) = slot < n -> generator(hit_noise, mask, [cond, n]) ->
-hit features (N, M, 5) -> ``points.Voxeliser`` (energies summed per cell) -> cells below the readout
-threshold zeroed -> showers (N, V) MeV. M is fixed (``MdmaGanConfig.hit_slots``), so the graph has static
-shapes apart from the batch.
+forward: condition vector -> n (N,) -> the slots below each shower's n, packed ((T, 2) indices, T = sum n)
+-> their latents (T, latent) -> generator(latents, shower of each, [cond, n]) -> hit features (T, 5) ->
+``points.Voxeliser`` (energies summed per cell) -> cells below the readout threshold zeroed -> showers
+(N, V) MeV. The noise has fixed shapes (M = ``MdmaGanConfig.hit_slots``) but only the T drawn hits are
+computed, so a batch costs its showers' own hit counts, not M each; the graph's hit axis is dynamic (ONNX
+NonZero), with no branching on values.
 """
 
 from __future__ import annotations
@@ -80,9 +82,11 @@ class MdmaGanSampler(ShowerSampler):
         count_u, hit_noise = noise
         cond = self.encoder(energy, theta, phi, detector)  # (N, C)
         n_hits = self.counts.draw(cond, count_u)  # (N,)
-        mask = self.slots[None] < n_hits[:, None]  # (N, M) bool
-        hits = self.generator(hit_noise, mask, hit_condition(cond, n_hits, self.max_hits))  # (N, M, 5)
-        showers = self.voxeliser(hits, mask, energy)  # (N, V) MeV
+        drawn = (self.slots[None] < n_hits[:, None]).nonzero()  # (T, 2): shower, slot
+        seg = drawn[:, 0]  # (T,)
+        latents = hit_noise.flatten(0, 1).index_select(0, seg * self.max_hits + drawn[:, 1])  # (T, latent)
+        hits = self.generator(latents, seg, hit_condition(cond, n_hits, self.max_hits))
+        showers = self.voxeliser(hits, seg, energy)  # (N, V) MeV
         return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
 
     def metadata(self) -> dict[str, Any]:
