@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 
 from caloforge.cli import main
+from caloforge.data import ShowerSet
 from caloforge.evaluate import ClassifierConfig, EvaluateConfig, evaluate_files
-from caloforge.geometry import CylindricalGeometry
+from caloforge.evaluate.features import compute_features
+from caloforge.evaluate.plots import azimuthal_profile
+from caloforge.geometry import CylindricalGeometry, get_geometry
 from caloforge.io import write_showers
 from caloforge.simulate import GFlashConfig, simulate
 
@@ -82,7 +85,8 @@ def test_report_refers_only_to_existing_images_and_numbers(files: tuple[Path, Pa
 
     page = _Page()
     page.feed((out / "index.html").read_text())
-    assert len(page.images) == len(metrics["plots"]) >= 14
+    assert len(page.images) == len(metrics["plots"]) >= 15
+    assert "azimuthal_profile.png" in page.images
     for image in page.images:
         assert (out / image).stat().st_size > 5000, image
     assert len(page.metrics) >= 10
@@ -95,6 +99,19 @@ def test_report_refers_only_to_existing_images_and_numbers(files: tuple[Path, Pa
             assert float(shown) == pytest.approx(value, rel=5e-4), dotted
     assert re.search(r"AUC &lt; 0\.6|AUC < 0\.6", (out / "index.html").read_text())
     assert not list(tmp_path.glob(".report*")), "temporary directory left behind"
+
+
+def test_azimuthal_profile_sums_each_alpha_bin_and_needs_one_alpha_binning() -> None:
+    showers = np.zeros((2, SMALL.n_voxels))
+    _, alpha, _ = SMALL.voxel_indices
+    showers[:, alpha == 0] = 1.0  # every voxel of the first alpha bin (alpha in [-pi, -2 pi / 3))
+    showers[1, alpha == 5] = 3.0
+    features = compute_features(ShowerSet(showers, SMALL, np.full(2, 1e4)), threshold_mev=0.0)
+    cells = SMALL.n_layers * SMALL.n_radial  # voxels per alpha bin
+    np.testing.assert_allclose(azimuthal_profile(features), [cells, 0, 0, 0, 0, 1.5 * cells])
+    photons = get_geometry("calochallenge-1-photons")  # layers of 1 and of 10 alpha bins
+    mixed = ShowerSet(np.ones((2, photons.n_voxels)), photons, np.full(2, 1e4))
+    assert azimuthal_profile(compute_features(mixed, threshold_mev=0.0)) is None
 
 
 def test_command_selects_energy_range_and_reports_bad_input(

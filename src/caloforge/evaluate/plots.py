@@ -28,7 +28,9 @@ from caloforge.evaluate.features import Features
 from caloforge.evaluate.histograms import LAYER_KINDS, HistogramSpec, rebin_voxel_counts, values_of
 
 __all__ = [
+    "azimuthal_profile",
     "plot_average_showers",
+    "plot_azimuthal_profile",
     "plot_distribution",
     "plot_layer_grid",
     "plot_longitudinal_profile",
@@ -199,6 +201,27 @@ def plot_radial_profile(reference: Features, generated: Features, path: Path) ->
         reference.e_radial.mean(0), generated.e_radial.mean(0), edges,
         "mean energy per radial bin [MeV]", "r [mm]", path,
     )
+
+
+def azimuthal_profile(features: Features) -> NDArray[np.float64] | None:
+    """Mean energy per alpha bin (MeV), summed over layers and radial bins: (n_alpha,), bin 0 starting at
+    -pi; ``None`` when the used layers do not share one alpha binning (CaloChallenge dataset 1)."""
+    geometry = features.geometry
+    n_alpha = {b.n_alpha for b in geometry.layers if b.n_voxels > 0}
+    if len(n_alpha) != 1:
+        return None
+    _, alpha, _ = geometry.voxel_indices
+    return np.bincount(alpha, weights=features.average_shower, minlength=n_alpha.pop()).astype(np.float64)
+
+
+def plot_azimuthal_profile(reference: Features, generated: Features, path: Path) -> None:
+    """Mean energy per alpha bin (summed over layers and radii) against alpha, with ratio: a model with a
+    seam at +-pi shows it in the first and last bins. Only for readouts with one alpha binning."""
+    ref, gen = azimuthal_profile(reference), azimuthal_profile(generated)
+    if ref is None or gen is None:
+        raise ValueError(f"{reference.geometry.name}: layers differ in alpha binning, no azimuthal profile")
+    edges = np.linspace(-math.pi, math.pi, len(ref) + 1)
+    _profile_with_ratio(ref, gen, edges, "mean energy per alpha bin [MeV]", "alpha [rad]", path)
 
 
 def _polar_image(

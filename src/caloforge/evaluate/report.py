@@ -22,7 +22,9 @@ import numpy as np
 from caloforge.evaluate.features import Features
 from caloforge.evaluate.histograms import LAYER_KINDS, HistogramSpec, histogram_specs
 from caloforge.evaluate.plots import (
+    azimuthal_profile,
     plot_average_showers,
+    plot_azimuthal_profile,
     plot_distribution,
     plot_layer_grid,
     plot_longitudinal_profile,
@@ -116,6 +118,13 @@ def _plots(reference: Features, generated: Features, powers: dict[str, float | N
         _Plot("Profiles", "radial_profile.png", "Radial profile",
               "Mean energy per radial bin, summed over layers and angles: how wide the shower is.",
               lambda p: plot_radial_profile(reference, generated, p)),
+    ]
+    if azimuthal_profile(reference) is not None:
+        plots.append(_Plot("Profiles", "azimuthal_profile.png", "Azimuthal profile",
+                           "Mean energy per alpha bin, summed over layers and radii: flat for a symmetric "
+                           "beam, and a model with a seam where alpha wraps at +-pi shows it at both ends.",
+                           lambda p: plot_azimuthal_profile(reference, generated, p)))
+    plots += [
         _Plot("Average showers", "average_showers.png", "Average shower per layer",
               "Mean energy per voxel in layers spread over the depth (polar images, log colour); "
               "last row: generated / reference.",
