@@ -16,7 +16,7 @@ from caloforge.context import RunContext
 from caloforge.data import ShowerSet
 from caloforge.families.mdma_gan import MdmaGanConfig
 from caloforge.families.mdma_gan.counts import HitCountModel
-from caloforge.families.mdma_gan.module import log_response, sliced_wasserstein
+from caloforge.families.mdma_gan.module import log_response, marginal_distance, sliced_wasserstein
 from caloforge.families.mdma_gan.points import PointScaling, Voxeliser, grid_to_hits, pack, points_batch
 from caloforge.families.mdma_gan.sampler import MdmaGanSampler
 from caloforge.geometry import CylindricalGeometry, LayerBinning
@@ -172,6 +172,30 @@ def test_sliced_wasserstein_ignores_the_order_of_hits_and_measures_a_shift(conte
     hits[:, 4] = quarter
     response = log_response(hits, torch.tensor([0, 0, 1]), torch.zeros(2, 1), scaling)
     torch.testing.assert_close(response, torch.tensor([math.log(0.5), math.log(0.25)]))
+
+
+def test_marginal_distance_is_zero_for_the_same_showers_and_grows_with_a_shift(context: RunContext) -> None:
+    scaling = PointScaling.of(context)
+    real, seg, cond = _sets([6, 3, 4], 5, seed=6)
+    assert marginal_distance(real, seg, real, seg, cond, scaling, 32).item() == pytest.approx(0.0, abs=1e-7)
+    shifted = real + torch.tensor([0.0, 0.0, 0.0, 0.7, 0.0])  # every hit 0.7 further out: 1 of 7 terms
+    far = marginal_distance(real, seg, shifted, seg, cond, scaling, 32).item()
+    assert far == pytest.approx(0.7 / 7, rel=1e-5)
+    none = torch.zeros(0, 5), torch.zeros(0, dtype=torch.int64)
+    empty = marginal_distance(real, seg, *none, cond, scaling, 32)
+    assert empty.item() == math.inf  # a model that draws no hit is never the best
+
+
+def test_mdma_validation_loss_repeats_for_a_batch_and_differs_between_batches(context: RunContext) -> None:
+    from caloforge.families.mdma_gan.module import MdmaGanModule
+    from caloforge.runconfig import RunConfig
+
+    config = RunConfig(family="mdma-gan", model=MdmaGanConfig(net=TINY, count_bins=8, count_width=8))
+    module = MdmaGanModule(config, context)
+    batch = points_batch(toy_showers(16, seed=7), context)
+    first, again, other = (module.validation_loss(batch, i) for i in (0, 0, 1))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert 0 < float(first) < math.inf
 
 
 # ---- the hit count --------------------------------------------------------------------------------------

@@ -204,3 +204,50 @@ def test_the_dit_declares_a_validation_loss_that_repeats_and_is_logged(tmp_path:
     lines = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
     column = lines[0].split(",").index("val/loss")
     assert sum(1 for line in lines[1:] if line.split(",")[column]) == 2  # steps 2 and 4
+
+
+def test_keep_best_puts_the_lowest_validation_pass_weights_in_checkpoints_and_a_resume_keeps_them() -> None:
+    from types import SimpleNamespace
+
+    from caloforge.checkpoint import CHECKPOINT_KEY
+    from caloforge.context import RunContext
+    from caloforge.families.edm_dit.module import EdmDitModule
+
+    config = tiny_config()
+    config.train.keep_best = True
+    module = EdmDitModule(config, RunContext.fit(toy_showers(32), config.preprocess))
+
+    def validation_pass(module: EdmDitModule, step: int, loss: float) -> None:
+        module._trainer = SimpleNamespace(  # type: ignore[assignment]  # what the hook reads of a Trainer
+            callback_metrics={"val/loss": torch.tensor(loss)}, sanity_checking=False, global_step=step)
+        module.on_validation_epoch_end()
+
+    def shift_weights() -> None:
+        with torch.no_grad():
+            for parameter in module.parameters():
+                parameter.add_(1.0)
+
+    validation_pass(module, 2, 0.5)
+    at_best = {k: v.clone() for k, v in module.sampler_state_dict().items()}
+    shift_weights()
+    validation_pass(module, 4, 0.75)  # worse: the weights of step 2 stay
+    shift_weights()
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    saved = checkpoint[CHECKPOINT_KEY]["sampler"]
+    assert checkpoint["best_sampler"] == {"val_loss": 0.5, "step": 2}
+    assert all(torch.equal(saved[k], at_best[k]) for k in at_best)
+    assert not all(torch.equal(v, at_best[k]) for k, v in module.sampler_state_dict().items())
+
+    resumed = EdmDitModule(config, module.context)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.best is not None and resumed.best[:2] == (0.5, 2)
+    validation_pass(resumed, 6, 0.75)  # still worse than before the resume
+    assert resumed.best[:2] == (0.5, 2)
+    validation_pass(resumed, 8, 0.25)  # better: taken
+    assert resumed.best[:2] == (0.25, 8)
+    # without keep_best nothing is kept: checkpoints hold the last weights
+    config.train.keep_best = False
+    plain = EdmDitModule(config, module.context)
+    validation_pass(plain, 2, 0.125)
+    assert plain.best is None

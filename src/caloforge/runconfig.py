@@ -58,6 +58,9 @@ class TrainConfig:
         log_every: steps between logged losses.
         seed: seeds the weights, the data order and the noise.
         tensorboard: also log to TensorBoard (``logs/``).
+        keep_best: the sampler weights checkpoints (and ``model.ckpt``) hold are those of the validation
+            pass with the lowest ``val/loss`` so far, not the last step's (needs ``data.validation_fraction``
+            and a family that declares a validation loss; for GANs, whose last iterate is not their best).
     """
 
     batch_size: int = 128
@@ -74,6 +77,7 @@ class TrainConfig:
     log_every: int = 25
     seed: int = 0
     tensorboard: bool = False
+    keep_best: bool = False
 
 
 @dataclass

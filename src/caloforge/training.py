@@ -67,6 +67,7 @@ class FamilyModule(L.LightningModule):
         self._averaged: list[tuple[nn.Module, AveragedModel]] = []
         self._noise: torch.Generator | None = None
         self._noise_state: Tensor | None = None
+        self.best: tuple[float, int, dict[str, Tensor]] | None = None  # (val/loss, step, sampler weights)
 
     @contextmanager
     def seeded(self) -> Iterator[None]:
@@ -160,15 +161,30 @@ class FamilyModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.config.train.grad_clip,
                                 gradient_clip_algorithm="norm")
 
+    def on_validation_epoch_end(self) -> None:
+        """With ``train.keep_best``: remember the sampler weights of the lowest ``val/loss`` so far."""
+        value = self.trainer.callback_metrics.get("val/loss")
+        if not self.config.train.keep_best or value is None or self.trainer.sanity_checking:
+            return
+        if self.best is None or float(value) < self.best[0]:
+            weights = {k: v.detach().clone() for k, v in self.sampler_state_dict().items()}
+            self.best = (float(value), int(self.global_step), weights)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = checkpoint_entry(self.config, self.context,
-                                                      merged_state_dict(self.sampler_state_dict()))
+        weights = self.sampler_state_dict() if self.best is None else self.best[2]
+        checkpoint[CHECKPOINT_KEY] = checkpoint_entry(self.config, self.context, merged_state_dict(weights))
         if self._noise is not None:
             checkpoint["noise_generator_state"] = self._noise.get_state()
+        if self.best is not None:
+            checkpoint["best_sampler"] = {"val_loss": self.best[0], "step": self.best[1]}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("noise_generator_state")
         self._noise_state = state if isinstance(state, Tensor) else None
+        best = checkpoint.get("best_sampler")
+        if isinstance(best, dict):  # a resumed run keeps the best weights found before
+            weights = checkpoint[CHECKPOINT_KEY]["sampler"]
+            self.best = (float(best["val_loss"]), int(best["step"]), dict(weights))
 
 
 # ---- teachers ----------------------------------------------------------------------------------------------
@@ -450,6 +466,9 @@ def train(
     trainer.save_checkpoint(tmp, weights_only=False)  # full state: the final model can be trained on
     if trainer.is_global_zero:
         os.replace(tmp, final)
+    if module.best is not None:
+        log.info("model.ckpt holds the sampler of step %d, the lowest val/loss (%.4g) of the run",
+                 module.best[1], module.best[0])
     log.info("trained %d steps; model written to %s", trainer.global_step, final)
     return final
 

@@ -30,7 +30,7 @@ from caloforge.families.mdma_gan.points import N_FEATURES, PointScaling, Voxelis
 from caloforge.models.mean_field import MeanFieldGenerator
 from caloforge.sampler import NoiseSpec, ShowerSampler
 
-__all__ = ["MdmaGanSampler", "build_counts", "build_generator", "hit_condition"]
+__all__ = ["MdmaGanSampler", "build_counts", "build_generator", "generate_hits", "hit_condition"]
 
 
 def hit_condition(cond: Tensor, n_hits: Tensor, max_hits: int) -> Tensor:
@@ -49,17 +49,30 @@ def build_counts(config: MdmaGanConfig, cond_dim: int, max_hits: int) -> HitCoun
     return HitCountModel(cond_dim, max_hits, config.count_bins, config.count_width)
 
 
+def generate_hits(generator: MeanFieldGenerator, counts: HitCountModel, cond: Tensor, count_u: Tensor,
+                  hit_noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Draw each shower's hit count, then its hits: cond (N, C), count_u (N,) uniform, hit_noise
+    (N, M, latent) normal (M = the count model's ``max_hits``) -> (hits (T, 5) packed, seg (T,) the shower of
+    each, counts (N,)). Shower i's hits take the latents of its first n_i slots, so a shower does not depend
+    on the others in its batch. Only the T = sum n_i drawn hits are computed."""
+    max_hits = counts.max_hits
+    n_hits = counts.draw(cond, count_u)  # (N,)
+    slots = torch.arange(max_hits, dtype=cond.dtype, device=cond.device)
+    drawn = (slots[None] < n_hits[:, None]).nonzero()  # (T, 2): shower, slot
+    seg = drawn[:, 0]  # (T,)
+    latents = hit_noise.flatten(0, 1).index_select(0, seg * max_hits + drawn[:, 1])  # (T, latent)
+    return generator(latents, seg, hit_condition(cond, n_hits, max_hits)), seg, n_hits
+
+
 class MdmaGanSampler(ShowerSampler):
     """Count draw, generator, voxelisation (module doc for the noise).
 
     Attributes:
         generator: the mean-field generator (weights: the training's average).
         counts: p(n_hits | conditions) (weights: the training's average).
-        encoder, voxeliser, slots: built from the run's context (not weights).
+        encoder, voxeliser: built from the run's context (not weights).
         threshold_mev: cells below it (MeV) read zero, as in the training data.
     """
-
-    slots: Tensor
 
     def __init__(self, config: MdmaGanConfig, context: RunContext) -> None:
         super().__init__()
@@ -72,7 +85,6 @@ class MdmaGanSampler(ShowerSampler):
         self.generator = build_generator(config, spec.dim)
         self.counts = build_counts(config, spec.dim, self.max_hits)
         self.voxeliser = Voxeliser(context.geometry, self.scaling)
-        self.register_buffer("slots", torch.arange(self.max_hits, dtype=torch.float32), persistent=False)
         self.threshold_mev = float(context.preprocessor.threshold_mev)
         self.noise = (NoiseSpec("count_u", (), "uniform"),
                       NoiseSpec("hit_noise", (self.max_hits, self.latent), "normal"))
@@ -81,11 +93,7 @@ class MdmaGanSampler(ShowerSampler):
     def forward(self, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, *noise: Tensor) -> Tensor:
         count_u, hit_noise = noise
         cond = self.encoder(energy, theta, phi, detector)  # (N, C)
-        n_hits = self.counts.draw(cond, count_u)  # (N,)
-        drawn = (self.slots[None] < n_hits[:, None]).nonzero()  # (T, 2): shower, slot
-        seg = drawn[:, 0]  # (T,)
-        latents = hit_noise.flatten(0, 1).index_select(0, seg * self.max_hits + drawn[:, 1])  # (T, latent)
-        hits = self.generator(latents, seg, hit_condition(cond, n_hits, self.max_hits))
+        hits, seg, _ = generate_hits(self.generator, self.counts, cond, count_u, hit_noise)  # (T, 5), (T,)
         showers = self.voxeliser(hits, seg, energy)  # (N, V) MeV
         return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
 
