@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from toys import tiny_dit_config, toy_showers
+from toys import TOY_GEOMETRY, tiny_dit_config, toy_showers
 
 from caloforge.checkpoint import read_checkpoint
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError, UnknownNameError
 from caloforge.families import get_family
 from caloforge.generate import load_generator
+from caloforge.geometry import CylindricalGeometry
 from caloforge.io import write_showers
 from caloforge.runconfig import RunConfig, TrainConfig, run_config_from_dict
 from caloforge.training import train
@@ -68,6 +69,52 @@ def test_init_from_adapts_a_model_to_a_new_detector_in_a_spare_slot(tmp_path: Pa
     with pytest.raises(InputError, match="detector slots of the --init-from model"):
         train(with_detectors(toy_showers(64), 3), tmp_path / "beyond", None, init_from=source, progress=False)
     assert not (tmp_path / "beyond").exists()
+
+
+# The toy detector (4 layers, 2 mm radius) read out with cells halved in alpha and in r.
+FINE = CylindricalGeometry.regular("toy-fine", 4, 8, (0.0, 0.5, 1.0, 1.5, 2.0), 3.4, "SiW")
+
+
+def _coarse_cells(fine: np.ndarray) -> np.ndarray:
+    """(N, FINE cells) -> (N, toy cells): each toy cell is four FINE cells."""
+    layer, alpha, radial = FINE.voxel_indices
+    n_alpha, n_radial = TOY_GEOMETRY.n_alpha, TOY_GEOMETRY.n_radial
+    target = layer * n_alpha * n_radial + (alpha // 2) * n_radial + radial // 2
+    out = np.zeros((len(fine), TOY_GEOMETRY.n_voxels))
+    np.add.at(out.T, target, fine.T)
+    return out
+
+
+def test_a_readout_free_model_moves_to_another_readout_of_its_detector(tmp_path: Path) -> None:
+    config = short(run_config_from_dict({"family": "mdma-gan", "model": get_family("mdma-gan").tiny}))
+    source = train(toy_showers(64), tmp_path / "pre", config, progress=False)
+    coarse, fine = load_generator(source), load_generator(source, readout=FINE)
+    for generator in (coarse, fine):
+        generator.sampler.threshold_mev = 0.0  # compare every deposit, not only those above the threshold
+    energies = [2e3, 1e4, 5e4]
+    on_toy, on_fine = coarse.sample(energies, seed=3), fine.sample(energies, seed=3)
+    assert on_fine.geometry == FINE and on_fine.showers.shape == (3, FINE.n_voxels)
+    assert on_toy.showers.sum() > 0
+    # the same hits, binned finer: four fine cells add up to their toy cell
+    np.testing.assert_allclose(_coarse_cells(on_fine.showers), on_toy.showers, rtol=1e-5, atol=1e-6)
+
+    # fine-tuning on the new readout starts from the same weights
+    toy = toy_showers(64, seed=1)
+    split = np.repeat(toy.showers.reshape(64, 4, 4, 1, 2, 1), 2, axis=3).repeat(2, axis=5) / 4
+    fine_data = ShowerSet(split.reshape(64, FINE.n_voxels).astype(np.float32), FINE, toy.energy)
+    tuned = read_checkpoint(train(fine_data, tmp_path / "fine", None, init_from=source, progress=False))
+    assert tuned.geometry == FINE and tuned.step == 2
+
+    # a voxel family stays on its readout, and no family moves to another detector
+    dit = train(toy_showers(64), tmp_path / "dit", short(tiny_dit_config()), progress=False)
+    with pytest.raises(InputError, match="learns its readout's cells"):
+        load_generator(dit, readout=FINE)
+    with pytest.raises(InputError, match="learns its readout's cells"):
+        train(fine_data, tmp_path / "dit-fine", None, init_from=dit, progress=False)
+    five = CylindricalGeometry.regular("toy-5", 5, 8, (0.0, 1.0, 2.0), 3.4, "SiW")
+    with pytest.raises(InputError, match=r"another detector \(its layers 5 differ from toy's 4\)"):
+        load_generator(source, readout=five)
+    assert not (tmp_path / "dit-fine").exists()
 
 
 def test_teacher_slot_and_manual_optimisation_with_clipping(tmp_path: Path) -> None:
@@ -123,6 +170,15 @@ def test_generate_warns_once_about_conditions_outside_training(tiny_run, tmp_pat
     code, _, err = run("generate", model, "--n", 3, "--energy", 1e7, "--out", tmp_path / "g.h5")
     assert code == 0
     assert err.count("outside the training range") == 1
+
+
+def test_generate_on_another_readout_names_why_a_voxel_model_cannot(tiny_run, tmp_path: Path, run) -> None:  # type: ignore[no-untyped-def]
+    _, model = tiny_run
+    code, _, err = run("generate", model, "--n", 3, "--energy", 1e4, "--out", tmp_path / "g.h5",
+                       "--readout", "calochallenge-3")
+    assert code == 2 and "Traceback" not in err
+    assert "edm-dit' learns its readout's cells" in err and str(model) in err
+    assert not (tmp_path / "g.h5").exists()
 
 
 def test_training_progress_in_a_log_is_a_few_lines(

@@ -544,11 +544,15 @@ def generate_command(
     device: str = typer.Option("cpu", "--device", help="Where a checkpoint's model runs: cpu, cuda, "
                                "cuda:1, ... (the same seed gives the same showers up to float rounding)."),
     option: list[str] = typer.Option([], "--option", help=OPTION_HELP),  # noqa: B008
+    readout: str | None = typer.Option(None, "--readout", help="Voxelise onto this geometry preset, another "
+                                       "readout of the detector the model was trained on (readout-free "
+                                       "families only, e.g. mdma-gan; see 'caloforge geometries')."),
 ) -> None:
     """Generate showers from a checkpoint (or an exported .onnx graph) alone."""
     import numpy as np
 
     from caloforge.generate import generate_to_file, load_generator
+    from caloforge.geometry import get_geometry
     from caloforge.safeguards import check_request, energy_response
     from caloforge.spectra import parse_spectrum
 
@@ -562,6 +566,10 @@ def generate_command(
     if checkpoint.endswith(".onnx"):
         from caloforge.onnx_runtime import load_onnx_generator
 
+        if readout is not None:
+            raise InputError(checkpoint, "--readout", "was given with an exported graph, whose voxelisation "
+                             "is fixed", "a checkpoint (.ckpt)")
+
         # Same generation interface as ShowerGenerator, so generate_to_file writes the same format.
         generator = load_onnx_generator(checkpoint)
         ranges = generator.ranges
@@ -574,7 +582,8 @@ def generate_command(
         except (RuntimeError, AssertionError) as error:
             raise InputError(None, "--device", f"is '{device}' ({error})",
                              "cpu, or a CUDA device this machine has") from None
-        generator = load_generator(checkpoint, device=where)
+        generator = load_generator(checkpoint, device=where,
+                                   readout=None if readout is None else get_geometry(readout))
         generator.sampler_for(**options)  # a bad option fails before any work
         ranges = generator.content.ranges
     # Reported once, here, before the progress display starts; the generator is told not to repeat it.

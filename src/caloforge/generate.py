@@ -42,16 +42,19 @@ class ShowerGenerator:
         content: what the checkpoint holds (family, config, context, sampler weights).
         family: the model family.
         sampler: the sampler with the run's default options, in eval mode on ``device``.
+        readout: the readout it voxelises onto when not the training one (``load_generator``).
     """
 
     content: CheckpointContent
     family: Family
     sampler: ShowerSampler
+    readout: CylindricalGeometry | None = None
     _built: dict[tuple[tuple[str, Any], ...], ShowerSampler] = field(default_factory=dict, repr=False)
 
     @property
     def geometry(self) -> CylindricalGeometry:
-        return self.content.geometry
+        """The readout the showers come on: the training one, or ``load_generator``'s ``readout``."""
+        return self.content.geometry if self.readout is None else self.readout
 
     @property
     def device(self) -> torch.device:
@@ -72,7 +75,8 @@ class ShowerGenerator:
         if not given:
             return self.sampler
         if given not in self._built:
-            self._built[given] = _load_sampler(self.content, self.family, dict(given)).to(self.device)
+            self._built[given] = _load_sampler(self.content, self.family, dict(given),
+                                               self.readout).to(self.device)
         return self._built[given]
 
     def range_warnings(
@@ -152,7 +156,8 @@ class ShowerGenerator:
         return ShowerSet.concatenate(list(parts))
 
 
-def _load_sampler(content: CheckpointContent, family: Family, options: dict[str, Any]) -> ShowerSampler:
+def _load_sampler(content: CheckpointContent, family: Family, options: dict[str, Any],
+                  readout: CylindricalGeometry | None = None) -> ShowerSampler:
     """The family's sampler with the checkpoint's weights, wrapped in its calibration if it has one.
 
     A calibrated checkpoint samples by default with the options its calibration was fitted for; other
@@ -169,6 +174,8 @@ def _load_sampler(content: CheckpointContent, family: Family, options: dict[str,
         raise InputError(None, "sampler weights",
                          f"do not fit family '{family.name}' as configured (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})", "the weights of the model its config describes")
+    if readout is not None:
+        sampler = sampler.voxelise_onto(readout)
     if content.calibration is not None:
         from caloforge.calibration import CalibratedSampler, CellCalibration
 
@@ -177,23 +184,39 @@ def _load_sampler(content: CheckpointContent, family: Family, options: dict[str,
 
 
 def load_generator(
-    path: str | PathLike[str], device: torch.device | str = "cpu", **options: Any
+    path: str | PathLike[str], device: torch.device | str = "cpu",
+    readout: CylindricalGeometry | None = None, **options: Any,
 ) -> ShowerGenerator:
     """A ``ShowerGenerator`` from a checkpoint written by ``caloforge train`` (any family, format 1 or 2),
-    in eval mode on ``device``; ``options`` replace the run's default sampling options."""
-    return _generator(read_checkpoint(path), path, device, options)
+    in eval mode on ``device``; ``options`` replace the run's default sampling options.
+
+    ``readout``: voxelise onto this readout instead of the training one, for a readout-free family (the
+    mdma-gan's hits) and another readout of the same detector (``Family.check_readout``). Everything else
+    of the model (hit count, energy scale, threshold) stays as trained; a cell calibration, fitted to the
+    training readout's cells, is refused.
+    """
+    content = read_checkpoint(path)
+    if readout is not None and readout != content.geometry:
+        get_family(content.family).check_readout(content.geometry, readout, path, "geometry")
+        if content.calibration is not None:
+            raise InputError(path, "calibration", f"is fitted to the cells of '{content.geometry.name}'",
+                             "an uncalibrated checkpoint to voxelise onto another readout")
+    else:
+        readout = None
+    return _generator(content, path, device, options, readout)
 
 
 def _generator(
-    content: CheckpointContent, path: str | PathLike[str], device: torch.device | str, options: dict[str, Any]
+    content: CheckpointContent, path: str | PathLike[str], device: torch.device | str,
+    options: dict[str, Any], readout: CylindricalGeometry | None = None,
 ) -> ShowerGenerator:
     """A ``ShowerGenerator`` of ``content`` (read from ``path``, which errors name) on ``device``."""
     family = get_family(content.family)
     try:
-        sampler = _load_sampler(content, family, options)
+        sampler = _load_sampler(content, family, options, readout)
     except InputError as error:
         raise InputError(path, error.field, error.problem, error.expected) from None
-    return ShowerGenerator(content, family, sampler).to(device)
+    return ShowerGenerator(content, family, sampler, readout).to(device)
 
 
 def generate_to_file(

@@ -153,6 +153,21 @@ class CylindricalGeometry:
         """Largest radial edge over all layers in mm."""
         return max(layer.r_edges[-1] for layer in self.layers)
 
+    def detector_difference(self, other: CylindricalGeometry) -> str | None:
+        """What makes ``other`` a different detector rather than another readout of this one (layers,
+        their depths, the medium or the outer radius), or ``None`` when only the cells within the layers
+        differ: the condition for moving a readout-free model (point clouds) from one to the other."""
+        checks = (
+            ("layers", self.n_layers, other.n_layers),
+            ("layer depths (mm)", self.layer_thickness_mm, other.layer_thickness_mm),
+            ("medium", self.material, other.material),
+            ("outer radius (mm)", self.outer_radius_mm, other.outer_radius_mm),
+        )
+        for what, mine, theirs in checks:
+            if mine != theirs:
+                return f"its {what} {theirs} differ from {self.name}'s {mine}"
+        return None
+
     # ---- voxel ordering: the one definition ---------------------------------------------------------
     @cached_property
     def layer_offsets(self) -> NDArray[np.int64]:

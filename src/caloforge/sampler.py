@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from caloforge.errors import InputError
+
+if TYPE_CHECKING:
+    from caloforge.geometry import CylindricalGeometry
 
 __all__ = ["NOISE_DISTRIBUTIONS", "ExtraGraph", "NoiseSpec", "ShowerSampler"]
 
@@ -118,6 +121,11 @@ class ShowerSampler(nn.Module):
         """The family's own sampler: itself, or the one a wrapper (``calibration.CalibratedSampler``)
         holds."""
         return self
+
+    def voxelise_onto(self, geometry: CylindricalGeometry) -> ShowerSampler:
+        """This sampler writing its showers onto ``geometry``, another readout of its detector (checked by
+        the caller, ``Family.check_readout``); only readout-free families (``Family.readout_free``) can."""
+        raise NotImplementedError(f"{type(self).__name__} learns its readout's cells")
 
     def metadata(self) -> dict[str, Any]:
         """Family-specific facts recorded in every exported graph (plain JSON types; default: none)."""

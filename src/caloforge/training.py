@@ -388,7 +388,8 @@ def train(
     With ``resume``, continues from ``out_dir/checkpoints/last.ckpt`` with the context saved there and (unless
     ``config`` is given, which must then keep the run's family, model, preprocess and conditions) its
     config. Without it, refuses a directory that already holds a run rather than overwrite it.
-    ``init_from`` (a checkpoint of the same family and geometry) starts from that run's sampler weights;
+    ``init_from`` (a checkpoint of the same family and geometry, or of another readout of the same detector
+    for a readout-free family) starts from that run's sampler weights;
     ``teacher`` (a checkpoint) is handed to families that distil. Everything is checked before anything
     is written.
     """
@@ -421,9 +422,9 @@ def train(
             if source.family != config.family:
                 raise InputError(init_from, "family", f"is '{source.family}'",
                                  f"'{config.family}', the family being trained")
-            if source.geometry != showers.geometry:
-                raise InputError(init_from, "geometry", f"is '{source.geometry.name}'",
-                                 f"'{showers.geometry.name}', the geometry of the training data")
+            # another readout of the same detector only for readout-free families (a new context is
+            # fitted to the new data below; the weights know no cells)
+            get_family(config.family).check_readout(source.geometry, showers.geometry, init_from, "geometry")
         if isinstance(showers, ShowerSet):
             showers.check()  # a ShowerSource's blocks are checked as they are read
     family = get_family(config.family)

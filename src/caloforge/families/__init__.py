@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from os import PathLike
 from typing import TYPE_CHECKING, Any
 
 from caloforge.errors import InputError, UnknownNameError
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     import lightning as L
 
     from caloforge.context import RunContext
+    from caloforge.geometry import CylindricalGeometry
     from caloforge.runconfig import RunConfig
     from caloforge.sampler import ShowerSampler
 
@@ -59,6 +61,29 @@ class Family:
     sample_options: tuple[str, ...] = ()
     takes_teacher: bool = False
     tiny: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def readout_free(self) -> bool:
+        """Whether the weights know no readout cells (point clouds in physical coordinates, voxelised only
+        at the end), so a model moves to another readout of its detector: ``caloforge generate --readout``
+        and ``caloforge train --init-from`` across readouts."""
+        return self.representation == "points"
+
+    def check_readout(self, trained: CylindricalGeometry, wanted: CylindricalGeometry,
+                      source: str | PathLike[str] | None, key: str) -> None:
+        """Raise ``InputError`` (naming ``source`` and ``key``) unless a model of this family trained on
+        readout ``trained`` can run on ``wanted``: the same readout, or, for a readout-free family, another
+        readout of the same detector (``CylindricalGeometry.detector_difference``)."""
+        if trained == wanted:
+            return
+        if not self.readout_free:
+            raise InputError(source, key, f"is '{trained.name}'",
+                             f"'{wanted.name}': family '{self.name}' learns its readout's cells, so it runs "
+                             "on the readout it was trained on (readout-free families, e.g. mdma-gan, move)")
+        difference = trained.detector_difference(wanted)
+        if difference is not None:
+            raise InputError(source, key, f"is '{trained.name}', and '{wanted.name}' is another detector "
+                             f"({difference})", "another readout of the same layers, medium and radius")
 
     def module(
         self, run_config: RunConfig, context: RunContext, teacher: ShowerSampler | None = None

@@ -114,13 +114,16 @@ class MeanFieldBlock(nn.Module):
         # the latter is computed once per set and gathered, not concatenated to every hit
         self.hit_in = nn.Linear(dim, 2 * dim)
         self.context_in = nn.Linear(dim + cond_dim, 2 * dim, bias=False)
-        self.hit_out = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(2 * dim, dim))
+        self.hit_out = nn.Sequential(nn.LeakyReLU(0.2, inplace=True), nn.Linear(2 * dim, dim))
 
     def forward(self, h: Tensor, mf: Tensor, seg: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         pooled = self.attention(mf, h, seg)  # (N, D)
         mf = mf + self.field(torch.cat([pooled, mf, cond], dim=1))  # (N, D)
-        context = self.context_in(torch.cat([mf, cond], dim=1))  # (N, 2D)
-        h = h + self.hit_out(self.hit_in(h) + context.index_select(0, seg))  # (T, D)
+        context = self.context_in(torch.cat([mf, cond], dim=1)) + self.hit_in.bias  # (N, 2D)
+        # hit_in(h) + context of each hit's set in one pass: the gathered context is addmm's input term
+        # (per-hit tensors are large and their elementwise passes, not the matmuls, bound a CPU's time)
+        hidden = torch.addmm(context.index_select(0, seg), h, self.hit_in.weight.T)  # (T, 2D)
+        h = h + self.hit_out(hidden)  # (T, D)
         return h, mf
 
 

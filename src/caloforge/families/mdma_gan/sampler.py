@@ -27,6 +27,7 @@ from caloforge.context import RunContext
 from caloforge.families.mdma_gan import MdmaGanConfig
 from caloforge.families.mdma_gan.counts import HitCountModel
 from caloforge.families.mdma_gan.points import N_FEATURES, PointScaling, Voxeliser
+from caloforge.geometry import CylindricalGeometry
 from caloforge.models.mean_field import MeanFieldGenerator
 from caloforge.sampler import NoiseSpec, ShowerSampler
 
@@ -96,6 +97,13 @@ class MdmaGanSampler(ShowerSampler):
         hits, seg, _ = generate_hits(self.generator, self.counts, cond, count_u, hit_noise)  # (T, 5), (T,)
         showers = self.voxeliser(hits, seg, energy)  # (N, V) MeV
         return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
+
+    def voxelise_onto(self, geometry: CylindricalGeometry) -> MdmaGanSampler:
+        """Voxelise onto ``geometry`` (another readout of the detector, same layers and radius): the hits,
+        their count model and the energy scale stay the trained ones, only the cells change."""
+        device = next(self.parameters()).device
+        self.voxeliser = Voxeliser(geometry, self.scaling).to(device)
+        return self
 
     def metadata(self) -> dict[str, Any]:
         """The point-cloud layout, for readers of the exported graph."""
