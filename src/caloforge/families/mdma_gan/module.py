@@ -6,8 +6,8 @@ generator, as WGAN-GP's loop draws a fresh real batch for every critic update. T
 maximum-likelihood fit independent of the GAN, has its own optimiser and learns on every batch (inside the
 generator's optimiser its gradients were clipped together with the generator's, hundreds of times larger,
 and it did not learn).
-Both learning-rate schedules (``FamilyModule.schedule``: warm-up, cosine) are stepped after every batch, so
-both follow the run's progress, whichever network was updated.
+The three learning-rate schedules (``FamilyModule.schedule``: warm-up, cosine) are stepped after every
+batch, so all follow the run's progress, whichever network was updated.
 
 * critic: E[D(fake)] - E[D(real)] + gp_weight E[(|grad D(x_hat)| - 1)^2] (Gulrajani et al. 2017, eq. 3),
   x_hat = eps x real + (1 - eps) x fake per shower. Fakes are generated with the real batch's hit counts
