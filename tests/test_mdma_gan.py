@@ -198,6 +198,26 @@ def test_mdma_validation_loss_repeats_for_a_batch_and_differs_between_batches(co
     assert 0 < float(first) < math.inf
 
 
+def test_an_update_with_a_non_finite_gradient_is_skipped(context: RunContext) -> None:
+    from caloforge.families.mdma_gan.module import MdmaGanModule
+    from caloforge.runconfig import RunConfig
+
+    config = RunConfig(family="mdma-gan", model=MdmaGanConfig(net=TINY, count_bins=8, count_width=8))
+    module = MdmaGanModule(config, context)
+    module.manual_backward = lambda loss: loss.backward()  # type: ignore[method-assign]  # no Trainer here
+    module.clip = lambda optimizer: None  # type: ignore[method-assign]
+    module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    optimizer = torch.optim.SGD(module.counts.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in module.counts.parameters()]
+    cond = torch.zeros(4, context.spec.dim)
+    module._update(optimizer, module.counts.loss(cond, torch.full((4,), 3.0)) * float("nan"))
+    assert module.skipped_updates == 1
+    assert all(torch.equal(p, q) for p, q in zip(module.counts.parameters(), before, strict=True))
+    module._update(optimizer, module.counts.loss(cond, torch.full((4,), 3.0)))
+    assert module.skipped_updates == 1
+    assert not all(torch.equal(p, q) for p, q in zip(module.counts.parameters(), before, strict=True))
+
+
 # ---- the hit count --------------------------------------------------------------------------------------
 def test_hit_count_draw_is_reproducible_monotone_and_follows_the_model() -> None:
     torch.manual_seed(0)
