@@ -27,12 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from adaptation import Snapshots, run_config, write_result
+from adaptation import Snapshots, run_config, scoring, write_result
 
 from caloforge.config import load_yaml, set_dotted
 from caloforge.data import ShowerSet
-from caloforge.evaluate.classifier import ClassifierConfig
-from caloforge.evaluate.pipeline import EvaluateConfig, collect, compute_metrics, low_level_capacity
+from caloforge.evaluate.pipeline import EvaluateConfig, collect, compute_metrics
 from caloforge.generate import ShowerGenerator, load_generator
 from caloforge.geometry import CylindricalGeometry, get_geometry
 from caloforge.runconfig import RunConfig, load_run_config, run_config_from_dict
@@ -49,21 +48,10 @@ def simulated(geometry: CylindricalGeometry, energy: np.ndarray, seed: int,
     return simulate(geometry, energy, seed=seed, config=gflash)
 
 
-def scorer(reference: ShowerSet, args: argparse.Namespace) -> tuple[EvaluateConfig, int, Any]:
-    """Scoring settings (low- and high-level classifiers, FPD; no plots), capacity and collected reference."""
-    config = EvaluateConfig(
-        classifiers=("low", "high"), classifier=ClassifierConfig(epochs=args.classifier_epochs),
-        seed=args.seed, plots=False, fpd_min_samples=min(10_000, args.n_eval // 2),
-        fpd_max_samples=args.n_eval, kpd_batch_size=min(10_000, args.n_eval),
-    )
-    capacity = low_level_capacity(reference.geometry.n_voxels, config)
-    return config, capacity, collect([reference], "reference", config, capacity)
-
-
-def score(generator: ShowerGenerator, reference: ShowerSet, scoring: tuple[EvaluateConfig, int, Any],
+def score(generator: ShowerGenerator, reference: ShowerSet, scored: tuple[EvaluateConfig, int, Any],
           args: argparse.Namespace) -> dict[str, Any]:
     """Generate at the reference's energies and score against it."""
-    config, capacity, collected = scoring
+    config, capacity, collected = scored
     start = time.perf_counter()
     generated = generator.sample(reference.energy, seed=args.seed + 7, batch_size=500)
     seconds = time.perf_counter() - start
@@ -138,11 +126,11 @@ def main() -> None:
         del data
     on_source = simulated(source_geometry, eval_energy, args.seed + 2, gflash)
     report({"stage": "trained", "readout": source_geometry.name,
-            **score(load_generator(source), on_source, scorer(on_source, args), args)})
+            **score(load_generator(source), on_source, scoring(on_source, args), args)})
     del on_source
 
     on_target = simulated(target_geometry, eval_energy, args.seed + 2, gflash)
-    target_scoring = scorer(on_target, args)
+    target_scoring = scoring(on_target, args)
     report({"stage": "zero-shot (--readout)", "readout": target_geometry.name,
             **score(load_generator(source, readout=target_geometry), on_target, target_scoring, args)})
 
