@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from caloforge.cli import sampling_options
 from caloforge.data import ShowerSet
 from caloforge.evaluate.classifier import ClassifierConfig
 from caloforge.evaluate.pipeline import EvaluateConfig, Sample, collect, compute_metrics, low_level_capacity
@@ -99,6 +100,11 @@ def draw_energies(n: int, seed: int) -> np.ndarray:
     return np.exp(rng.uniform(math.log(1e3), math.log(1e6), n))
 
 
+def sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling options of --steps, --sampler and --option (``None``: the model's own)."""
+    return sampling_options(args.steps, args.sampler, args.option)
+
+
 def generate(
     generator: ShowerGenerator, energy: np.ndarray, args: argparse.Namespace, desc: str
 ) -> ShowerSet:
@@ -106,11 +112,10 @@ def generate(
     with progress_bar(len(energy), desc, unit="shower") as bar:
         for part in generator.sample_batches(
             energy,
-            n_steps=args.steps,
-            sampler=args.sampler,
             seed=args.seed + 7,
             batch_size=args.gen_batch_size,
             on_batch=bar.update,
+            **sampling(args),
         ):
             parts.append(part)
     return ShowerSet.concatenate(parts)
@@ -172,6 +177,9 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=20_000, help="generated = reference = floor showers")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the config's)")
     parser.add_argument("--sampler", default=None, help="sampler (default: the config's)")
+    parser.add_argument("--option", action="append", default=[],
+                        help="sampling option KEY=VALUE, read as 'caloforge generate --option' reads it "
+                        "(e.g. fill_layers=true)")
     parser.add_argument("--gen-batch-size", type=int, default=500)
     parser.add_argument("--classifier-epochs", type=int, default=15)
     parser.add_argument(
@@ -275,7 +283,7 @@ def main() -> None:
                 model_path, train_set, calibrated,
                 CalibrationConfig(n_showers=args.calibration_showers, match_hit_count=args.match_hit_count),
                 seed=args.seed + 13, batch_size=args.gen_batch_size, progress=bar.update,
-                n_steps=args.steps, sampler=args.sampler)
+                **sampling(args))
         calibration = fitted.info
         timings["calibrate_s"] = time.perf_counter() - t0
         model_path = calibrated
@@ -303,7 +311,7 @@ def main() -> None:
     # edm-dit sampler then has no energy_ratio. The sampler toggled is the one generate() samples with
     # (the run's default, or the one built for --steps/--sampler). Its noise spec keeps ``u``, which is
     # drawn but unused while energy_ratio is None, so the raw showers are the model's from the same noise.
-    sampler = generator.sampler_for(n_steps=args.steps, sampler=args.sampler)
+    sampler = generator.sampler_for(**sampling(args))
     ratio = getattr(sampler, "energy_ratio", None)
     if ratio is not None:
         sampler.energy_ratio = None

@@ -36,7 +36,7 @@ def _context(layer_energies: bool) -> RunContext:
 
 def test_config_section_is_typed_and_checked() -> None:
     family = get_family("edm-unet")
-    assert family.config is EdmUnetConfig and family.sample_options == ("n_steps", "sampler")
+    assert family.config is EdmUnetConfig and family.sample_options == ("n_steps", "sampler", "fill_layers")
     config = from_dict(EdmUnetConfig, {"unet": {"size": "tiny", "multipliers": [1, 2, 2]},
                                        "glam": {"init_noise": 0.0}}, prefix="model")
     assert config.unet.resolved().multipliers == (1, 2, 2) and config.glam.init_noise == 0.0
@@ -76,7 +76,11 @@ def test_sampler_reuses_the_dit_samplers_and_stage(sampler: str, layer_energies:
     family = get_family("edm-unet")
     torch.manual_seed(0)
     model = family.sampler(TINY, context, n_steps=3, sampler=sampler)
-    assert isinstance(model, EdmUnetSampler) and model.options == {"n_steps": 3, "sampler": sampler}
+    options = {"n_steps": 3, "sampler": sampler, **({"fill_layers": False} if layer_energies else {})}
+    assert isinstance(model, EdmUnetSampler) and model.options == options
+    if not layer_energies:
+        with pytest.raises(InputError, match="without a layer-energy stage"):
+            family.sampler(TINY, context, fill_layers=True)
     names = [spec.name for spec in model.noise]
     assert names[0] == "noise" and model.noise[0].shape == (PHOTONS.n_voxels,)
     assert ("layer_noise" in names) == layer_energies and ("step_noise" in names) == (sampler == "stochastic")

@@ -315,6 +315,13 @@ def test_sampler_graph_runs_the_layer_energy_stage(tmp_path: Path) -> None:
     other = session.run(["showers"], {"noise": noise, "layer_noise": -layer_noise, **cond})[0]
     assert not np.allclose(other, got)  # the layer noise reaches the showers
     assert check_export(gen, path, n=3) < 1e-4
+    # filling the layers the DiT left empty (fill_layers) exports too: gather, argmax and scatter
+    filled = export_sampler(gen, tmp_path / "f.onnx", n_steps=2, sampler="dpmpp_2m", fill_layers=True)
+    got = ort.InferenceSession(str(filled), providers=["CPUExecutionProvider"]).run(
+        ["showers"], {"noise": noise, "layer_noise": layer_noise, **cond})[0]
+    expected = gen.sample(cond["energy"], cond["theta"], cond["phi"], cond["detector"], n_steps=2,
+                          sampler="dpmpp_2m", fill_layers=True, seed=9, batch_size=4).showers
+    assert_close_to_scale(got, expected)
     # the denoiser graph takes the layer vector the DiT is conditioned on, and the DiT reads it
     with torch.no_grad():
         for p in gen.sampler.denoiser.parameters():

@@ -25,10 +25,17 @@ __all__ = ["FAMILY", "DistillConfig", "EdmDitConfig", "EdmModelConfig", "SampleC
 
 @dataclass
 class SampleConfig:
-    """Default sampling for generation from this run (``--steps``/``--sampler`` override)."""
+    """Default sampling for generation from this run (``--steps``/``--sampler``/``--option`` override).
+
+    ``fill_layers``: with the layer-energy stage, light one cell (the one the shape model came closest to
+    lighting) in each layer the stage's draw gives energy but the shape model left empty, instead of
+    sharing that layer's energy out over the others (``LayerEnergies.fill_empty``). Off by default so
+    older runs keep generating the same showers.
+    """
 
     n_steps: int = 24
     sampler: str = "heun"
+    fill_layers: bool = False
 
     def __post_init__(self) -> None:
         if self.n_steps < 1:
@@ -117,7 +124,7 @@ FAMILY = Family(
     build_module="caloforge.families.edm_dit.module:EdmDitModule",
     build_sampler="caloforge.families.edm_dit.sampler:EdmDitSampler",
     representation="voxels",
-    sample_options=("n_steps", "sampler"),
+    sample_options=("n_steps", "sampler", "fill_layers"),
     takes_teacher=True,
     tiny={"dit": {"size": "tiny", "patch_size": [2, 2, 2]}, "layers": {"width": 16, "depth": 1},
           "sample": {"n_steps": 2}},

@@ -84,6 +84,7 @@ class EdmDitSampler(ShowerSampler):
         context: RunContext,
         n_steps: int | None = None,
         sampler: str | None = None,
+        fill_layers: bool | None = None,
     ) -> None:
         super().__init__()
         geometry, pre, spec = context.geometry, context.preprocessor, context.spec
@@ -108,7 +109,15 @@ class EdmDitSampler(ShowerSampler):
         self.solver: Callable[..., Tensor] = get_sampler(name)
         self.sigmas = (consistency_sigmas(self.denoiser, n_steps) if config.distill.distilled
                        else self.denoiser.sigmas(n_steps))
-        self.options = {"n_steps": n_steps, "sampler": name}
+        self.fill_layers = config.sample.fill_layers if fill_layers is None else fill_layers
+        if not isinstance(self.fill_layers, bool):
+            raise InputError(None, "fill_layers", f"is {self.fill_layers!r}", "true or false")
+        if self.fill_layers and not has_layers:
+            raise InputError(None, "fill_layers", "is true for a model without a layer-energy stage",
+                             "fill_layers only with preprocess.layer_energies on")
+        self.options: dict[str, Any] = {"n_steps": n_steps, "sampler": name}
+        if has_layers:
+            self.options["fill_layers"] = self.fill_layers
         self.config = config
 
         layer_dim = 1 + geometry.n_layers
@@ -136,6 +145,8 @@ class EdmDitSampler(ShowerSampler):
         z = self._solve(self.denoiser, named["noise"], shape_condition(cond, y), named.get("step_noise"))
         showers = self.transform.inverse(z, energy)  # (N, V) MeV
         if y is not None and self.layer_energies is not None:
+            if self.fill_layers:
+                showers = self.layer_energies.fill_empty(showers, self.transform.log_fraction(z), y)
             showers = self.layer_energies.rescale(showers, energy, y)
         elif self.energy_ratio is not None:
             showers = self.energy_ratio.rescale(showers, energy, named["u"])

@@ -62,7 +62,7 @@ FAMILY = Family(
     build_module="caloforge.families.edm_unet.module:EdmUnetModule",
     build_sampler="caloforge.families.edm_unet.sampler:EdmUnetSampler",
     representation="voxels",
-    sample_options=("n_steps", "sampler"),
+    sample_options=("n_steps", "sampler", "fill_layers"),
     takes_teacher=True,
     tiny={"unet": {"size": "tiny"}, "layers": {"width": 16, "depth": 1}, "sample": {"n_steps": 2}},
 )
