@@ -79,7 +79,7 @@ class DemoConfig:
                 dit=DiTConfig(
                     size="tiny", patch_size=(5, 4, 9), hidden=self.hidden, depth=self.depth, n_heads=4
                 ),
-                sample=SampleConfig(n_steps=self.sampler_steps, sampler="heun"),
+                sample=SampleConfig(n_steps=self.sampler_steps, sampler="heun", fill_layers=True),
             ),
             preprocess=PreprocessConfig(layer_energies=True),
             optim=OptimConfig(lr=1e-3, warmup_steps=min(200, self.train_steps // 5 + 1)),
