@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -460,7 +461,11 @@ def train(
     if trainer.is_global_zero:  # under DDP every rank runs this function; one writes
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    with warnings.catch_warnings():
+        # Manual-optimisation families (mdma-gan) checkpoint after their step, which is what they mean; the
+        # warning's multi-line code example would otherwise repeat at every checkpoint.
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
 
     final = out / "model.ckpt"
     tmp = out / ".model.ckpt.tmp"
