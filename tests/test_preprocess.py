@@ -13,6 +13,7 @@ from caloforge.errors import InputError
 from caloforge.geometry import CylindricalGeometry
 from caloforge.preprocess import (
     EnergyRatio,
+    LayerEnergies,
     PreprocessConfig,
     ShowerPreprocessor,
     fit_energy_ratio,
@@ -219,14 +220,19 @@ def test_layer_draws_outside_the_training_range_are_clamped_to_it() -> None:
     np.testing.assert_array_equal(restored.layer_span, pre.layer_span)
 
 
-def test_layer_rescale_puts_the_drawn_energy_in_each_layer() -> None:
-    showers = toy_showers(50)
+def _stage_and_draw(n: int) -> tuple[ShowerSet, LayerEnergies, torch.Tensor, torch.Tensor]:
+    """n toy showers, their fitted layer stage, energies (N,) and a draw: the layer vectors of other
+    showers of the set (rolled by 7)."""
+    showers = toy_showers(n)
     pre = ShowerPreprocessor.fit(showers, PreprocessConfig(layer_energies=True))
     stage = pre.layer_energies(GEOMETRY)
     assert stage is not None
     energy = torch.from_numpy(showers.energy).float()
-    # draw: the layer vectors of other showers of the set, rescaled onto these
-    target = torch.from_numpy(pre.layer_targets(showers)).roll(7, dims=0)
+    return showers, stage, energy, torch.from_numpy(pre.layer_targets(showers)).roll(7, dims=0)
+
+
+def test_layer_rescale_puts_the_drawn_energy_in_each_layer() -> None:
+    showers, stage, energy, target = _stage_and_draw(50)
     x = torch.from_numpy(showers.showers)
     x[0, 8:16] = 0.0  # shower 0 has no cells in layer 1: its share goes to the others
     scaled = stage.rescale(x, energy, target).numpy()
@@ -240,12 +246,7 @@ def test_layer_rescale_puts_the_drawn_energy_in_each_layer() -> None:
 
 
 def test_fill_empty_lights_the_closest_cell_of_each_layer_the_draw_needs() -> None:
-    showers = toy_showers(50)
-    pre = ShowerPreprocessor.fit(showers, PreprocessConfig(layer_energies=True))
-    stage = pre.layer_energies(GEOMETRY)
-    assert stage is not None
-    energy = torch.from_numpy(showers.energy).float()
-    target = torch.from_numpy(pre.layer_targets(showers)).roll(7, dims=0)
+    showers, stage, energy, target = _stage_and_draw(50)
     x = torch.from_numpy(showers.showers)
     x[0, 8:16] = 0.0  # shower 0 left layer 1 empty, which the draw gives energy
     x[1, 16:24] = 0.0  # so did shower 1 with layer 2
