@@ -296,8 +296,8 @@ class LayerEnergies(nn.Module):
         self.register_buffer("std", std.float(), persistent=False)
         self.register_buffer("span", span.float(), persistent=False)
         self.register_buffer("matrix", matrix.float(), persistent=False)
-        # The voxels of each layer, padded with V (a column fill_empty appends): (L, C) flattened, C the
-        # most cells of any layer, and each layer's offset into it.
+        # The voxels of each layer, (L, C) with C the most cells of any layer, padded with V (the index of
+        # the column fill_empty appends, which never wins and is dropped).
         members = [torch.nonzero(column > 0).flatten() for column in matrix.T]
         width = max(len(m) for m in members)
         cells = torch.full((len(members), width), matrix.shape[0], dtype=torch.int64)
