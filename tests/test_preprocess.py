@@ -245,25 +245,25 @@ def test_layer_rescale_puts_the_drawn_energy_in_each_layer() -> None:
     assert float(scaled[scaled > 0].min()) >= stage.threshold_mev
 
 
-def test_fill_empty_lights_the_closest_cell_of_each_layer_the_draw_needs() -> None:
+def test_rescale_with_scores_lights_the_closest_cell_of_each_layer_the_draw_needs() -> None:
     showers, stage, energy, target = _stage_and_draw(50)
     x = torch.from_numpy(showers.showers)
     x[0, 8:16] = 0.0  # shower 0 left layer 1 empty, which the draw gives energy
     x[1, 16:24] = 0.0  # so did shower 1 with layer 2
     scores = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
-    filled = stage.fill_empty(x, scores, target)
-    lit = (filled - x).numpy()
-    assert np.count_nonzero(lit) == 2 and lit.max() == 1.0  # only the empty layers gain a cell
-    assert lit[0, 8 + int(scores[0, 8:16].argmax())] == 1.0  # the cell with the highest score
-    assert lit[1, 16 + int(scores[1, 16:24].argmax())] == 1.0
+    scaled = stage.rescale(x, energy, target, scores).numpy()
+    lit = (x.numpy() == 0) & (scaled > 0)
+    assert np.count_nonzero(lit) == 2  # only the empty layers gain a cell
+    assert lit[0, 8 + int(scores[0, 8:16].argmax())]  # the cell with the highest score
+    assert lit[1, 16 + int(scores[1, 16:24].argmax())]
     ratio, fraction = (t.numpy() for t in stage.inverse(target))
-    layers = stage.rescale(filled, energy, target).numpy().reshape(50, 3, 8).sum(axis=2)
+    layers = scaled.reshape(50, 3, 8).sum(axis=2)
     drawn = fraction * ratio[:, None] * showers.energy[:, None]
     np.testing.assert_allclose(layers, drawn, rtol=1e-4)  # every layer holds its draw, shower 0's too
     assert fraction[0, 1] > 0 and fraction[1, 2] > 0
 
 
-def test_fill_empty_leaves_a_layer_the_draw_leaves_empty() -> None:
+def test_rescale_with_scores_leaves_a_layer_the_draw_leaves_empty() -> None:
     showers = toy_showers(20)
     pre = ShowerPreprocessor.fit(showers, PreprocessConfig(layer_energies=True))
     stage = pre.layer_energies(GEOMETRY)
@@ -274,4 +274,5 @@ def test_fill_empty_leaves_a_layer_the_draw_leaves_empty() -> None:
     stage.span[0, 2] = math.log(stage.delta)  # as if training had seen layer 1 empty ...
     y[:, 2] = (math.log(stage.delta) - stage.mean[2]) / stage.std[2]  # ... and the draw says empty
     assert (stage.inverse(y)[1][:, 1] == 0).all()
-    assert torch.equal(stage.fill_empty(x, torch.randn(x.shape), y), x)
+    energy = torch.from_numpy(showers.energy).float()
+    assert torch.equal(stage.rescale(x, energy, y, torch.randn(x.shape)), stage.rescale(x, energy, y))

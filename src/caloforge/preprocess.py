@@ -144,7 +144,7 @@ class PreprocessTransform(nn.Module):
 
     def log_fraction(self, z: Tensor) -> Tensor:
         """ln((E + eps) / E_inc) (N, V) of model-space values z (N, V), before any threshold: how near each
-        cell is to being lit, comparable across cells (``LayerEnergies.fill_empty`` reads it)."""
+        cell is to being lit, comparable across cells (the scores ``LayerEnergies.rescale`` fills by)."""
         return torch.clamp(z * self.std + self.mean, max=self.log_max)
 
     def inverse(self, z: Tensor, energy: Tensor) -> Tensor:
@@ -268,11 +268,10 @@ class LayerEnergies(nn.Module):
     Torch ops only (ONNX-traceable).
 
     ``inverse(z)``: (N, 1 + L) -> ratio E_tot / E_inc (N,), fractions (N, L).
-    ``rescale(showers, energy, z)``: showers (N, V) MeV rescaled so that layer l holds fraction_l * ratio *
-    E_inc; the fractions of layers the shower leaves empty are shared out over its other layers, and cells
-    pushed below ``threshold_mev`` read zero.
-    ``fill_empty(showers, scores, z)``: before ``rescale``, lights one cell in each layer the draw z gives
-    energy but the shower leaves empty, so the draw is honoured instead of shared out.
+    ``rescale(showers, energy, z, scores=None)``: showers (N, V) MeV rescaled so that layer l holds
+    fraction_l * ratio * E_inc; the fractions of layers the shower leaves empty are shared out over its
+    other layers, and cells pushed below ``threshold_mev`` read zero. With ``scores`` (N, V), such a layer
+    instead gets one cell, the one with the highest score (``fill_layers``), so the draw is honoured.
     """
 
     mean: Tensor
@@ -297,7 +296,7 @@ class LayerEnergies(nn.Module):
         self.register_buffer("span", span.float(), persistent=False)
         self.register_buffer("matrix", matrix.float(), persistent=False)
         # The voxels of each layer, (L, C) with C the most cells of any layer, padded with V (the index of
-        # the column fill_empty appends, which never wins and is dropped).
+        # the column _best_cells appends, which never wins and is dropped).
         members = [torch.nonzero(column > 0).flatten() for column in matrix.T]
         width = max(len(m) for m in members)
         cells = torch.full((len(members), width), matrix.shape[0], dtype=torch.int64)
@@ -330,26 +329,28 @@ class LayerEnergies(nn.Module):
         fraction = torch.where(fraction < self.threshold, torch.zeros_like(fraction), fraction)
         return ratio, fraction
 
-    def fill_empty(self, showers: Tensor, scores: Tensor, z: Tensor) -> Tensor:
-        """showers (N, V) MeV plus one cell of 1 MeV (``rescale`` then scales it to the draw) in each layer
-        that the draw z (N, 1 + L) gives energy but the shower leaves empty: the cell of that layer with the
-        highest ``scores`` (N, V), the shape model's value before its threshold (the cell it came closest to
-        lighting). Without it, the DiT's deep layers were empty in 56 % of the showers where Geant4's are
-        in 44 % (layer 30), whatever the draw said (docs/decisions.md, "Layer energies")."""
-        _, fraction = self.inverse(z)
-        need = (showers @ self.matrix <= 0) & (fraction > 0)  # (N, L)
+    def _best_cells(self, scores: Tensor, need: Tensor) -> Tensor:
+        """(N, V): 1 at the cell with the highest ``scores`` (N, V) of each layer where ``need`` (N, L) is
+        true, 0 elsewhere."""
         floor = torch.full_like(scores[:, :1], torch.finfo(scores.dtype).min)
         padded = torch.cat([scores, floor], dim=1)  # (N, V + 1); column V is the cells table's padding
         n_layers, width = self.cells.shape
         best = padded[:, self.cells.flatten()].reshape(-1, n_layers, width).argmax(dim=2)  # (N, L)
         offsets = torch.arange(n_layers, device=best.device) * width
         voxel = self.cells.flatten()[best + offsets]  # (N, L) the chosen cell of each layer
-        lit = torch.zeros_like(padded).scatter(1, voxel, need.to(padded.dtype))[:, :-1]
-        return showers + lit
+        return torch.zeros_like(padded).scatter(1, voxel, need.to(padded.dtype))[:, :-1]
 
-    def rescale(self, showers: Tensor, energy: Tensor, z: Tensor) -> Tensor:
+    def rescale(self, showers: Tensor, energy: Tensor, z: Tensor, scores: Tensor | None = None) -> Tensor:
         ratio, fraction = self.inverse(z)
         have = showers @ self.matrix  # (N, L) MeV the shower holds per layer
+        if scores is not None:
+            # A layer the draw gives energy but the shower leaves empty gets 1 MeV in the cell with the
+            # highest score (the shape model's value before its threshold: the cell it came closest to
+            # lighting), scaled below to the draw. Without it the DiT's deep layers were empty in 56 % of the
+            # showers where Geant4's are in 44 % (layer 30), whatever the draw said (docs/decisions.md).
+            need = (have <= 0) & (fraction > 0)  # (N, L)
+            showers = showers + self._best_cells(scores, need)
+            have = have + need.to(have.dtype)
         fraction = torch.where(have > 0, fraction, torch.zeros_like(fraction))
         norm = fraction.sum(dim=1, keepdim=True)
         own = have / torch.clamp(have.sum(dim=1, keepdim=True), min=1e-30)  # for a shower with none left

@@ -29,7 +29,7 @@ class SampleConfig:
 
     ``fill_layers``: with the layer-energy stage, light one cell (the one the shape model came closest to
     lighting) in each layer the stage's draw gives energy but the shape model left empty, instead of
-    sharing that layer's energy out over the others (``LayerEnergies.fill_empty``). Off by default so
+    sharing that layer's energy out over the others (``LayerEnergies.rescale`` with scores). Off by default so
     older runs keep generating the same showers.
     """
 

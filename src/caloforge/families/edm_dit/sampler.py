@@ -145,9 +145,8 @@ class EdmDitSampler(ShowerSampler):
         z = self._solve(self.denoiser, named["noise"], shape_condition(cond, y), named.get("step_noise"))
         showers = self.transform.inverse(z, energy)  # (N, V) MeV
         if y is not None and self.layer_energies is not None:
-            if self.fill_layers:
-                showers = self.layer_energies.fill_empty(showers, self.transform.log_fraction(z), y)
-            showers = self.layer_energies.rescale(showers, energy, y)
+            scores = self.transform.log_fraction(z) if self.fill_layers else None
+            showers = self.layer_energies.rescale(showers, energy, y, scores)
         elif self.energy_ratio is not None:
             showers = self.energy_ratio.rescale(showers, energy, named["u"])
         return showers
