@@ -108,6 +108,63 @@ def test_a_model_with_extra_faint_hits_is_cut_to_the_reference_count_when_asked(
     assert cut.info["mean_cut"] > 0 and kept.info["mean_cut"] == 0
 
 
+def test_a_model_with_too_few_hits_gets_them_from_its_candidates() -> None:
+    rng = np.random.default_rng(11)
+
+    def sparse(n: int, seed: int) -> ShowerSet:  # half the cells empty
+        showers = bright(n, seed)
+        showers.showers[rng.random(showers.showers.shape) < 0.5] = 0.0
+        return showers
+
+    reference = sparse(600, seed=12)
+
+    def with_faint_hits(showers: ShowerSet) -> ShowerSet:  # a third of the hits fall below the threshold
+        out = showers.showers.copy()
+        lost = (out > 0) & (rng.random(out.shape) < 0.33)
+        out[lost] = rng.uniform(0.3 * THRESHOLD, 0.95 * THRESHOLD, lost.sum())
+        return ShowerSet(out, GEOMETRY, showers.energy)
+
+    model = with_faint_hits(reference)  # as a sampler after lower_threshold(0.25 x THRESHOLD) hands it over
+    fresh_reference = sparse(400, seed=13)
+    fresh = with_faint_hits(fresh_reference)
+    config = CalibrationConfig(n_energy_bins=2, match_hit_count=True, candidate_threshold=0.25)
+    calibration = fit_cell_calibration(model, reference, THRESHOLD, config)
+    assert calibration.candidate_mev == pytest.approx(0.25 * THRESHOLD)
+    out = apply(calibration, fresh)
+    target, short = (fresh_reference.showers > 0).sum(), (fresh.showers >= THRESHOLD).sum()
+    assert abs((out > 0).sum() - target) < 0.05 * target < target - short  # the count came back up
+    assert out[out > 0].min() >= THRESHOLD  # every candidate is a hit or empty
+    # each layer keeps what the sampler gave it, candidates included (unless all its candidates were cut)
+    matrix = layer_matrix(GEOMETRY)
+    kept = (out @ matrix) > 0
+    np.testing.assert_allclose((out @ matrix)[kept], (fresh.showers @ matrix)[kept], rtol=1e-3)
+    restored = CellCalibration.from_dict(calibration.to_dict(), GEOMETRY)
+    assert restored.candidate_mev == calibration.candidate_mev
+    old = {k: v for k, v in calibration.to_dict().items() if k != "candidate_mev"}  # written before them
+    assert CellCalibration.from_dict(old, GEOMETRY).candidate_mev == THRESHOLD
+
+
+def test_candidates_need_the_hit_count_matching() -> None:
+    with pytest.raises(InputError,
+                       match=r"candidate_threshold.*is 0.5 without match_hit_count.*match_hit_count on"):
+        CalibrationConfig(candidate_threshold=0.5)
+    with pytest.raises(InputError, match=r"candidate_threshold.*is 1.5.*in \(0, 1\]"):
+        CalibrationConfig(candidate_threshold=1.5, match_hit_count=True)
+
+
+def test_a_sampler_that_cannot_hand_over_candidates_is_refused_by_name() -> None:
+    from caloforge.sampler import ShowerSampler
+
+    class Plain(ShowerSampler):
+        pass
+
+    config = CalibrationConfig(n_energy_bins=1, match_hit_count=True, candidate_threshold=0.5)
+    calibration = fit_cell_calibration(toy_showers(50), toy_showers(50, seed=1), THRESHOLD, config)
+    with pytest.raises(InputError, match=r"calibration.candidate_threshold.*Plain for cells below its "
+                       r"readout threshold.*1 for this family"):
+        CalibratedSampler(Plain(), calibration)
+
+
 def test_layer_energies_are_kept_when_asked() -> None:
     reference = toy_showers(500, seed=3)
     model = scaled(reference, 0.7)
@@ -185,6 +242,29 @@ def test_calibrated_sampler_exports_with_onnxruntime_parity(calibrated: Path, tm
     assert np.isfinite(out).all() and out.sum() > 0
 
 
+def test_candidate_calibration_of_a_dit_generates_and_exports(checkpoint: Path, tmp_path: Path) -> None:
+    raw = load_generator(checkpoint)
+    threshold = raw.content.preprocessor.threshold_mev  # the run's (its faintest training deposit)
+    energy = np.array([2e3, 9e3, 4e4, 9e4])
+    hits = raw.sample(energy, seed=3).showers
+    raw.sampler.base().lower_threshold(0.1 * threshold)  # the DiT's cells down to a tenth of it come out
+    lowered = raw.sample(energy, seed=3).showers
+    assert ((lowered > 0) & (lowered < threshold)).any() and lowered[lowered > 0].min() >= 0.1 * threshold
+    above = lowered >= threshold
+    np.testing.assert_array_equal(lowered[above], hits[above])  # no layer stage: the hits are as they were
+
+    out = tmp_path / "candidates.ckpt"
+    calibrate_checkpoint(checkpoint, toy_showers(200, seed=4), out, CalibrationConfig(
+        n_showers=64, n_energy_bins=2, n_quantiles=9, match_hit_count=True, candidate_threshold=0.1),
+        seed=1, batch_size=32)
+    generator = load_generator(out)
+    assert generator.sampler.calibration.candidate_mev == pytest.approx(0.1 * threshold)  # type: ignore[union-attr]
+    got = generator.sample(energy, seed=3).showers
+    assert got[got > 0].min() >= threshold
+    path = export_sampler(generator, tmp_path / "s.onnx")
+    assert check_export(generator, path, n=5) < 1e-4
+
+
 def test_showers_without_hits_come_back_empty() -> None:
     calibration = fit_cell_calibration(toy_showers(100), toy_showers(100, seed=1), THRESHOLD)
     empty = torch.zeros((3, GEOMETRY.n_voxels))
@@ -204,6 +284,18 @@ def test_cli_calibrate_writes_the_model_and_says_what_it_fitted(
     assert f"wrote {out}: 8 (layer, radial bin) groups x 2 energy bins x 5 quantiles" in stdout
     assert "calibrating" in stderr and "150 showers" in stderr
     assert read_checkpoint(out).calibration is not None
+
+
+def test_cli_calibrate_refuses_candidates_without_the_count_matching(
+    run, checkpoint: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "train.h5"
+    write_showers(data, toy_showers(20, seed=5))
+    code, _, stderr = run("calibrate", checkpoint, data, "--out", tmp_path / "x.ckpt", "--n-showers", 4,
+                          "--candidate-threshold", 0.2)
+    assert code == 2
+    assert "candidate_threshold" in stderr and "without match_hit_count" in stderr
+    assert not (tmp_path / "x.ckpt").exists()
 
 
 def test_cli_calibrate_says_it_replaces_a_calibration(run, calibrated: Path, tmp_path: Path) -> None:

@@ -19,6 +19,15 @@ identity. Empty cells stay empty: the number of hits per shower is left to the m
 fraction up), which brings a model that makes too many faint hits (the flow student: 1049 hits per
 shower against Geant4's 644) to the reference's count.
 
+Too few hits are the other half: the DiT trained on Geant4 lights 10-35 % too few cells where a layer has a
+handful (the tail of the shower in each energy bin), and the high-level classifier reads that (sparsity,
+widths). With ``candidate_threshold`` c < 1 the sampler hands over every cell down to c x the readout
+threshold (``ShowerSampler.lower_threshold``: the model's cells it came closest to lighting, a deposit below
+the threshold) as candidates, the spectrum above is fitted over those candidates, and ``match_hit_count``
+(required) then cuts each group's faintest candidates down to the reference's count; the rest map onto the
+reference's hits, so candidates become hits exactly where the model lit too few. Only samplers whose
+threshold is their last step can (``edm-dit``, ``edm-unet``).
+
 Apply (``CellCalibration``): for a shower of incident energy E_inc, the knots are interpolated linearly in
 ln E_inc between the centres of the two nearest energy bins (clamped to the first and last centre, as
 ``preprocess.EnergyRatio``), each hit is mapped, and each layer is scaled back to the energy it had before
@@ -73,7 +82,10 @@ class CalibrationConfig:
         preserve_layer_energies: scale each layer back to its energy before the map.
         match_hit_count: where the model makes a larger fraction of hits than the reference (per group and
             energy bin), zero its faintest hits down to the reference's fraction (module doc). Off by
-            default: the DiT's count is right, and the cut only ever removes hits.
+            default: the cut only ever removes hits.
+        candidate_threshold: the model's cells down to this fraction of the readout threshold are
+            candidate hits (module doc; 1: only its hits). Below 1 it needs ``match_hit_count``, which picks
+            the hits among them.
     """
 
     n_showers: int = 5000
@@ -82,12 +94,20 @@ class CalibrationConfig:
     min_hits: int = 10
     preserve_layer_energies: bool = True
     match_hit_count: bool = False
+    candidate_threshold: float = 1.0
 
     def __post_init__(self) -> None:
         for name, least in (("n_showers", 1), ("n_energy_bins", 1), ("n_quantiles", 2), ("min_hits", 2)):
             value = getattr(self, name)
             if int(value) != value or value < least:
                 raise InputError(None, f"calibration.{name}", f"is {value}", f"an integer >= {least}")
+        if not 0 < self.candidate_threshold <= 1:
+            raise InputError(None, "calibration.candidate_threshold", f"is {self.candidate_threshold}",
+                             "a fraction of the readout threshold in (0, 1]")
+        if self.candidate_threshold < 1 and not self.match_hit_count:
+            raise InputError(None, "calibration.candidate_threshold", f"is {self.candidate_threshold} "
+                             "without match_hit_count", "match_hit_count on (it picks the hits among the "
+                             "candidates), or 1")
 
 
 def cell_groups(geometry: CylindricalGeometry) -> NDArray[np.int64]:
@@ -163,7 +183,8 @@ def fit_cell_calibration(
         return np.clip((position * n_bins).astype(np.int64), 0, n_bins - 1)
 
     gen_bins, ref_bins = bins_of(generated), bins_of(reference)
-    x, n_x = _hit_quantiles(generated, groups, n_groups, gen_bins, n_bins, levels, threshold_mev)
+    candidate_mev = config.candidate_threshold * threshold_mev  # generated: cells the sampler handed over
+    x, n_x = _hit_quantiles(generated, groups, n_groups, gen_bins, n_bins, levels, candidate_mev)
     y, n_y = _hit_quantiles(reference, groups, n_groups, ref_bins, n_bins, levels, threshold_mev)
     fitted = (n_x >= config.min_hits) & (n_y >= config.min_hits)  # (B, G)
     cut = np.zeros((n_bins, n_groups))
@@ -185,7 +206,7 @@ def fit_cell_calibration(
     return CellCalibration(
         torch.from_numpy(x).float(), torch.from_numpy(y).float(), torch.from_numpy(groups),
         torch.from_numpy(layer_matrix(generated.geometry)), log_lo, log_hi, threshold_mev,
-        config.preserve_layer_energies, torch.from_numpy(cut).float(),
+        config.preserve_layer_energies, torch.from_numpy(cut).float(), candidate_mev,
         info={**asdict(config), "n_generated": len(generated), "n_reference": len(reference),
               "fitted_fraction": float(fitted.mean()), "mean_cut": float(cut.mean())},
     )
@@ -196,7 +217,9 @@ class CellCalibration(nn.Module):
 
     Buffers: knots ``x`` and values ``y`` (B, G, K) in u = ln(E / E_inc), ``groups`` (V,) int64, the layer
     matrix (V, L), ``cut`` (B, G): the fraction of the model's hits that ``match_hit_count`` zeroes (hits
-    below the first knot where it is > 0). ``info`` records how it was fitted (plain JSON types).
+    below the first knot where it is > 0). ``candidate_mev``: cells from this energy up are mapped (the
+    readout threshold unless fitted with ``candidate_threshold``; the output's threshold stays
+    ``threshold_mev``). ``info`` records how it was fitted (plain JSON types).
     """
 
     x: Tensor
@@ -208,7 +231,7 @@ class CellCalibration(nn.Module):
     def __init__(
         self, x: Tensor, y: Tensor, groups: Tensor, layers: Tensor, log_lo: float, log_hi: float,
         threshold_mev: float, preserve_layer_energies: bool = True, cut: Tensor | None = None,
-        info: dict[str, Any] | None = None,
+        candidate_mev: float | None = None, info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if x.shape != y.shape or x.ndim != 3 or groups.shape[0] != layers.shape[0]:
@@ -222,6 +245,7 @@ class CellCalibration(nn.Module):
         self.register_buffer("cut", cut.float(), persistent=False)
         self.log_lo, self.log_hi = float(log_lo), float(log_hi)
         self.threshold_mev = float(threshold_mev)
+        self.candidate_mev = self.threshold_mev if candidate_mev is None else float(candidate_mev)
         self.preserve_layer_energies = bool(preserve_layer_energies)
         self.info = dict(info or {})
 
@@ -231,7 +255,7 @@ class CellCalibration(nn.Module):
         # the knots costs a tenth of a dense one; then scattered back into zeros.
         n_voxels = showers.shape[1]
         flat = showers.reshape(-1)  # (N V,)
-        where = torch.nonzero(flat >= self.threshold_mev).reshape(-1)  # (H,) flat index of each hit
+        where = torch.nonzero(flat >= self.candidate_mev).reshape(-1)  # (H,) flat index of each hit
         shower, voxel = where // n_voxels, where % n_voxels
         log_e = torch.log(energy)[shower]  # (H,)
         u = torch.log(flat[where]) - log_e  # (H,)
@@ -259,7 +283,7 @@ class CellCalibration(nn.Module):
         values = torch.where(kept, torch.exp(mapped + log_e), torch.zeros_like(mapped))
         out = torch.zeros_like(flat).scatter(0, where, values).reshape(showers.shape)
         if self.preserve_layer_energies:
-            hit = showers >= self.threshold_mev
+            hit = showers >= self.candidate_mev
             out = self._restore_layers(out, torch.where(hit, showers, torch.zeros_like(showers)))
         return torch.where(out < self.threshold_mev, torch.zeros_like(out), out)
 
@@ -280,7 +304,7 @@ class CellCalibration(nn.Module):
         return {"x": self.x.cpu(), "y": self.y.cpu(), "groups": self.groups.cpu(), "log_lo": self.log_lo,
                 "log_hi": self.log_hi, "threshold_mev": self.threshold_mev,
                 "preserve_layer_energies": self.preserve_layer_energies, "cut": self.cut.cpu(),
-                "info": self.info}
+                "candidate_mev": self.candidate_mev, "info": self.info}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], geometry: CylindricalGeometry) -> CellCalibration:
@@ -291,7 +315,8 @@ class CellCalibration(nn.Module):
         return cls(torch.as_tensor(data["x"]), torch.as_tensor(data["y"]), groups,
                    torch.from_numpy(layer_matrix(geometry)), float(data["log_lo"]), float(data["log_hi"]),
                    float(data["threshold_mev"]), bool(data["preserve_layer_energies"]),
-                   torch.as_tensor(data["cut"]) if "cut" in data else None, dict(data["info"]))
+                   torch.as_tensor(data["cut"]) if "cut" in data else None,
+                   float(data["candidate_mev"]) if "candidate_mev" in data else None, dict(data["info"]))
 
 
 class CalibratedSampler(ShowerSampler):
@@ -299,6 +324,8 @@ class CalibratedSampler(ShowerSampler):
 
     def __init__(self, inner: ShowerSampler, calibration: CellCalibration) -> None:
         super().__init__()
+        if calibration.candidate_mev < calibration.threshold_mev:  # it picks hits among fainter cells
+            inner.base().lower_threshold(calibration.candidate_mev)
         self.inner = inner
         self.calibration = calibration
         self.noise = inner.noise

@@ -617,6 +617,11 @@ def calibrate_command(
     match_hit_count: bool = typer.Option(False, "--match-hit-count", help="Where the model makes more "
                                          "hits than DATA, zero its faintest ones down to DATA's count "
                                          "(off: the hit counts are the model's)."),
+    candidate_threshold: float = typer.Option(1.0, "--candidate-threshold", help="With --match-hit-count: "
+                                              "the model's cells down to this fraction of the readout "
+                                              "threshold are candidate hits, so where it lights too few "
+                                              "cells the count is brought up as well as down (edm-dit, "
+                                              "edm-unet; 1: only its hits)."),
     batch_size: int = typer.Option(500, "--batch-size", min=1, help="Showers per model call."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the run's); "
                                      "generate with the same setting the calibration was fitted for."),
@@ -635,7 +640,8 @@ def calibrate_command(
     from caloforge.progress import progress_bar
 
     config = CalibrationConfig(n_showers=n_showers, n_energy_bins=energy_bins, n_quantiles=quantiles,
-                               preserve_layer_energies=keep_layers, match_hit_count=match_hit_count)
+                               preserve_layer_energies=keep_layers, match_hit_count=match_hit_count,
+                               candidate_threshold=candidate_threshold)
     options = sampling_options(steps, sampler, option)
     if read_checkpoint(checkpoint, weights=False).calibration is not None:
         typer.echo(f"{checkpoint} is calibrated already: its model is calibrated afresh and the new map "

@@ -122,6 +122,15 @@ class ShowerSampler(nn.Module):
         holds."""
         return self
 
+    def lower_threshold(self, mev: float) -> None:
+        """From now on, output every cell down to ``mev`` (below the readout threshold) as well as the hits:
+        candidates for a calibration that picks the hits among them (``calibration.CalibrationConfig.
+        candidate_threshold``). Only a family whose threshold is the last step of its sampler can; the
+        others refuse (default)."""
+        raise InputError(None, "calibration.candidate_threshold",
+                         f"asks {type(self).__name__} for cells below its readout threshold, which it cannot "
+                         "give", "1 for this family (edm-dit and edm-unet hand over fainter cells)")
+
     def voxelise_onto(self, geometry: CylindricalGeometry) -> ShowerSampler:
         """This sampler writing its showers onto ``geometry``, another readout of its detector (checked by
         the caller, ``Family.check_readout``); only readout-free families (``Family.readout_free``) can."""

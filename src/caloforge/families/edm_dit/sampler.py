@@ -151,6 +151,18 @@ class EdmDitSampler(ShowerSampler):
             showers = self.energy_ratio.rescale(showers, energy, named["u"])
         return showers
 
+    def lower_threshold(self, mev: float) -> None:
+        """Cells down to ``mev`` come out (``ShowerSampler.lower_threshold``): the threshold of the inverse
+        preprocessing and of the layer or E_tot rescale, the sampler's only thresholds, moves down. A cell in
+        [mev, threshold) is a deposit the DiT came close to lighting."""
+        if not 0 < mev <= self.transform.threshold_mev:
+            raise InputError(None, "threshold", f"is {mev} MeV",
+                             f"in (0, {self.transform.threshold_mev}] MeV, the readout threshold")
+        self.transform.threshold_mev = float(mev)
+        for stage in (self.layer_energies, self.energy_ratio):
+            if stage is not None:
+                stage.threshold_mev = float(mev)
+
     def metadata(self) -> dict[str, Any]:
         """The solver's noise-level grid, for readers of the exported graph."""
         return {"sigmas": self.sigmas.tolist()}
