@@ -137,17 +137,31 @@ class EdmDitSampler(ShowerSampler):
         return solver(denoiser, x * float(self.sigmas[0]), self.sigmas, cond)
 
     def forward(self, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, *noise: Tensor) -> Tensor:
+        z, y = self.solve(energy, theta, phi, detector, *noise)
+        return self.decode(z, y, energy, *noise)
+
+    def solve(
+        self, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, *noise: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """The solvers' outputs: the DiT's z (N, V) in model space and the layer stage's y (N, 1 + L)
+        (``None`` without the stage); ``forward`` is ``decode`` of them."""
         named = {spec.name: tensor for spec, tensor in zip(self.noise, noise, strict=True)}
         cond = self.encoder(energy, theta, phi, detector)  # (N, C)
         y = None
         if self.layer_denoiser is not None:
             y = self._solve(self.layer_denoiser, named["layer_noise"], cond, named.get("layer_step_noise"))
         z = self._solve(self.denoiser, named["noise"], shape_condition(cond, y), named.get("step_noise"))
+        return z, y
+
+    def decode(self, z: Tensor, y: Tensor | None, energy: Tensor, *noise: Tensor) -> Tensor:
+        """Showers (N, V) MeV from ``solve``'s outputs: the inverse preprocessing, its threshold, and the
+        rescale to the layer draw y (or to the E_tot / E_inc quantile of the noise ``u``)."""
         showers = self.transform.inverse(z, energy)  # (N, V) MeV
         if y is not None and self.layer_energies is not None:
             scores = self.transform.log_fraction(z) if self.fill_layers else None
             showers = self.layer_energies.rescale(showers, energy, y, scores)
         elif self.energy_ratio is not None:
+            named = {spec.name: tensor for spec, tensor in zip(self.noise, noise, strict=True)}
             showers = self.energy_ratio.rescale(showers, energy, named["u"])
         return showers
 
