@@ -286,6 +286,19 @@ def test_cli_calibrate_writes_the_model_and_says_what_it_fitted(
     assert read_checkpoint(out).calibration is not None
 
 
+def test_cli_calibrate_with_candidates_records_them(run, checkpoint: Path, tmp_path: Path) -> None:
+    data = tmp_path / "train.h5"
+    write_showers(data, toy_showers(60, seed=5))
+    out = tmp_path / "cand.ckpt"
+    code, stdout, stderr = run("calibrate", checkpoint, data, "--out", out, "--n-showers", 16,
+                               "--energy-bins", 1, "--match-hit-count", "--candidate-threshold", 0.5)
+    assert code == 0, stderr
+    assert f"wrote {out}" in stdout
+    calibration = read_checkpoint(out).calibration
+    assert calibration is not None and calibration["info"]["candidate_threshold"] == 0.5
+    assert calibration["candidate_mev"] == pytest.approx(0.5 * calibration["threshold_mev"])
+
+
 def test_cli_calibrate_refuses_candidates_without_the_count_matching(
     run, checkpoint: Path, tmp_path: Path
 ) -> None:
