@@ -64,6 +64,13 @@ def bright(n: int, seed: int) -> ShowerSet:
     return showers
 
 
+def sparse(n: int, seed: int, rng: np.random.Generator) -> ShowerSet:
+    """``bright`` showers with half their cells emptied (at random, by ``rng``)."""
+    showers = bright(n, seed)
+    showers.showers[rng.random(showers.showers.shape) < 0.5] = 0.0
+    return showers
+
+
 def test_a_model_twice_too_faint_is_brought_back() -> None:
     reference = bright(600, seed=1)
     model = scaled(reference, 0.5)
@@ -81,12 +88,7 @@ def test_a_model_twice_too_faint_is_brought_back() -> None:
 def test_a_model_with_extra_faint_hits_is_cut_to_the_reference_count_when_asked() -> None:
     rng = np.random.default_rng(8)
 
-    def sparse(n: int, seed: int) -> ShowerSet:  # half the cells empty
-        showers = bright(n, seed)
-        showers.showers[rng.random(showers.showers.shape) < 0.5] = 0.0
-        return showers
-
-    reference = sparse(600, seed=7)
+    reference = sparse(600, 7, rng)
 
     def with_extra_hits(showers: ShowerSet) -> ShowerSet:  # a third of the empty cells get a faint hit
         out = showers.showers.copy()
@@ -96,7 +98,7 @@ def test_a_model_with_extra_faint_hits_is_cut_to_the_reference_count_when_asked(
         return ShowerSet(out, GEOMETRY, showers.energy)
 
     model = with_extra_hits(reference)
-    fresh_reference = sparse(400, seed=9)
+    fresh_reference = sparse(400, 9, rng)
     fresh = with_extra_hits(fresh_reference)
     kept = fit_cell_calibration(model, reference, THRESHOLD, CalibrationConfig(n_energy_bins=2))
     cut = fit_cell_calibration(model, reference, THRESHOLD,
@@ -111,12 +113,7 @@ def test_a_model_with_extra_faint_hits_is_cut_to_the_reference_count_when_asked(
 def test_a_model_with_too_few_hits_gets_them_from_its_candidates() -> None:
     rng = np.random.default_rng(11)
 
-    def sparse(n: int, seed: int) -> ShowerSet:  # half the cells empty
-        showers = bright(n, seed)
-        showers.showers[rng.random(showers.showers.shape) < 0.5] = 0.0
-        return showers
-
-    reference = sparse(600, seed=12)
+    reference = sparse(600, 12, rng)
 
     def with_faint_hits(showers: ShowerSet) -> ShowerSet:  # a third of the hits fall below the threshold
         out = showers.showers.copy()
@@ -125,7 +122,7 @@ def test_a_model_with_too_few_hits_gets_them_from_its_candidates() -> None:
         return ShowerSet(out, GEOMETRY, showers.energy)
 
     model = with_faint_hits(reference)  # as a sampler after lower_threshold(0.25 x THRESHOLD) hands it over
-    fresh_reference = sparse(400, seed=13)
+    fresh_reference = sparse(400, 13, rng)
     fresh = with_faint_hits(fresh_reference)
     config = CalibrationConfig(n_energy_bins=2, match_hit_count=True, candidate_threshold=0.25)
     calibration = fit_cell_calibration(model, reference, THRESHOLD, config)

@@ -148,3 +148,20 @@ def test_command_selects_energy_range_and_reports_bad_input(
     assert code == 2 and "at least 10" in stderr
     code, _, stderr = run("evaluate", generated, tmp_path / "missing.h5", "--out", out)
     assert code == 2 and "error:" in stderr
+
+
+def test_separation_summary_gives_every_layer_kind_its_own_colour(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from matplotlib.colors import to_rgba
+
+    from caloforge.evaluate import plots
+    from caloforge.evaluate.histograms import LAYER_KINDS
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    powers = {f"{kind}_{layer}": 0.01 * (i + 1) for i, kind in enumerate(LAYER_KINDS) for layer in range(3)}
+    plots.plot_separation_summary(powers, 3, tmp_path / "summary.png")
+    lines = [line for line in figures[0].axes[0].get_lines() if line.get_label() in LAYER_KINDS]
+    assert len(lines) == len(LAYER_KINDS) == 8
+    assert len({to_rgba(line.get_color()) for line in lines}) == len(lines)  # the style's cycle repeated one

@@ -284,9 +284,12 @@ def plot_separation_summary(separations: dict[str, float], n_layers: int, path: 
     with _style():
         fig = Figure(figsize=(9, 6), layout="constrained")
         ax = fig.subplots()
-        for kind in LAYER_KINDS:
+        # One tab10 colour and a marker per kind: the style's own cycle repeats before the eighth kind.
+        colours = matplotlib.colormaps["tab10"]  # called with an integer: that entry of its 10 colours
+        for i, kind in enumerate(LAYER_KINDS):
             values = [separations.get(f"{kind}_{layer}", math.nan) for layer in range(n_layers)]
-            ax.plot(range(n_layers), values, marker="o", markersize=3, linewidth=1, label=kind)
+            ax.plot(range(n_layers), values, marker="osD^v<>p"[i % 8], markersize=3, linewidth=1, label=kind,
+                    color=colours(i % colours.N))
         for name, style in (("etot_einc", "--"), ("voxel_energy", ":")):
             if math.isfinite(separations.get(name, math.nan)):
                 ax.axhline(separations[name], color="k", linestyle=style, linewidth=1, label=name)
