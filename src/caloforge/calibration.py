@@ -320,7 +320,9 @@ class CellCalibration(nn.Module):
 
 
 class CalibratedSampler(ShowerSampler):
-    """A family's sampler followed by a ``CellCalibration``: same inputs, noise spec and options."""
+    """A family's sampler followed by a ``CellCalibration``: same inputs, noise spec and options. A
+    calibration that picks hits among candidates (``candidate_mev`` below the threshold) first has the
+    family's sampler hand them over (``ShowerSampler.lower_threshold``)."""
 
     def __init__(self, inner: ShowerSampler, calibration: CellCalibration) -> None:
         super().__init__()
