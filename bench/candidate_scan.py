@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diagnose_high_level import feature_groups
+from diagnose_high_level import group_aucs
 from fidelity import split_file
 
 from caloforge.calibration import CalibrationConfig, fit_cell_calibration
@@ -114,8 +114,6 @@ def main() -> None:
     ref_high = high_level_vector(compute_features(reference))
     ref_low = low_level_inputs(np.asarray(reference.showers, dtype=np.float32),
                                np.asarray(reference.energy, dtype=np.float64), threshold)
-    groups = feature_groups(ref_high.shape[1] // 8)
-    high_config = ClassifierConfig(epochs=15)
     ref_hits = float((np.asarray(reference.showers) >= threshold).sum(axis=1).mean())
     rows = []
     for fraction in fractions:
@@ -128,17 +126,14 @@ def main() -> None:
             energy = torch.cat([e for _, _, e, _ in evaluation])
             showers = calibration(decode_all(sampler, evaluation), energy).numpy()
         generated = ShowerSet(showers, reference.geometry, np.asarray(reference.energy))
-        high = high_level_vector(compute_features(generated))
+        by_group = group_aucs(high_level_vector(compute_features(generated)), ref_high,
+                              ClassifierConfig(epochs=15), args.seed)
         row = {
             "candidate_threshold": fraction,
             "auc_low": classifier_test(low_level_inputs(showers, generated.energy, threshold), ref_low,
                                        ClassifierConfig(), seed=args.seed).auc,
-            "auc_high": classifier_test(high, ref_high, high_config, seed=args.seed).auc,
-            "auc_high_by_group": {
-                name: classifier_test(high[:, np.r_[0, columns]], ref_high[:, np.r_[0, columns]], high_config,
-                                      seed=args.seed).auc
-                for name, columns in groups.items()
-            },
+            "auc_high": by_group.pop("all"),
+            "auc_high_by_group": by_group,
             "hits_per_shower": float((showers > 0).sum(axis=1).mean()),
             "mean_cut": calibration.info["mean_cut"],
         }

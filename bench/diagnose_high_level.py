@@ -58,6 +58,19 @@ def feature_groups(n_layers: int) -> dict[str, np.ndarray]:
     }
 
 
+def group_aucs(
+    generated: np.ndarray, reference: np.ndarray, config: ClassifierConfig, seed: int
+) -> dict[str, float]:
+    """High-level classifier AUC on the whole vector ("all") and on each ``feature_groups`` group alone, with
+    log10 E_inc (column 0) beside it so conditional differences count; vectors (N, 1 + 8 L)."""
+    aucs = {"all": classifier_test(generated, reference, config, seed=seed).auc}
+    for name, columns in feature_groups(reference.shape[1] // 8).items():
+        with_energy = np.concatenate([[0], columns])
+        gen, ref = generated[:, with_energy], reference[:, with_energy]
+        aucs[name] = classifier_test(gen, ref, config, seed=seed).auc
+    return aucs
+
+
 def ring_spectra(showers: ShowerSet) -> dict[str, Any]:
     """Cells per shower in each ``SPECTRUM_EDGES_MEV`` bin and the energy share, per radial ring."""
     grid = showers.geometry.to_grid(showers.showers.astype(np.float64))  # (N, L, A, R); regular readouts
@@ -105,13 +118,8 @@ def main() -> None:
     features: dict[str, Features] = {"generated": compute_features(generated),
                                      "reference": compute_features(reference)}
     vectors = {k: high_level_vector(f) for k, f in features.items()}
-    n_layers = vectors["reference"].shape[1] // 8
     config = ClassifierConfig(epochs=args.classifier_epochs)
-    aucs = {"all": classifier_test(vectors["generated"], vectors["reference"], config, seed=args.seed).auc}
-    for name, columns in feature_groups(n_layers).items():
-        with_energy = np.concatenate([[0], columns])
-        gen, ref = vectors["generated"][:, with_energy], vectors["reference"][:, with_energy]
-        aucs[name] = classifier_test(gen, ref, config, seed=args.seed).auc
+    aucs = group_aucs(vectors["generated"], vectors["reference"], config, args.seed)
     rings = {"generated": ring_spectra(generated), "reference": ring_spectra(reference)}
 
     result = {"benchmark": "diagnose_high_level", "checkpoint": args.checkpoint, "data": args.data,

@@ -289,11 +289,11 @@ def calibrate_checkpoint(
     energy = rng.choice(np.asarray(reference.energy, dtype=np.float64), config.n_showers,
                         replace=config.n_showers > len(reference))
     sampler = generator.sampler_for(**options)
+    threshold = generator.content.preprocessor.threshold_mev
     if config.candidate_threshold < 1:  # the fit sees the cells the calibrated sampler will hand over
-        sampler.base().lower_threshold(config.candidate_threshold * content.preprocessor.threshold_mev)
+        sampler.base().lower_threshold(config.candidate_threshold * threshold)
     generated = ShowerSet.concatenate(list(generator.sample_batches(
         energy, seed=seed, batch_size=batch_size, on_batch=progress, warn_outside=False, **options)))
-    threshold = generator.content.preprocessor.threshold_mev
     calibration = fit_cell_calibration(generated, reference, threshold, config)
     calibration.info.update({"sampling": dict(sampler.options), "seed": seed,
                              "reference": str(reference.source) if reference.source else None})

@@ -132,6 +132,10 @@ class EdmDitSampler(ShowerSampler):
             noise.append(NoiseSpec("step_noise", (n_steps, geometry.n_voxels)))
         self.noise = tuple(noise)
 
+    def _named(self, noise: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        """The noise tensors by their spec names."""
+        return {spec.name: tensor for spec, tensor in zip(self.noise, noise, strict=True)}
+
     def _solve(self, denoiser: nn.Module, x: Tensor, cond: Tensor, step_noise: Tensor | None) -> Tensor:
         solver = self.solver if step_noise is None else partial(self.solver, noise=step_noise)
         return solver(denoiser, x * float(self.sigmas[0]), self.sigmas, cond)
@@ -145,7 +149,7 @@ class EdmDitSampler(ShowerSampler):
     ) -> tuple[Tensor, Tensor | None]:
         """The solvers' outputs: the DiT's z (N, V) in model space and the layer stage's y (N, 1 + L)
         (``None`` without the stage); ``forward`` is ``decode`` of them."""
-        named = {spec.name: tensor for spec, tensor in zip(self.noise, noise, strict=True)}
+        named = self._named(noise)
         cond = self.encoder(energy, theta, phi, detector)  # (N, C)
         y = None
         if self.layer_denoiser is not None:
@@ -161,8 +165,7 @@ class EdmDitSampler(ShowerSampler):
             scores = self.transform.log_fraction(z) if self.fill_layers else None
             showers = self.layer_energies.rescale(showers, energy, y, scores)
         elif self.energy_ratio is not None:
-            named = {spec.name: tensor for spec, tensor in zip(self.noise, noise, strict=True)}
-            showers = self.energy_ratio.rescale(showers, energy, named["u"])
+            showers = self.energy_ratio.rescale(showers, energy, self._named(noise)["u"])
         return showers
 
     def lower_threshold(self, mev: float) -> None:
