@@ -72,23 +72,59 @@ def zero_(layer: nn.Conv3d) -> None:
 # ---- blocks -----------------------------------------------------------------------------------------------
 class CylindricalConv3d(nn.Module):
     """Conv3d over (N, C, layer, alpha, radial) with circular padding in alpha and zero padding in layer
-    and radius (CaloDiffusion's cylindrical convolution); ``stride`` per axis (1 or 2)."""
+    and radius (CaloDiffusion's cylindrical convolution); ``stride`` per axis (1 or 2).
+
+    ``shape``, the (layer, alpha, radial) size of the input when known, trims the kernel to 1 along every
+    axis of size 1. That changes nothing the convolution can compute (along a one-bin layer or radial
+    axis the outer taps see only zero padding; along a one-bin alpha axis all taps see the same bin, so
+    their sum is the one weight) and saves two thirds of the work per such axis: a patch stem that
+    merges all radial bins leaves a (L, A, 1) grid. A checkpoint saved with full kernels loads into the
+    trimmed shape (``_trim_full_kernel``).
+    """
 
     def __init__(
-        self, c_in: int, c_out: int, kernel: int = 3, stride: tuple[int, int, int] = (1, 1, 1)
+        self, c_in: int, c_out: int, kernel: int = 3, stride: tuple[int, int, int] = (1, 1, 1),
+        shape: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
-        self.pad = kernel // 2
-        self.conv = nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=(self.pad, 0, self.pad))
+        self.kernel = tuple(1 if shape is not None and shape[axis] == 1 else kernel for axis in range(3))
+        self.conv = nn.Conv3d(c_in, c_out, self.kernel, stride=stride,
+                              padding=(self.kernel[0] // 2, 0, self.kernel[2] // 2))
+        # A kernel of 1 along radius, unstrided: the same convolution as a 2D one over (layer, alpha) with
+        # the radial bins in the batch, which PyTorch runs 2-3 times faster on a CPU (training included).
+        self.planar = self.kernel[2] == 1 and self.conv.stride[2] == 1
+        self._register_load_state_dict_pre_hook(self._trim_full_kernel)
+
+    def _trim_full_kernel(self, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
+        """A full (k, k, k) kernel from a checkpoint, cut to this conv's trimmed kernel: the centre tap
+        along a trimmed layer or radial axis, the sum of the taps along a trimmed alpha axis."""
+        key = prefix + "conv.weight"
+        weight = state_dict.get(key)
+        if weight is None or tuple(weight.shape[2:]) == self.kernel:
+            return
+        centre = weight.shape[2] // 2
+        if self.kernel[0] == 1 and weight.shape[2] > 1:
+            weight = weight[:, :, centre:centre + 1]
+        if self.kernel[1] == 1 and weight.shape[3] > 1:
+            weight = weight.sum(dim=3, keepdim=True)
+        if self.kernel[2] == 1 and weight.shape[4] > 1:
+            weight = weight[:, :, :, :, centre:centre + 1]
+        state_dict[key] = weight
 
     def forward(self, x: Tensor) -> Tensor:
-        p = self.pad
+        p = self.kernel[1] // 2
         if p:  # wrap alpha: the last bins come before the first and the first after the last
             n_alpha = x.shape[3]
             reps = -(-p // n_alpha)  # fewer alpha bins than the padding (e.g. 1 bin): wrap several times
             ring = x if reps == 1 else x.repeat(1, 1, 1, reps, 1)
             x = torch.cat([ring[:, :, :, -p:], x, ring[:, :, :, :p]], dim=3)
-        return self.conv(x)
+        if not self.planar:
+            return self.conv(x)
+        n, c, n_l, n_a, n_r = x.shape
+        planes = x.permute(0, 4, 1, 2, 3).reshape(n * n_r, c, n_l, n_a)  # (N R, C, L, A)
+        out = F.conv2d(planes, self.conv.weight[..., 0], self.conv.bias, stride=self.conv.stride[:2],
+                       padding=(self.kernel[0] // 2, 0))
+        return out.reshape(n, n_r, *out.shape[1:]).permute(0, 2, 3, 4, 1)  # (N, C', L', A', R)
 
 
 class ResBlock(nn.Module):
@@ -96,14 +132,16 @@ class ResBlock(nn.Module):
     SiLU, dropout, conv (zero-initialised, so the block starts as its skip path); 1x1x1 skip projection
     when the width changes."""
 
-    def __init__(self, c_in: int, c_out: int, embed: int, dropout: float) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, embed: int, dropout: float, shape: tuple[int, int, int] | None = None
+    ) -> None:
         super().__init__()
         self.norm1 = group_norm(c_in)
-        self.conv1 = CylindricalConv3d(c_in, c_out)
+        self.conv1 = CylindricalConv3d(c_in, c_out, shape=shape)
         self.film = nn.Sequential(nn.SiLU(), nn.Linear(embed, 2 * c_out))
         self.norm2 = group_norm(c_out)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = CylindricalConv3d(c_out, c_out)
+        self.conv2 = CylindricalConv3d(c_out, c_out, shape=shape)
         self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
         zero_(self.conv2.conv)
 
@@ -139,9 +177,11 @@ class SpatialAttention(nn.Module):
 class Downsample(nn.Module):
     """Strided cylindrical convolution: halves (rounding up) every axis whose stride is 2."""
 
-    def __init__(self, channels: int, stride: tuple[int, int, int]) -> None:
+    def __init__(
+        self, channels: int, stride: tuple[int, int, int], shape: tuple[int, int, int] | None = None
+    ) -> None:
         super().__init__()
-        self.conv = CylindricalConv3d(channels, channels, stride=stride)
+        self.conv = CylindricalConv3d(channels, channels, stride=stride, shape=shape)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
@@ -153,7 +193,7 @@ class Upsample(nn.Module):
     def __init__(self, channels: int, size: tuple[int, int, int]) -> None:
         super().__init__()
         self.size = size
-        self.conv = CylindricalConv3d(channels, channels)
+        self.conv = CylindricalConv3d(channels, channels, shape=size)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, size=self.size, mode="nearest"))
@@ -265,7 +305,7 @@ class UNet(nn.Module):
         self.cond_embed = nn.Sequential(nn.Linear(cond_dim, size.embed), nn.SiLU(),
                                         nn.Linear(size.embed, size.embed))
         self.conv_in: nn.Module = (nn.Conv3d(c_in, widths[0], self.patch, stride=self.patch) if patched
-                                   else CylindricalConv3d(c_in, widths[0]))
+                                   else CylindricalConv3d(c_in, widths[0], shape=coarse))
 
         # Encoder: the shape of every map pushed on the skip stack is recorded for the up-sampling.
         self.down = nn.ModuleList()
@@ -274,27 +314,27 @@ class UNet(nn.Module):
         width = widths[0]
         for level, w in enumerate(widths):
             for _ in range(size.blocks):
-                self.down.append(ResBlock(width, w, size.embed, config.dropout))
+                self.down.append(ResBlock(width, w, size.embed, config.dropout, shape))
                 width = w
                 skips.append((width, shape))
             if level < len(widths) - 1:
                 stride = (2 if config.down_layer and shape[0] > 1 else 1,
                           2 if shape[1] > 1 else 1, 2 if shape[2] > 1 else 1)
-                self.down.append(Downsample(width, stride))
+                self.down.append(Downsample(width, stride, shape))
                 shape = (-(-shape[0] // stride[0]), -(-shape[1] // stride[1]), -(-shape[2] // stride[2]))
                 skips.append((width, shape))
         self.lowest = shape
 
-        self.mid1 = ResBlock(width, width, size.embed, config.dropout)
+        self.mid1 = ResBlock(width, width, size.embed, config.dropout, shape)
         self.mid_attn = SpatialAttention(width, size.n_heads) if size.attention else None
-        self.mid2 = ResBlock(width, width, size.embed, config.dropout)
+        self.mid2 = ResBlock(width, width, size.embed, config.dropout, shape)
 
         # Decoder: blocks + 1 ResBlocks per level, each eating one skip; up-sample to the next skip's shape.
         self.up = nn.ModuleList()
         for level, w in reversed(list(enumerate(widths))):
             for _ in range(size.blocks + 1):
-                c_skip, _ = skips.pop()
-                self.up.append(ResBlock(width + c_skip, w, size.embed, config.dropout))
+                c_skip, shape = skips.pop()
+                self.up.append(ResBlock(width + c_skip, w, size.embed, config.dropout, shape))
                 width = w
             if level > 0:
                 self.up.append(Upsample(width, skips[-1][1]))
@@ -310,7 +350,7 @@ class UNet(nn.Module):
                 nn.Conv3d(config.head_width, 1, 1))
             last = self.head[-1]
         else:
-            self.conv_out = CylindricalConv3d(width, 1)
+            self.conv_out = CylindricalConv3d(width, 1, shape=coarse)
             last = self.conv_out.conv
         assert isinstance(last, nn.Conv3d)
         zero_(last)  # the untrained backbone outputs 0, as the DiT
