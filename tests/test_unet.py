@@ -1,5 +1,5 @@
 """The cylindrical U-Net: circular padding in alpha only, geometric channels, rotation equivariance,
-shapes with odd grids and down-sampled layers, zero start, named sizes."""
+shapes with odd grids and down-sampled layers, kernels trimmed on one-bin axes, zero start, named sizes."""
 
 from __future__ import annotations
 
@@ -40,6 +40,41 @@ def test_convolution_wraps_alpha_but_not_radius_or_layer() -> None:
         ones.conv.weight[0, 0, 1, :, 1] = 1.0
     single = torch.full((1, 1, 2, 1, 2), 2.0)
     torch.testing.assert_close(ones(single), torch.full_like(single, 6.0))
+
+
+@pytest.mark.parametrize("shape", [(5, 4, 1), (5, 1, 3), (1, 4, 3), (3, 1, 1)])
+def test_kernels_trimmed_on_one_bin_axes_compute_what_full_kernels_do(shape: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    full = CylindricalConv3d(3, 4)
+    trimmed = CylindricalConv3d(3, 4, shape=shape)
+    assert trimmed.kernel == tuple(1 if n == 1 else 3 for n in shape)
+    trimmed.load_state_dict(full.state_dict())  # a checkpoint saved with full kernels
+    x = torch.randn(2, 3, *shape)
+    torch.testing.assert_close(trimmed(x), full(x))
+    # with a strided conv too (the down-sampling): same output shape and values
+    full_s = CylindricalConv3d(3, 4, stride=(2, 2, 1))
+    trimmed_s = CylindricalConv3d(3, 4, stride=(2, 2, 1), shape=shape)
+    trimmed_s.load_state_dict(full_s.state_dict())
+    torch.testing.assert_close(trimmed_s(x), full_s(x))
+
+
+def test_planar_path_is_the_3d_convolution() -> None:
+    torch.manual_seed(1)
+    conv = CylindricalConv3d(3, 4, shape=(5, 6, 1))
+    assert conv.planar  # radial kernel 1: run as a 2D convolution with the radial bins in the batch
+    for x in (torch.randn(2, 3, 5, 6, 1), torch.randn(2, 3, 5, 6, 3)):
+        fast = conv(x)
+        conv.planar = False
+        torch.testing.assert_close(fast, conv(x))
+        conv.planar = True
+
+
+def test_unet_on_patches_of_all_radial_bins_trims_every_kernel() -> None:
+    geometry = CylindricalGeometry.regular("g", 6, 4, (0.0, 1.0, 2.0, 3.0), 1.0, "SiW")
+    config = UNetConfig(size="tiny", patch=(2, 1, 3), down_layer=True)
+    net = UNet(config, geometry, 2)
+    kernels = {m.kernel for m in net.modules() if isinstance(m, CylindricalConv3d)}
+    assert kernels == {(3, 3, 1)}  # the finest grid is 3 x 4 x 1, the lowest 2 x 2 x 1
 
 
 def test_geometric_channels_hold_radius_angle_and_layer() -> None:
