@@ -87,7 +87,8 @@ class CylindricalConv3d(nn.Module):
         shape: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
-        self.kernel = tuple(1 if shape is not None and shape[axis] == 1 else kernel for axis in range(3))
+        k_l, k_a, k_r = (1 if shape is not None and shape[axis] == 1 else kernel for axis in range(3))
+        self.kernel = (k_l, k_a, k_r)
         self.conv = nn.Conv3d(c_in, c_out, self.kernel, stride=stride,
                               padding=(self.kernel[0] // 2, 0, self.kernel[2] // 2))
         # A kernel of 1 along radius, unstrided: the same convolution as a 2D one over (layer, alpha) with
