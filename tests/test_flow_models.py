@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from caloforge.families.flow.module import distillation_losses
-from caloforge.models.flows import AutoregressiveFlow, FlowNetConfig, LayerwiseFlow, flow_orders
+from caloforge.models.flows import (
+    AutoregressiveFlow,
+    FlowNetConfig,
+    LayerwiseFlow,
+    flow_orders,
+    rational_quadratic_spline,
+)
 
 
 def _randomised(flow: torch.nn.Module, seed: int, scale: float = 0.3) -> torch.nn.Module:
@@ -43,9 +49,57 @@ def test_log_prob_of_a_known_gaussian(kind: str) -> None:
     torch.testing.assert_close(flow.to_data(z, None), z * std + mean)
 
 
+def test_spline_is_monotonic_exactly_invertible_and_the_identity_outside_its_interval() -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.linspace(-5.0, 5.0, 2001, dtype=torch.float64)
+    widths, heights = (torch.randn(1, 6, generator=generator, dtype=torch.float64).expand(2001, 6)
+                       for _ in range(2))
+    slopes = torch.randn(1, 5, generator=generator, dtype=torch.float64).expand(2001, 5)
+    y, logdet = rational_quadratic_spline(x, widths, heights, slopes, bound=3.0)
+    assert (y[1:] > y[:-1]).all()
+    outside = x.abs() >= 3.0
+    assert torch.equal(y[outside], x[outside]) and (logdet[outside] == 0).all()
+    assert not torch.allclose(y[~outside], x[~outside])  # random bins do transform inside
+    back, back_logdet = rational_quadratic_spline(y, widths, heights, slopes, inverse=True, bound=3.0)
+    torch.testing.assert_close(back, x, atol=1e-12, rtol=0)
+    torch.testing.assert_close(back_logdet, -logdet)
+    slope = torch.autograd.functional.jacobian(
+        lambda v: rational_quadratic_spline(v, widths, heights, slopes, bound=3.0)[0], x).diagonal()
+    torch.testing.assert_close(torch.log(slope), logdet)
+    # all-zero parameters (a fresh MADE's) give the identity
+    zero = rational_quadratic_spline(x, widths * 0, heights * 0, slopes * 0, bound=3.0)
+    torch.testing.assert_close(zero[0], x)
+    torch.testing.assert_close(zero[1], torch.zeros_like(x))
+
+
+def test_a_spline_dimension_fits_two_modes_an_affine_one_cannot() -> None:
+    # A voxel is either empty (a narrow band) or holds a deposit: two modes. One spline transform learns
+    # such a 1D density far better than one affine transform (which is Gaussian), in the same steps.
+    generator = torch.Generator().manual_seed(0)
+    n = 4000
+    hit = torch.rand(n, generator=generator) < 0.3
+    x = torch.where(hit, 1.5 + 0.5 * torch.randn(n, generator=generator),
+                    -1.0 + 0.1 * torch.rand(n, generator=generator))[:, None]
+    nll = {}
+    for transform in ("affine", "spline"):
+        torch.manual_seed(0)
+        config = FlowNetConfig(1, 8, 1, splines=int(transform == "spline"), bound=4.0)
+        flow = AutoregressiveFlow(1, 0, config, "maf")
+        optimizer = torch.optim.Adam(flow.parameters(), lr=0.05)
+        for _ in range(300):
+            optimizer.zero_grad()
+            loss = -flow.log_prob(x, None).mean()
+            loss.backward()
+            optimizer.step()
+        nll[transform] = float(-flow.log_prob(x, None).mean().detach())
+    assert nll["spline"] < nll["affine"] - 0.5, nll
+
+
+@pytest.mark.parametrize("transform", ["affine", "spline"])
 @pytest.mark.parametrize("kind", ["maf", "iaf"])
-def test_inverse_and_log_determinant_are_exact(kind: str) -> None:
-    flow = _randomised(AutoregressiveFlow(4, 2, FlowNetConfig(3, 16, 2), kind).double(), seed=1)
+def test_inverse_and_log_determinant_are_exact(kind: str, transform: str) -> None:
+    config = FlowNetConfig(3, 16, 2, splines=2 if transform == "spline" else 0, bins=5, bound=2.0)
+    flow = _randomised(AutoregressiveFlow(4, 2, config, kind).double(), seed=1)
     x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     c = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     z, logdet = flow.to_latent(x, c)
@@ -57,8 +111,10 @@ def test_inverse_and_log_determinant_are_exact(kind: str) -> None:
     assert not torch.allclose(z, x)  # the random weights do transform
 
 
-def test_each_transform_is_autoregressive_in_its_order() -> None:
-    flow = _randomised(AutoregressiveFlow(5, 1, FlowNetConfig(2, 12, 2), "maf").double(), seed=4)
+@pytest.mark.parametrize("transform", ["affine", "spline"])
+def test_each_transform_is_autoregressive_in_its_order(transform: str) -> None:
+    config = FlowNetConfig(2, 12, 2, splines=2 if transform == "spline" else 0, bound=5.0)
+    flow = _randomised(AutoregressiveFlow(5, 1, config, "maf").double(), seed=4)
     x = torch.randn(1, 5, dtype=torch.float64)
     c = torch.zeros(1, 1, dtype=torch.float64)
     for transform, order in zip(flow.transforms, flow_orders(5, 2, "maf"), strict=True):
@@ -100,9 +156,10 @@ def test_layerwise_sampling_bounds_each_layer_before_it_conditions_the_next() ->
     torch.testing.assert_close(bounded[:, 4:8], expected_l2)
 
 
-def test_student_matches_teacher_after_distillation() -> None:
+@pytest.mark.parametrize("transform", ["affine", "spline"])
+def test_student_matches_teacher_after_distillation(transform: str) -> None:
     torch.manual_seed(0)
-    config = FlowNetConfig(2, 16, 1)
+    config = FlowNetConfig(2, 16, 1, splines=2 if transform == "spline" else 0)
     teacher = _randomised(AutoregressiveFlow(3, 1, config, "maf"), seed=8, scale=0.2).requires_grad_(False)
     student = AutoregressiveFlow(3, 1, config, "iaf")
     generator = torch.Generator().manual_seed(9)
@@ -123,4 +180,4 @@ def test_student_matches_teacher_after_distillation() -> None:
         optimizer.step()
     after = gap()
     # the student's one-pass samples reproduce the teacher's D-pass samples of the same latents
-    assert after < 0.05 * before and after < 0.02, (before, after)
+    assert after < 0.05 * before and after < 0.03, (before, after)

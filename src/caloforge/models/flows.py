@@ -1,4 +1,4 @@
-"""Autoregressive normalizing flows: MADE-masked affine transforms stacked into MAF and IAF flows.
+"""Autoregressive normalizing flows: MADE-masked affine or spline transforms stacked into MAF and IAF flows.
 
 MAF (Papamakarios et al., arXiv 1705.07057) and IAF (Kingma et al., arXiv 1606.04934) share one building
 block, an affine autoregressive transform whose parameters come from a MADE (Germain et al., arXiv
@@ -14,6 +14,13 @@ is CaloFlow's teacher-student pair (Krause & Shih, arXiv 2110.11377, "CaloFlow I
 exact, fast likelihood, an IAF student with fast sampling distilled from it. Transform k of a MAF with K
 transforms is mirrored by transform K - 1 - k of its IAF (same order), so their intermediate states can be
 matched (``AutoregressiveFlow.fast_chain``).
+
+Instead of the affine map, a transform can be a monotonic rational-quadratic spline per dimension (Durkan et
+al., "Neural Spline Flows", arXiv 1906.04140; CaloFlow's choice): K bins on [-B, B] whose widths, heights
+and interior knot slopes the MADE gives, the identity outside (slope 1 at +-B). One spline dimension can
+be bimodal, which an affine one cannot: a voxel is either empty (a narrow dequantised band) or holds a
+deposit, and an affine flow spills the band into faint hits. ``rational_quadratic_spline`` is the pure
+function; bins are found by counting knots below the input, so it traces into ONNX without searchsorted.
 
 The log scale is soft-clamped, s = c tanh(raw / c), so a transform never scales by more than e^c; the last
 layer of every MADE starts at zero, so a fresh flow is the identity. No Python branching on tensor values:
@@ -43,9 +50,11 @@ __all__ = [
     "MADE",
     "AutoregressiveAffine",
     "AutoregressiveFlow",
+    "AutoregressiveSpline",
     "FlowNetConfig",
     "LayerwiseFlow",
     "flow_orders",
+    "rational_quadratic_spline",
     "standard_normal_log_prob",
 ]
 
@@ -143,6 +152,103 @@ class AutoregressiveAffine(nn.Module):
         return u, -s.sum(dim=1)
 
 
+# ---- the rational-quadratic spline transform -------------------------------------------------------------
+_MIN_BIN, _MIN_SLOPE = 1e-3, 1e-3
+_SLOPE_SHIFT = math.log(math.expm1(1.0 - _MIN_SLOPE))  # softplus(0 + shift) + min = 1: identity at zero
+
+
+def _knots(raw: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+    """Bin edges (..., K + 1) from -bound to bound and bin sizes (..., K) from unnormalised sizes (..., K)."""
+    k = raw.shape[-1]
+    size = _MIN_BIN + (1.0 - _MIN_BIN * k) * torch.softmax(raw, dim=-1)
+    edges = F.pad(torch.cumsum(size, dim=-1), (1, 0)) * (2.0 * bound) - bound
+    edges = torch.cat([torch.full_like(edges[..., :1], -bound), edges[..., 1:-1],
+                       torch.full_like(edges[..., :1], bound)], dim=-1)  # exact ends
+    return edges, edges[..., 1:] - edges[..., :-1]
+
+
+def _pick(table: Tensor, index: Tensor) -> Tensor:
+    """table (..., M) at index (...,) -> (...,)."""
+    return torch.gather(table, -1, index[..., None])[..., 0]
+
+
+def rational_quadratic_spline(
+    x: Tensor, widths: Tensor, heights: Tensor, slopes: Tensor, inverse: bool = False, bound: float = 6.0
+) -> tuple[Tensor, Tensor]:
+    """A monotonic rational-quadratic spline on [-bound, bound], the identity outside (Durkan et al.).
+
+    Args:
+        x: (...,) inputs (outputs of the spline when ``inverse``).
+        widths, heights: (..., K) unnormalised bin widths and heights (softmax-normalised, each >= 1e-3 of
+            the interval); slopes: (..., K - 1) unnormalised slopes at the interior knots (softplus, >= 1e-3;
+            the slope at +-bound is 1). All zeros give the identity.
+        inverse: run the spline backwards (solve its quadratic).
+
+    Returns:
+        (y (...,), log|dy/dx| (...,)), the latter per element.
+    """
+    inside = (x > -bound) & (x < bound)
+    xc = torch.clamp(x, -bound, bound)
+    x_edges, x_sizes = _knots(widths, bound)
+    y_edges, y_sizes = _knots(heights, bound)
+    one = torch.ones_like(slopes[..., :1])
+    d = torch.cat([one, _MIN_SLOPE + F.softplus(slopes + _SLOPE_SHIFT), one], dim=-1)  # (..., K + 1)
+    edges = y_edges if inverse else x_edges
+    index = (xc[..., None] >= edges[..., 1:-1]).long().sum(dim=-1)  # the bin, 0 .. K-1
+    x0, w, y0, h = _pick(x_edges, index), _pick(x_sizes, index), _pick(y_edges, index), _pick(y_sizes, index)
+    d0, d1 = _pick(d, index), _pick(d, index + 1)
+    s = h / w
+    curve = d0 + d1 - 2.0 * s
+    if inverse:
+        dy = xc - y0
+        a = h * (s - d0) + dy * curve
+        b = h * d0 - dy * curve
+        c = -s * dy
+        root = torch.sqrt(torch.clamp(b * b - 4.0 * a * c, min=0.0))
+        theta = 2.0 * c / (-b - root)
+        out = x0 + theta * w
+    else:
+        theta = (xc - x0) / w
+        out = y0 + h * (s * theta * theta + d0 * theta * (1.0 - theta)) / (s + curve * theta * (1.0 - theta))
+    t = theta * (1.0 - theta)
+    slope = s * s * (d1 * theta * theta + 2.0 * s * t + d0 * (1.0 - theta) ** 2)
+    logdet = torch.log(slope) - 2.0 * torch.log(s + curve * t)
+    if inverse:
+        logdet = -logdet
+    return torch.where(inside, out, x), torch.where(inside, logdet, torch.zeros_like(logdet))
+
+
+class AutoregressiveSpline(nn.Module):
+    """v_i = spline_i(u_i; MADE(u_<i, c)): ``bins`` rational-quadratic bins on [-bound, bound] per dimension,
+    the identity outside; fresh (MADE output zero) it is the identity.
+
+    ``fast(u, c) -> (v, log|dv/du|)`` in one MADE pass; ``slow(v, c) -> (u, log|du/dv|)`` in D passes.
+    """
+
+    def __init__(self, order: Tensor, context: int, hidden: int, depth: int, bins: int = 8,
+                 bound: float = 6.0) -> None:
+        super().__init__()
+        self.made = MADE(order, context, hidden, depth, 3 * bins - 1)
+        self.features, self.bins, self.bound = int(order.numel()), int(bins), float(bound)
+
+    def params(self, u: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(widths (N, D, K), heights (N, D, K), slopes (N, D, K - 1)) from the input u (N, D)."""
+        out = self.made(u, context).transpose(1, 2).contiguous()  # (N, D, 3K - 1)
+        k = self.bins
+        return out[..., :k], out[..., k : 2 * k], out[..., 2 * k :]
+
+    def fast(self, u: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        v, logdet = rational_quadratic_spline(u, *self.params(u, context), bound=self.bound)
+        return v, logdet.sum(dim=1)
+
+    def slow(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        u = torch.zeros_like(v)
+        logdet = torch.zeros_like(v)
+        for _ in range(self.features):  # after pass k the first k dimensions in the order are exact
+            u, logdet = rational_quadratic_spline(v, *self.params(u, context), inverse=True, bound=self.bound)
+        return u, logdet.sum(dim=1)
+
+
 def flow_orders(features: int, transforms: int, kind: str) -> list[Tensor]:
     """The autoregressive order of each transform: a MAF alternates identity and reversed order; an IAF
     takes its mirror MAF's orders back to front, so IAF transform j matches MAF transform K - 1 - j."""
@@ -156,13 +262,19 @@ def flow_orders(features: int, transforms: int, kind: str) -> list[Tensor]:
 # ---- flows -----------------------------------------------------------------------------------------------
 @dataclass
 class FlowNetConfig:
-    """One flow's size: ``transforms`` affine autoregressive transforms, each a MADE with ``depth`` hidden
-    layers of ``hidden`` units; log scales clamped to +-``scale_clamp``."""
+    """One flow's size: ``transforms`` autoregressive transforms, each a MADE with ``depth`` hidden layers of
+    ``hidden`` units. The ``splines`` transforms nearest the data are rational-quadratic splines (``bins``
+    bins on [-``bound``, ``bound``], in the flow's standardised units), the rest affine (log scales clamped
+    to +-``scale_clamp``). A spline transform costs several affine ones on a CPU, and one at the data end
+    already gives each dimension its two modes, so mixing trades fidelity for steps."""
 
     transforms: int = 4
     hidden: int = 64
     depth: int = 2
     scale_clamp: float = 3.0
+    splines: int = 0
+    bins: int = 8
+    bound: float = 6.0
 
     def check(self, prefix: str = "model.") -> None:
         for name in ("transforms", "hidden", "depth"):
@@ -170,6 +282,13 @@ class FlowNetConfig:
                 raise InputError(None, f"{prefix}{name}", f"is {getattr(self, name)}", "an integer >= 1")
         if not self.scale_clamp > 0:
             raise InputError(None, f"{prefix}scale_clamp", f"is {self.scale_clamp}", "a number > 0")
+        if not 0 <= self.splines <= self.transforms:
+            raise InputError(None, f"{prefix}splines", f"is {self.splines}",
+                             f"an integer from 0 to transforms ({self.transforms})")
+        if self.bins < 2:
+            raise InputError(None, f"{prefix}bins", f"is {self.bins}", "an integer >= 2")
+        if not self.bound > 0:
+            raise InputError(None, f"{prefix}bound", f"is {self.bound}", "a number > 0")
 
 
 # Named sizes: (layer-energy flow, shower-shape flow).
@@ -180,8 +299,15 @@ FLOW_SIZES: dict[str, tuple[FlowNetConfig, FlowNetConfig]] = {
 }
 
 
+def _transform(order: Tensor, context: int, config: FlowNetConfig, spline: bool) -> nn.Module:
+    if spline:
+        return AutoregressiveSpline(order, context, config.hidden, config.depth, config.bins, config.bound)
+    return AutoregressiveAffine(order, context, config.hidden, config.depth, config.scale_clamp)
+
+
 class AutoregressiveFlow(nn.Module):
-    """A stack of ``AutoregressiveAffine`` transforms over D dimensions with a standard normal base.
+    """A stack of autoregressive transforms (``AutoregressiveAffine`` or ``AutoregressiveSpline``) over D
+    dimensions with a standard normal base.
 
     ``kind="maf"``: x -> z is the fast direction (density in K passes, sampling in K x D);
     ``kind="iaf"``: z -> x is (sampling in K passes, density in K x D).
@@ -190,9 +316,12 @@ class AutoregressiveFlow(nn.Module):
     def __init__(self, features: int, context: int, config: FlowNetConfig, kind: str) -> None:
         super().__init__()
         self.kind, self.features = kind, features
+        k, n = config.transforms, config.splines
+        # A MAF's first transforms read the data, an IAF's last ones write it: splines sit at the data end.
+        data_end = range(n) if kind == "maf" else range(k - n, k)
         self.transforms = nn.ModuleList(
-            AutoregressiveAffine(order, context, config.hidden, config.depth, config.scale_clamp)
-            for order in flow_orders(features, config.transforms, kind)
+            _transform(order, context, config, j in data_end)
+            for j, order in enumerate(flow_orders(features, k, kind))
         )
 
     def fast_chain(self, u: Tensor, context: Tensor | None) -> tuple[list[Tensor], Tensor]:

@@ -43,6 +43,11 @@ class FlowConfig:
         transforms, hidden, depth: override the preset for both flows (``None``: the preset's); a student
             must have its teacher's ``transforms`` (transform j of the student mirrors K - 1 - j of it).
         layer_hidden: hidden units of flow I (``None``: the preset's).
+        splines: how many transforms of each flow, counted from the data end, are rational-quadratic
+            splines rather than affine (0, the default: all affine). A spline gives a voxel its two modes,
+            empty or hit, which an affine flow smears into faint hits; use it with ``preprocess.standardize:
+            global`` so the values lie inside the splines' interval. A student may differ from its teacher
+            here. bins, bound: the splines' bins on [-bound, bound] (standardised units).
         shape: flow II over ``layers`` (one layer at a time, conditioned on the previous layer; regular
             readouts only), over the ``whole`` shower, or ``auto`` (layers when the readout is regular and
             has more than one layer).
@@ -59,6 +64,9 @@ class FlowConfig:
     hidden: int | None = None
     depth: int | None = None
     layer_hidden: int | None = None
+    splines: int = 0
+    bins: int = 8
+    bound: float = 6.0
     shape: str = "auto"
     dequantize: bool = True
     distill_x_weight: float = 1.0
@@ -85,9 +93,11 @@ class FlowConfig:
         """(flow I, flow II) sizes: the preset with this section's overrides."""
         layer, shape = FLOW_SIZES[self.size]
         common = {k: v for k, v in (("transforms", self.transforms), ("depth", self.depth)) if v is not None}
+        splines = {"splines": self.splines, "bins": self.bins}
         layer_hidden = {} if self.layer_hidden is None else {"hidden": self.layer_hidden}
         shape_hidden = {} if self.hidden is None else {"hidden": self.hidden}
-        return replace(layer, **common, **layer_hidden), replace(shape, **common, **shape_hidden)
+        return (replace(layer, **common, **splines, **layer_hidden, bound=self.bound),
+                replace(shape, **common, **splines, **shape_hidden, bound=self.bound))
 
 
 FAMILY = Family(

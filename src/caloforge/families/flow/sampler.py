@@ -121,6 +121,7 @@ class FlowSampler(ShowerSampler):
             if self.layer_energies is not None:  # inside training's range, as flow II's context
                 y = self.layer_energies.bound(y)
         low, high = self.transform.support(energy)  # keeps each layer, flow II's next context, finite
+        low, high = low.expand_as(named["noise"]), high.expand_as(named["noise"])  # (N, 1) if global
         x = self.shape_flow.sample(named["noise"], shape_condition(cond, y), low, high)  # (N, V)
         showers = self.transform.inverse(x, energy)  # (N, V) MeV
         if y is not None and self.layer_energies is not None:
@@ -173,6 +174,7 @@ class FlowSampler(ShowerSampler):
         """The role and the flows' sizes, recorded in exported graphs."""
         shape_net = self.config.resolved()[1]
         return {"role": self.role, "kind": "maf" if self.role == "teacher" else "iaf",
-                "transforms": shape_net.transforms, "shape_layers": self.shape_flow.n_layers,
+                "transforms": shape_net.transforms, "splines": shape_net.splines,
+                "shape_layers": self.shape_flow.n_layers,
                 "dims_per_shower": int(self.shape_flow.n_layers * self.shape_flow.per_layer
                                        + (0 if self.layer_flow is None else self.layer_flow.features))}
