@@ -23,10 +23,10 @@ from caloforge.io import write_showers
 from caloforge.onnx_runtime import check_export
 
 
-def _config(path: Path, role: str) -> Path:
+def _config(path: Path, role: str, splines: int = 0) -> Path:
     path.write_text(yaml.safe_dump({
-        "family": "flow", "model": {"size": "tiny", "role": role},
-        "preprocess": {"layer_energies": True},
+        "family": "flow", "model": {"size": "tiny", "role": role, "splines": splines},
+        "preprocess": {"layer_energies": True, "standardize": "global" if splines else "voxel"},
         "optim": {"warmup_steps": 1},
         "train": {"batch_size": 16, "max_steps": 4, "checkpoint_every": 4, "log_every": 1},
     }))
@@ -45,8 +45,34 @@ def test_config_rejects_bad_settings() -> None:
         FlowConfig(role="pupil")
     with pytest.raises(InputError, match=r"model\.shape"):
         FlowConfig(shape="cubes")
-    layer, shape = FlowConfig(size="tiny", transforms=3, hidden=24).resolved()
+    with pytest.raises(InputError, match=r"model\.splines"):
+        FlowConfig(size="tiny", splines=3)  # tiny has 2 transforms
+    layer, shape = FlowConfig(size="tiny", transforms=3, hidden=24, splines=1).resolved()
     assert (layer.transforms, shape.transforms, shape.hidden, layer.hidden) == (3, 3, 24, 16)
+    assert (layer.splines, shape.splines) == (1, 1)
+
+
+def test_spline_teacher_and_student_train_and_export(data: Path, tmp_path: Path, run) -> None:
+    # One spline transform at the data end (model.splines) in both roles: the spline's bin search and its
+    # inverse (the teacher's sampling) trace into ONNX with onnxruntime parity.
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    code, _, err = run("train", "--data", data, "--config", _config(tmp_path / "t.yaml", "teacher", 1),
+                       "--out", teacher)
+    assert code == 0, err
+    code, _, err = run("train", "--data", data, "--config", _config(tmp_path / "s.yaml", "student", 1),
+                       "--out", student, "--teacher", teacher / "model.ckpt")
+    assert code == 0, err
+    for run_dir, role in ((teacher, "teacher"), (student, "student")):
+        generator = load_generator(run_dir / "model.ckpt")
+        sampler = generator.sampler
+        assert isinstance(sampler, FlowSampler) and sampler.metadata()["splines"] == 1
+        kinds = [type(t).__name__ for t in sampler.shape_flow.flow.transforms]
+        data_end = kinds[0] if role == "teacher" else kinds[-1]  # a MAF reads the data first, an IAF last
+        assert data_end == "AutoregressiveSpline" and kinds.count("AutoregressiveSpline") == 1
+        onnx = tmp_path / f"{role}.onnx"
+        code, _, err = run("export", run_dir / "model.ckpt", "--out", onnx)
+        assert code == 0, err
+        assert check_export(generator, onnx, n=3, seed=3) < 1e-4
 
 
 def test_teacher_and_student_train_export_and_score(data: Path, tmp_path: Path, run) -> None:
