@@ -185,7 +185,8 @@ def rational_quadratic_spline(
         inverse: run the spline backwards (solve its quadratic).
 
     Returns:
-        (y (...,), log|dy/dx| (...,)), the latter per element.
+        (outputs (...,), log|d outputs / d inputs| (...,)) per element: (y, log|dy/dx|), or with ``inverse``
+        (x, log|dx/dy|).
     """
     inside = (x > -bound) & (x < bound)
     xc = torch.clamp(x, -bound, bound)
