@@ -111,9 +111,9 @@ def test_inverse_and_log_determinant_are_exact(kind: str, transform: str) -> Non
     assert not torch.allclose(z, x)  # the random weights do transform
 
 
-@pytest.mark.parametrize("transform", ["affine", "spline"])
-def test_each_transform_is_autoregressive_in_its_order(transform: str) -> None:
-    config = FlowNetConfig(2, 12, 2, splines=2 if transform == "spline" else 0, bound=5.0)
+@pytest.mark.parametrize("kind_of_transform", ["affine", "spline"])
+def test_each_transform_is_autoregressive_in_its_order(kind_of_transform: str) -> None:
+    config = FlowNetConfig(2, 12, 2, splines=2 if kind_of_transform == "spline" else 0, bound=5.0)
     flow = _randomised(AutoregressiveFlow(5, 1, config, "maf").double(), seed=4)
     x = torch.randn(1, 5, dtype=torch.float64)
     c = torch.zeros(1, 1, dtype=torch.float64)
@@ -180,4 +180,5 @@ def test_student_matches_teacher_after_distillation(transform: str) -> None:
         optimizer.step()
     after = gap()
     # the student's one-pass samples reproduce the teacher's D-pass samples of the same latents
-    assert after < 0.05 * before and after < 0.03, (before, after)
+    limit = 0.02 if transform == "affine" else 0.03  # the spline pair converges a little slower
+    assert after < 0.05 * before and after < limit, (before, after)

@@ -134,13 +134,14 @@ class PreprocessTransform(nn.Module):
         u = torch.log((showers + self.eps_mev) / energy[:, None])  # (N, V)
         return (u - self.mean) / self.std
 
-    def support(self, energy: Tensor) -> tuple[Tensor, Tensor]:
-        """The model-space range (low, high), each (N, V), of showers with incident energies (N,) MeV: from
-        an empty cell, ln(eps / E_inc), to the ``log_max`` clamp of ``inverse``."""
+    def support(self, energy: Tensor, n_voxels: int) -> tuple[Tensor, Tensor]:
+        """The model-space range (low, high), each (N, V = ``n_voxels``), of showers with incident energies
+        (N,) MeV: from an empty cell, ln(eps / E_inc), to the ``log_max`` clamp of ``inverse`` (also with
+        one global mean and std, which alone would broadcast to (N, 1))."""
         log_energy = torch.log(energy)[:, None]  # (N, 1)
         low = (math.log(self.eps_mev) - log_energy - self.mean) / self.std
         high = (self.log_max - self.mean) / self.std + torch.zeros_like(log_energy)
-        return low, high
+        return low.expand(-1, n_voxels), high.expand(-1, n_voxels)
 
     def log_fraction(self, z: Tensor) -> Tensor:
         """ln((E + eps) / E_inc) (N, V) of model-space values z (N, V), before any threshold: how near each

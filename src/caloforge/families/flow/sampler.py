@@ -120,8 +120,8 @@ class FlowSampler(ShowerSampler):
             y = self.layer_flow.to_data(named["layer_noise"], cond)  # (N, 1 + L) standardised
             if self.layer_energies is not None:  # inside training's range, as flow II's context
                 y = self.layer_energies.bound(y)
-        low, high = self.transform.support(energy)  # keeps each layer, flow II's next context, finite
-        low, high = low.expand_as(named["noise"]), high.expand_as(named["noise"])  # (N, 1) if global
+        # keeps each layer, flow II's next context, finite
+        low, high = self.transform.support(energy, named["noise"].shape[1])
         x = self.shape_flow.sample(named["noise"], shape_condition(cond, y), low, high)  # (N, V)
         showers = self.transform.inverse(x, energy)  # (N, V) MeV
         if y is not None and self.layer_energies is not None:
