@@ -182,3 +182,17 @@ def test_student_matches_teacher_after_distillation(transform: str) -> None:
     # the student's one-pass samples reproduce the teacher's D-pass samples of the same latents
     limit = 0.02 if transform == "affine" else 0.03  # the spline pair converges a little slower
     assert after < 0.05 * before and after < limit, (before, after)
+
+
+def test_distillation_without_z_side_keeps_the_x_side_and_draws_nothing() -> None:
+    config = FlowNetConfig(2, 16, 1, splines=1)
+    teacher = _randomised(AutoregressiveFlow(3, 1, config, "maf"), seed=8, scale=0.2).requires_grad_(False)
+    student = _randomised(AutoregressiveFlow(3, 1, config, "iaf"), seed=3, scale=0.2)
+    data, c = torch.randn(64, 3), torch.rand(64, 1)
+    both = distillation_losses(student, teacher, data, c, torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    x_only = distillation_losses(student, teacher, data, c, generator, z_side=False)
+    torch.testing.assert_close(x_only[0], both[0])
+    assert both[1] > 0 and x_only[1] == 0
+    # no latent was drawn for a z side: the generator is where it started
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(1).get_state())

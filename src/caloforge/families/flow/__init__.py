@@ -55,7 +55,8 @@ class FlowConfig:
             never fits a point mass (CaloFlow adds uniform noise for the same reason); generated cells
             there read zero as before.
         distill_x_weight, distill_z_weight: student losses: matched states of teacher data -> latent ->
-            student (the "x" side) and student sample -> teacher latent (the "z" side).
+            student (the "x" side) and student sample -> teacher latent (the "z" side). A zero weight skips
+            that side's computation (the z side is about 60 % of a distillation step).
     """
 
     role: str = "teacher"
