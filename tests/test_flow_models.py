@@ -13,6 +13,7 @@ from caloforge.models.flows import (
     AutoregressiveFlow,
     FlowNetConfig,
     LayerwiseFlow,
+    MaskedLinear,
     flow_orders,
     rational_quadratic_spline,
 )
@@ -196,3 +197,19 @@ def test_distillation_without_z_side_keeps_the_x_side_and_draws_nothing() -> Non
     assert both[1] > 0 and x_only[1] == 0
     # no latent was drawn for a z side: the generator is where it started
     assert torch.equal(generator.get_state(), torch.Generator().manual_seed(1).get_state())
+
+
+def test_masked_linear_reuses_its_masked_weight_only_while_the_weight_is_unchanged() -> None:
+    torch.manual_seed(0)
+    layer = MaskedLinear(3, 2, torch.tensor([[1, 0, 1], [0, 1, 0]]))
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        before = layer(x)
+        torch.testing.assert_close(before, x @ (layer.weight * layer.mask).T + layer.bias)
+        layer.weight.add_(1.0)  # an in-place update (an optimiser step, a loaded state, the average)
+        after = layer(x)
+    torch.testing.assert_close(after, x @ (layer.weight * layer.mask).T + layer.bias)
+    assert not torch.allclose(before, after)
+    # with gradients the mask is applied in the graph, so masked entries get no gradient
+    layer(x).sum().backward()
+    assert layer.weight.grad is not None and torch.all(layer.weight.grad[layer.mask == 0] == 0)
