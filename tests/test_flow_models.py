@@ -73,6 +73,20 @@ def test_spline_is_monotonic_exactly_invertible_and_the_identity_outside_its_int
     torch.testing.assert_close(zero[1], torch.zeros_like(x))
 
 
+def test_spline_reads_its_tables_along_any_axis() -> None:
+    # a MADE's parameter-major output (N, K, D) is read with dim=1; the same tables bins-last agree
+    generator = torch.Generator().manual_seed(1)
+    x = 4.0 * torch.randn(5, 7, generator=generator, dtype=torch.float64)
+    widths, heights = (torch.randn(5, 4, 7, generator=generator, dtype=torch.float64) for _ in range(2))
+    slopes = torch.randn(5, 3, 7, generator=generator, dtype=torch.float64)
+    for inverse in (False, True):
+        first = rational_quadratic_spline(x, widths, heights, slopes, inverse, 3.0, dim=1)
+        bins_last = (t.transpose(1, 2) for t in (widths, heights, slopes))
+        last = rational_quadratic_spline(x, *bins_last, inverse, 3.0)
+        assert first[0].shape == x.shape and first[1].shape == x.shape
+        torch.testing.assert_close(first, last)
+
+
 def test_a_spline_dimension_fits_two_modes_an_affine_one_cannot() -> None:
     # A voxel is either empty (a narrow band) or holds a deposit: two modes. One spline transform learns
     # such a 1D density far better than one affine transform (which is Gaussian), in the same steps.

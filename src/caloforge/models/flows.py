@@ -171,47 +171,52 @@ _MIN_BIN, _MIN_SLOPE = 1e-3, 1e-3
 _SLOPE_SHIFT = math.log(math.expm1(1.0 - _MIN_SLOPE))  # softplus(0 + shift) + min = 1: identity at zero
 
 
-def _knots(raw: Tensor, bound: float) -> tuple[Tensor, Tensor]:
-    """Bin edges (..., K + 1) from -bound to bound and bin sizes (..., K) from unnormalised sizes (..., K)."""
-    k = raw.shape[-1]
-    size = _MIN_BIN + (1.0 - _MIN_BIN * k) * torch.softmax(raw, dim=-1)
-    edges = F.pad(torch.cumsum(size, dim=-1), (1, 0)) * (2.0 * bound) - bound
-    edges = torch.cat([torch.full_like(edges[..., :1], -bound), edges[..., 1:-1],
-                       torch.full_like(edges[..., :1], bound)], dim=-1)  # exact ends
-    return edges, edges[..., 1:] - edges[..., :-1]
-
-
-def _pick(table: Tensor, index: Tensor) -> Tensor:
-    """table (..., M) at index (...,) -> (...,)."""
-    return torch.gather(table, -1, index[..., None])[..., 0]
+def _knots(raw: Tensor, bound: float, dim: int) -> tuple[Tensor, Tensor]:
+    """Bin edges (K + 1 along ``dim``) from -bound to bound and bin sizes (K) from unnormalised sizes (K)."""
+    k = raw.shape[dim]
+    size = _MIN_BIN + (1.0 - _MIN_BIN * k) * torch.softmax(raw, dim=dim)
+    inner = (torch.cumsum(size, dim=dim) * (2.0 * bound) - bound).narrow(dim, 0, k - 1)
+    end = torch.full_like(size.narrow(dim, 0, 1), bound)
+    edges = torch.cat([-end, inner, end], dim=dim)  # exact ends
+    return edges, edges.narrow(dim, 1, k) - edges.narrow(dim, 0, k)
 
 
 def rational_quadratic_spline(
-    x: Tensor, widths: Tensor, heights: Tensor, slopes: Tensor, inverse: bool = False, bound: float = 6.0
+    x: Tensor, widths: Tensor, heights: Tensor, slopes: Tensor, inverse: bool = False, bound: float = 6.0,
+    dim: int = -1,
 ) -> tuple[Tensor, Tensor]:
     """A monotonic rational-quadratic spline on [-bound, bound], the identity outside (Durkan et al.).
 
     Args:
-        x: (...,) inputs (outputs of the spline when ``inverse``).
-        widths, heights: (..., K) unnormalised bin widths and heights (softmax-normalised, each >= 1e-3 of
-            the interval); slopes: (..., K - 1) unnormalised slopes at the interior knots (softplus, >= 1e-3;
-            the slope at +-bound is 1). All zeros give the identity.
+        x: inputs (outputs of the spline when ``inverse``), the tables' shape without their ``dim`` axis:
+            (...,) for tables (..., K), or (N, D) for tables (N, K, D) with ``dim=1``.
+        widths, heights: K unnormalised bin widths and heights along ``dim`` (softmax-normalised, each
+            >= 1e-3 of the interval); slopes: K - 1 unnormalised slopes at the interior knots (softplus,
+            >= 1e-3; the slope at +-bound is 1). All zeros give the identity.
         inverse: run the spline backwards (solve its quadratic).
+        dim: the tables' bin axis. A MADE's parameter-major output (N, 3K - 1, D) is read with ``dim=1``
+            without a transposed copy, and every reduction runs over contiguous rows of D.
 
     Returns:
-        (outputs (...,), log|d outputs / d inputs| (...,)) per element: (y, log|dy/dx|), or with ``inverse``
+        (outputs, log|d outputs / d inputs|), each shaped like x: (y, log|dy/dx|), or with ``inverse``
         (x, log|dx/dy|).
     """
+    dim = dim % widths.dim()
+    k = widths.shape[dim]
     inside = (x > -bound) & (x < bound)
-    xc = torch.clamp(x, -bound, bound)
-    x_edges, x_sizes = _knots(widths, bound)
-    y_edges, y_sizes = _knots(heights, bound)
-    one = torch.ones_like(slopes[..., :1])
-    d = torch.cat([one, _MIN_SLOPE + F.softplus(slopes + _SLOPE_SHIFT), one], dim=-1)  # (..., K + 1)
+    xc = torch.clamp(x, -bound, bound).unsqueeze(dim)
+    x_edges, x_sizes = _knots(widths, bound, dim)
+    y_edges, y_sizes = _knots(heights, bound, dim)
+    one = torch.ones_like(slopes.narrow(dim, 0, 1))
+    d = torch.cat([one, _MIN_SLOPE + F.softplus(slopes + _SLOPE_SHIFT), one], dim=dim)  # K + 1 knot slopes
     edges = y_edges if inverse else x_edges
-    index = (xc[..., None] >= edges[..., 1:-1]).long().sum(dim=-1)  # the bin, 0 .. K-1
-    x0, w, y0, h = _pick(x_edges, index), _pick(x_sizes, index), _pick(y_edges, index), _pick(y_sizes, index)
-    d0, d1 = _pick(d, index), _pick(d, index + 1)
+    index = (xc >= edges.narrow(dim, 1, k - 1)).sum(dim=dim, keepdim=True)  # the bin, 0 .. K-1
+
+    def pick(table: Tensor, at: Tensor = index) -> Tensor:
+        return torch.gather(table, dim, at)
+
+    x0, w, y0, h = pick(x_edges), pick(x_sizes), pick(y_edges), pick(y_sizes)
+    d0, d1 = pick(d), pick(d, index + 1)
     s = h / w
     curve = d0 + d1 - 2.0 * s
     if inverse:
@@ -230,6 +235,7 @@ def rational_quadratic_spline(
     logdet = torch.log(slope) - 2.0 * torch.log(s + curve * t)
     if inverse:
         logdet = -logdet
+    out, logdet = out.squeeze(dim), logdet.squeeze(dim)
     return torch.where(inside, out, x), torch.where(inside, logdet, torch.zeros_like(logdet))
 
 
@@ -247,20 +253,22 @@ class AutoregressiveSpline(nn.Module):
         self.features, self.bins, self.bound = int(order.numel()), int(bins), float(bound)
 
     def params(self, u: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """(widths (N, D, K), heights (N, D, K), slopes (N, D, K - 1)) from the input u (N, D)."""
-        out = self.made(u, context).transpose(1, 2).contiguous()  # (N, D, 3K - 1)
+        """(widths (N, K, D), heights (N, K, D), slopes (N, K - 1, D)) from the input u (N, D): the MADE's
+        parameter-major output sliced, bins on axis 1 (no transposed copy)."""
+        out = self.made(u, context)  # (N, 3K - 1, D)
         k = self.bins
-        return out[..., :k], out[..., k : 2 * k], out[..., 2 * k :]
+        return out[:, :k], out[:, k : 2 * k], out[:, 2 * k :]
 
     def fast(self, u: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        v, logdet = rational_quadratic_spline(u, *self.params(u, context), bound=self.bound)
+        v, logdet = rational_quadratic_spline(u, *self.params(u, context), bound=self.bound, dim=1)
         return v, logdet.sum(dim=1)
 
     def slow(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         u = torch.zeros_like(v)
         logdet = torch.zeros_like(v)
         for _ in range(self.features):  # after pass k the first k dimensions in the order are exact
-            u, logdet = rational_quadratic_spline(v, *self.params(u, context), inverse=True, bound=self.bound)
+            u, logdet = rational_quadratic_spline(v, *self.params(u, context), inverse=True, bound=self.bound,
+                                                  dim=1)
         return u, logdet.sum(dim=1)
 
 
