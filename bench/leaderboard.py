@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from fidelity import split_file, summarise
 
+from caloforge.checkpoint import read_checkpoint
 from caloforge.config import load_yaml
 from caloforge.data import ShowerSet
 from caloforge.evaluate.classifier import ClassifierConfig
@@ -154,8 +155,24 @@ def fidelity_scores(name: str, path: str, args: argparse.Namespace) -> tuple[Pat
         "classifier_epochs": (record.get("classifier_epochs", 15), args.classifier_epochs)})
     training = {"train_minutes": record["train_minutes"], "reused": record["run_dir"], "scores_from": path,
                 "calibration": record.get("calibration")}
+    if record.get("teacher"):
+        training["teacher"] = teacher_training(Path(record["teacher"]))
     model = record.get("model_path") or Path(record["run_dir"]) / "model.ckpt"  # older runs: the run's
     return Path(model), training, record["model"]
+
+
+def teacher_training(checkpoint: Path) -> dict[str, Any]:
+    """The training a distilled student's teacher had: its checkpoint's steps and, where the teacher was
+    trained by ``bench/fidelity.py --data`` (its run directory holds ``fidelity_run.json``), its minutes,
+    so that a student's row shows the whole budget spent on it. A teacher no longer on disk gives its
+    path only."""
+    teacher: dict[str, Any] = {"path": str(checkpoint)}
+    if checkpoint.exists():
+        teacher["steps"] = read_checkpoint(checkpoint, weights=False).step
+    run = checkpoint.parent / "fidelity_run.json"
+    if run.exists():
+        teacher["train_minutes"] = json.loads(run.read_text())["train_s"] / 60
+    return teacher
 
 
 def trained_run(
@@ -359,6 +376,11 @@ def markdown(result: dict[str, Any], batches: list[int]) -> str:
             sampling = ", ".join(f"{k} {v}" for k, v in row.get("sampling", {}).items())
             training = (f"{row['train_minutes']:.0f} min, {row['steps']} steps; "
                         f"sampling: {sampling or 'one pass'}")
+            teacher = row.get("teacher")
+            if teacher:
+                spent = [f"{teacher['train_minutes']:.0f} min"] if "train_minutes" in teacher else []
+                spent += [f"{teacher['steps']} steps"] if "steps" in teacher else []
+                training += f"; distilled from a teacher ({', '.join(spent) or teacher['path']})"
             if row.get("calibration"):
                 training += "; cell calibration (`caloforge calibrate`)"
             if row.get("scores_from"):
