@@ -13,6 +13,7 @@ import pytest
 import torch
 from toys import TOY_GEOMETRY, toy_showers
 
+from caloforge.calibration import CalibrationConfig
 from caloforge.checkpoint import read_checkpoint
 from caloforge.context import RunContext
 from caloforge.errors import InputError, UnknownNameError
@@ -24,7 +25,7 @@ from caloforge.families.vq_gpt.module import stage1_losses
 from caloforge.families.vq_gpt.sampler import VqGptSampler, generate_tokens
 from caloforge.families.vq_gpt.showers import compose, encoder_input, fractions_and_ratio
 from caloforge.families.vq_gpt.tokens import RatioTokens, filter_probabilities, inverse_cdf
-from caloforge.generate import load_generator
+from caloforge.generate import calibrate_checkpoint, load_generator
 from caloforge.onnx_runtime import check_export
 from caloforge.runconfig import RunConfig, run_config_from_dict
 from caloforge.training import train
@@ -269,3 +270,19 @@ def test_reconstruction_only_showers_keep_shape_conditions_and_energy(trained: P
     tensor = reconstruct(sampler, torch.from_numpy(part[:n]), torch.from_numpy(showers.energy[:n]).float(),
                          torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.int64))
     np.testing.assert_allclose(tensor.numpy(), rebuilt.showers[:n], rtol=1e-5)
+
+
+def test_a_calibrated_checkpoint_reconstructs_through_its_calibration(  # type: ignore[no-untyped-def]
+    trained: Path, showers, tmp_path: Path
+) -> None:
+    calibrated = tmp_path / "calibrated.ckpt"
+    calibrate_checkpoint(trained, showers, calibrated, CalibrationConfig(n_showers=32, n_energy_bins=1,
+                         n_quantiles=5, match_hit_count=True), seed=1, batch_size=16)
+    generator = load_generator(calibrated)
+    part = type(showers)(showers.showers[:8], showers.geometry, showers.energy[:8])
+    got = reconstruct_showers(generator, part, batch_size=3).showers
+    raw = reconstruct_showers(load_generator(trained), part).showers
+    calibration = generator.sampler.calibration  # type: ignore[union-attr]
+    expected = calibration(torch.from_numpy(raw), torch.from_numpy(part.energy).float()).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, raw)  # the map moved the cells

@@ -4,7 +4,9 @@ generated showers to tell what the autoencoder limits from what the prior does).
 ``reconstruct`` works on a ``VqGptSampler`` (e.g. ``load_generator(ckpt).sampler``) and tensors;
 ``reconstruct_showers`` on a ``ShowerGenerator`` and a ``ShowerSet``, returning a ``ShowerSet`` a
 benchmark scores like generated showers. Each shower keeps its own E_tot / E_inc exactly (the prior's
-digitised R is not involved), so any difference from the input is the autoencoder's.
+digitised R is not involved), so any difference from the input is the autoencoder's. A calibrated
+checkpoint's reconstructions pass through its cell calibration too, as its generated showers do, so the two
+stay comparable.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from caloforge.calibration import CalibratedSampler
 from caloforge.data import ShowerSet
 from caloforge.families.vq_gpt.sampler import VqGptSampler
 from caloforge.families.vq_gpt.showers import compose, encoder_input, fractions_and_ratio
@@ -39,10 +42,12 @@ def reconstruct(
 
 def reconstruct_showers(generator: Any, showers: ShowerSet, batch_size: int = 1000) -> ShowerSet:
     """The reconstruction of every shower of ``showers`` by ``generator``'s VQ-VAE (a ``ShowerGenerator``
-    of a ``vq-gpt`` checkpoint), as a ``ShowerSet`` with the same conditions, in batches."""
-    sampler = generator.sampler
+    of a ``vq-gpt`` checkpoint, calibrated or not: module doc), as a ``ShowerSet`` with the same
+    conditions, in batches."""
+    sampler = generator.sampler.base()
     if not isinstance(sampler, VqGptSampler):
         raise TypeError(f"reconstruction needs a vq-gpt sampler, not {type(sampler).__name__}")
+    calibration = generator.sampler.calibration if isinstance(generator.sampler, CalibratedSampler) else None
     device = generator.device
     parts = []
     for start in range(0, len(showers), batch_size):
@@ -51,12 +56,17 @@ def reconstruct_showers(generator: Any, showers: ShowerSet, batch_size: int = 10
         def column(values: np.ndarray, dtype: torch.dtype, part: slice = part) -> Tensor:
             return torch.as_tensor(np.asarray(values[part]), dtype=dtype, device=device)
 
-        parts.append(reconstruct(
-            sampler, column(showers.showers, torch.float32), column(showers.energy, torch.float32),
+        energy = column(showers.energy, torch.float32)
+        rebuilt = reconstruct(
+            sampler, column(showers.showers, torch.float32), energy,
             column(showers.condition("theta"), torch.float32),
             column(showers.condition("phi"), torch.float32),
             column(showers.condition("detector"), torch.int64),
-        ).cpu().numpy())
+        )
+        if calibration is not None:
+            with torch.no_grad():
+                rebuilt = calibration(rebuilt, energy)
+        parts.append(rebuilt.cpu().numpy())
     out = np.concatenate(parts) if parts else np.zeros((0, showers.geometry.n_voxels), np.float32)
     return ShowerSet(out, showers.geometry, showers.energy, showers.theta, showers.phi, showers.detector,
                      source="vq-gpt reconstruction")
