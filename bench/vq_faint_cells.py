@@ -61,6 +61,7 @@ def main() -> None:
                             fpd_min_samples=args.n // 2, fpd_max_samples=args.n, kpd_batch_size=args.n)
     capacity = low_level_capacity(reference.geometry.n_voxels, config)
     ref_sample = collect([reference], "reference", config, capacity)
+    reference_hits = float((reference.showers > 0).sum(1).mean())
     generator = load_generator(Path(args.checkpoint))
     rows = {}
     for label, compose in [("plain", plain_compose), (f"dithered c={args.deposit_factor}",
@@ -73,7 +74,7 @@ def main() -> None:
         rows[label] = metrics
         print(label, f"AUC low {metrics['auc_low']:.3f}, high {metrics['auc_high']:.3f}, FPD x1e3 "
               f"{metrics['fpd_x1e3']:.0f}, hits per shower {metrics['hits_per_shower']:.0f} (reference "
-              f"{float((reference.showers > 0).sum(1).mean()):.0f})", flush=True)
+              f"{reference_hits:.0f})", flush=True)
     Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint, "n": args.n, "rows": rows}, indent=2,
                                          default=lambda x: float(np.asarray(x))))
     print(f"wrote {args.out}")

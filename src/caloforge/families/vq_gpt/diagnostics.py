@@ -40,6 +40,7 @@ def reconstruct(
     return compose(decoded, ratio, energy, sampler.threshold_mev)
 
 
+@torch.no_grad()
 def reconstruct_showers(generator: Any, showers: ShowerSet, batch_size: int = 1000) -> ShowerSet:
     """The reconstruction of every shower of ``showers`` by ``generator``'s VQ-VAE (a ``ShowerGenerator``
     of a ``vq-gpt`` checkpoint, calibrated or not: module doc), as a ``ShowerSet`` with the same
@@ -64,8 +65,7 @@ def reconstruct_showers(generator: Any, showers: ShowerSet, batch_size: int = 10
             column(showers.condition("detector"), torch.int64),
         )
         if calibration is not None:
-            with torch.no_grad():
-                rebuilt = calibration(rebuilt, energy)
+            rebuilt = calibration(rebuilt, energy)
         parts.append(rebuilt.cpu().numpy())
     out = np.concatenate(parts) if parts else np.zeros((0, showers.geometry.n_voxels), np.float32)
     return ShowerSet(out, showers.geometry, showers.energy, showers.theta, showers.phi, showers.detector,
