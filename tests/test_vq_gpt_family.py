@@ -23,7 +23,14 @@ from caloforge.families.vq_gpt import VqGptConfig
 from caloforge.families.vq_gpt.diagnostics import reconstruct, reconstruct_showers
 from caloforge.families.vq_gpt.module import stage1_losses
 from caloforge.families.vq_gpt.sampler import VqGptSampler, generate_tokens
-from caloforge.families.vq_gpt.showers import compose, encoder_input, fractions_and_ratio
+from caloforge.families.vq_gpt.showers import (
+    compose,
+    decoded_fractions,
+    draw_fractions,
+    encoder_input,
+    fractions_and_ratio,
+    hurdle_nll,
+)
 from caloforge.families.vq_gpt.tokens import RatioTokens, filter_probabilities, inverse_cdf
 from caloforge.generate import calibrate_checkpoint, load_generator
 from caloforge.onnx_runtime import check_export
@@ -80,6 +87,66 @@ def test_stage1_losses_vanish_for_a_perfect_decoder() -> None:
     mse, kl = stage1_losses(torch.zeros(1, 3), fractions, x, 3.0)  # uniform guess
     expected_kl = sum(f * math.log(f * 3) for f in (0.5, 0.3, 0.2))
     assert float(kl) == pytest.approx(expected_kl, rel=1e-5) and float(mse) > 0
+
+
+def hurdle_outputs(hit_p: list[float], mu: list[float], sigma: list[float]) -> torch.Tensor:
+    """Hurdle decoder outputs (1, 3, V) for given hit probabilities, means and widths of ln(f x V)."""
+    p = torch.tensor([hit_p])
+    return torch.stack([torch.log(p / (1 - p)), torch.tensor([mu]), torch.log(torch.tensor([sigma]))], dim=1)
+
+
+def test_hurdle_nll_is_the_cells_likelihood_and_is_lowest_at_the_truth() -> None:
+    fractions = torch.tensor([[0.5, 0.5, 0.0, 0.0]])  # two hit cells, ln(f x V) = ln 2
+    y = math.log(2.0)
+    out = hurdle_outputs([0.8, 0.8, 0.2, 0.2], [y, y + 1.0, 0.0, 0.0], [0.5, 0.5, 1.0, 1.0])
+    bce, nll = hurdle_nll(out, fractions)
+    assert float(bce) == pytest.approx(-math.log(0.8), rel=1e-5)  # every cell guessed right with p 0.8
+    # hit cells only, averaged over all 4: (0 + 0.5 x (1 / 0.5)^2) / 4 + 2 ln 0.5 / 4
+    assert float(nll) == pytest.approx((0.5 * 4 + 2 * math.log(0.5)) / 4, rel=1e-5)
+    better = hurdle_outputs([0.8, 0.8, 0.2, 0.2], [y, y, 0.0, 0.0], [0.5, 0.5, 1.0, 1.0])
+    assert float(hurdle_nll(better, fractions)[1]) < float(nll)
+
+
+def test_drawn_fractions_follow_the_hit_probabilities_and_sum_to_one() -> None:
+    n, v = 4000, 3
+    out = hurdle_outputs([0.9, 0.5, 0.1], [1.0, 0.0, -1.0], [0.3, 0.3, 0.3]).expand(n, 3, v)
+    draws = torch.Generator().manual_seed(0)
+    u, z = torch.rand(n, v, generator=draws), torch.randn(n, v, generator=draws)
+    f = draw_fractions(out, u, z)
+    hit = f > 0
+    rows = hit.any(1)
+    np.testing.assert_allclose(f[rows].sum(1).numpy(), 1.0, rtol=1e-6)
+    assert (f[~rows] == 0).all()  # nothing drawn: an empty shower, not NaN
+    np.testing.assert_allclose(hit.float().mean(0).numpy(), [0.9, 0.5, 0.1], atol=0.025)
+    # the same noise gives the same shower; decoded_fractions dispatches on the outputs per cell
+    assert torch.equal(decoded_fractions(out, u, z), f)
+    logits = torch.tensor([[0.0, math.log(3.0)]])[:, None]  # (1, 1, 2): a softmax decoder
+    np.testing.assert_allclose(decoded_fractions(logits).numpy(), [[0.25, 0.75]], rtol=1e-6)
+
+
+def test_a_hurdle_decoder_trains_and_draws_its_cells_from_named_noise(showers) -> None:  # type: ignore[no-untyped-def]
+    config = tiny_config(2, vq={**FAMILY.tiny["vq"], "decoder": "hurdle"})
+    context = RunContext.fit(showers)
+    module = FAMILY.module(config, context)
+    x0 = torch.from_numpy(context.preprocessor.transform(showers))
+    loss = module.validation_loss((x0, context.spec.encode(showers)), 0)  # type: ignore[operator]
+    assert loss is not None and torch.isfinite(loss)
+    sampler = FAMILY.sampler(config.model, context)
+    v = TOY_GEOMETRY.n_voxels
+    assert [(s.name, s.shape, s.distribution) for s in sampler.noise][2:] == [
+        ("cell_u", (v,), "uniform"), ("cell_z", (v,), "normal")]
+    n = 6
+    conditions = (torch.full((n,), 10_000.0), torch.zeros(n), torch.zeros(n),
+                  torch.zeros(n, dtype=torch.int64))
+    noise = [spec.draw(n, torch.Generator().manual_seed(1)) for spec in sampler.noise]
+    with torch.no_grad():
+        a = sampler(*conditions, *noise)
+        noise[2] = torch.rand(n, v, generator=torch.Generator().manual_seed(9))  # other cells hit
+        b = sampler(*conditions, *noise)
+    assert (a >= 0).all() and not torch.equal(a > 0, b > 0)
+    np.testing.assert_allclose(a.sum(1).numpy(), b.sum(1).numpy(), rtol=1e-5)  # E_tot from the tokens
+    with pytest.raises(UnknownNameError, match="VQ-VAE decoder"):
+        tiny_model(vq={"decoder": "gaussian"})
 
 
 # ---- tokens ------------------------------------------------------------------------------------------

@@ -143,8 +143,8 @@ def test_vqvae_latent_grid_and_decoded_fractions(grid, down, latent) -> None:  #
     q, indices, _ = vqvae.quantise(x)
     assert q.shape == (2, latent[0] * latent[1], 4) and indices.shape == (2, latent[0] * latent[1])
     logits = vqvae.decode_indices(indices, torch.zeros(2, 3))
-    assert logits.shape == (2, geometry.n_voxels)
-    np.testing.assert_allclose(torch.softmax(logits, -1).sum(-1).detach().numpy(), 1.0, atol=1e-5)
+    assert logits.shape == (2, 1, geometry.n_voxels)
+    np.testing.assert_allclose(torch.softmax(logits[:, 0], -1).sum(-1).detach().numpy(), 1.0, atol=1e-5)
 
 
 # ---- the GPT ----------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ periodic: the first and last bins are neighbours) and zero padding in z. Down- a
 The encoder maps log1p-scaled cell fractions (N, R, L, A) to latents (N, D, L', A'); the quantiser
 (``VectorQuantizer``) snaps each latent vector to its nearest code (EMA codebook, dead-code restarts,
 k-means initialisation from data, perplexity); the decoder maps codes (and the condition vector) to
-per-cell logits (N, V) whose softmax over all V cells gives fractions that sum to one.
+K outputs per cell (N, K, V): with ``decoder: softmax`` one logit per cell, whose softmax over all V cells
+gives fractions that sum to one; with ``decoder: hurdle`` three (hit logit, mean and log-width of the
+deposit's log), whose meaning the family gives (``caloforge.families.vq_gpt.showers``).
 
 The backbone knows nothing of E_inc or E_tot: the family normalises showers before and after
 (``caloforge.families.vq_gpt.showers``). Reading order: helpers, blocks, the quantiser, the model, sizes.
@@ -33,6 +35,7 @@ from caloforge.errors import InputError, UnknownNameError
 from caloforge.geometry import CylindricalGeometry
 
 __all__ = [
+    "DECODER_OUTPUTS",
     "VQVAE",
     "VQ_SIZES",
     "AlphaResample",
@@ -320,7 +323,11 @@ class VQConfig:
         input_scale: encoder input = log1p(fraction x input_scale); ``None`` = the voxel count, i.e.
             fractions relative to a shower spread evenly over all cells.
         ce_weight: weight of the cross-entropy -sum f log f_hat of the decoded fractions, added to the
-            squared error in the encoder's log1p space.
+            squared error in the encoder's log1p space (``decoder: softmax`` only).
+        decoder: what the decoder gives each cell. ``softmax``: its mean share of the shower (one logit;
+            every cell with a mean above the readout threshold is lit in every shower). ``hurdle``: a
+            distribution to draw from (the probability that the cell is hit, and a log-normal deposit
+            if it is), trained by likelihood (``caloforge.families.vq_gpt.showers.hurdle_nll``).
     """
 
     size: str = "small"
@@ -336,6 +343,12 @@ class VQConfig:
     kmeans_iters: int = 10
     input_scale: float | None = None
     ce_weight: float = 1.0
+    decoder: str = "softmax"
+
+    @property
+    def cell_outputs(self) -> int:
+        """Decoder outputs per cell: 1 (``softmax``) or 3 (``hurdle``)."""
+        return DECODER_OUTPUTS[self.decoder]
 
     def resolved(self) -> VQSize:
         """The size after overrides (an unknown preset raises ``UnknownNameError``)."""
@@ -358,6 +371,8 @@ class VQConfig:
                 raise InputError(None, f"model.vq.{name}", f"is {getattr(self, name)}", "an integer >= 0")
         if not 0 < self.decay < 1:
             raise InputError(None, "model.vq.decay", f"is {self.decay}", "a number in (0, 1)")
+        if self.decoder not in DECODER_OUTPUTS:
+            raise UnknownNameError("VQ-VAE decoder", self.decoder, DECODER_OUTPUTS)
         if self.input_scale is not None and self.input_scale <= 0:
             raise InputError(None, "model.vq.input_scale", f"is {self.input_scale}", "a number > 0")
 
@@ -391,12 +406,14 @@ class CylindricalEncoder(nn.Module):
 
 
 class CylindricalDecoder(nn.Module):
-    """Codes (N, D, L', A') and condition vector (N, cond_dim) -> per-cell logits (N, R, L, A).
+    """Codes (N, D, L', A') and condition vector (N, cond_dim) -> K outputs per cell (N, K x R, L, A).
 
     The condition enters as a per-channel bias at the latent resolution, beside a learned position map
     (the latent grid is not translation invariant either)."""
 
-    def __init__(self, size: VQSize, n_radial: int, sizes: list[tuple[int, int]], cond_dim: int) -> None:
+    def __init__(
+        self, size: VQSize, n_radial: int, sizes: list[tuple[int, int]], cond_dim: int, cell_outputs: int = 1
+    ) -> None:
         super().__init__()
         self.stem = nn.Conv2d(size.code_dim, size.channels, 1)
         self.position = nn.Parameter(torch.zeros(1, size.channels, *sizes[-1]))
@@ -407,14 +424,14 @@ class CylindricalDecoder(nn.Module):
             for stage in reversed(range(len(sizes) - 1))
         )
         self.norm = nn.GroupNorm(_groups(size.channels), size.channels)
-        self.out = CylConv(size.channels, n_radial)
+        self.out = CylConv(size.channels, cell_outputs * n_radial)
 
     def forward(self, codes: Tensor, cond: Tensor) -> Tensor:
         h = self.stem(codes) + self.position + self.cond(cond)[:, :, None, None]  # (N, C, L', A')
         h = self.mid(h)
         for stage in self.stages:
             h = stage(h)
-        return self.out(F.silu(self.norm(h)))  # (N, R, L, A)
+        return self.out(F.silu(self.norm(h)))  # (N, K x R, L, A)
 
 
 class VQVAE(nn.Module):
@@ -440,7 +457,8 @@ class VQVAE(nn.Module):
         self.encoder = CylindricalEncoder(size, n_radial, sizes, config.down_layers)
         self.quantizer = VectorQuantizer(size.n_codes, size.code_dim, config.decay, config.dead_threshold,
                                          config.kmeans_iters)
-        self.decoder = CylindricalDecoder(size, n_radial, sizes, cond_dim)
+        self.cell_outputs = config.cell_outputs
+        self.decoder = CylindricalDecoder(size, n_radial, sizes, cond_dim, self.cell_outputs)
 
     def encode(self, x: Tensor) -> Tensor:
         """Encoder input (N, V) (log1p-scaled fractions, flat) -> latent vectors (N, T, D), T = n_latent."""
@@ -457,14 +475,21 @@ class VQVAE(nn.Module):
         return q.reshape(n, t, d), indices.reshape(n, t), commitment
 
     def decode(self, q: Tensor, cond: Tensor) -> Tensor:
-        """Quantised latents (N, T, D) and condition (N, C) -> per-cell logits (N, V); softmax over V gives
-        the cell fractions."""
-        grid = q.transpose(1, 2).reshape(q.shape[0], self.code_dim, *self.latent_shape)
-        return from_grid(self.decoder(grid, cond))
+        """Quantised latents (N, T, D) and condition (N, C) -> K outputs per cell (N, K, V), each (N, V) in
+        the readout's voxel order (K = 1: logits whose softmax over V gives the cell fractions)."""
+        n = q.shape[0]
+        grid = q.transpose(1, 2).reshape(n, self.code_dim, *self.latent_shape)
+        out = self.decoder(grid, cond)  # (N, K x R, L, A), the K outputs of a cell R channels apart
+        k = self.cell_outputs
+        return from_grid(out.reshape(n * k, out.shape[1] // k, *out.shape[2:])).reshape(n, k, -1)
 
     def decode_indices(self, indices: Tensor, cond: Tensor) -> Tensor:
-        """Code indices (N, T) int64 -> per-cell logits (N, V)."""
+        """Code indices (N, T) int64 -> K outputs per cell (N, K, V)."""
         return self.decode(self.quantizer.lookup(indices), cond)
+
+
+#: outputs per cell of each decoder kind (``VQConfig.decoder``)
+DECODER_OUTPUTS = {"softmax": 1, "hurdle": 3}
 
 
 # ---- named sizes ------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from caloforge.context import RunContext
 from caloforge.families.vq_gpt import VqGptConfig
 from caloforge.families.vq_gpt.sampler import build_gpt, build_vqvae, ratio_tokens
-from caloforge.families.vq_gpt.showers import encoder_input, fractions_and_ratio
+from caloforge.families.vq_gpt.showers import encoder_input, fractions_and_ratio, hurdle_nll
 from caloforge.models.vqvae import perplexity
 from caloforge.optim import build_optimizer, build_scheduler
 from caloforge.runconfig import RunConfig
@@ -134,12 +134,17 @@ class VqGptModule(FamilyModule):
         x = encoder_input(fractions, self.scale)  # (B, V)
         generator = self.noise_generator() if update else None
         q, indices, commitment = self.vqvae.quantise(x, update=update, generator=generator)
-        mse, kl = stage1_losses(self.vqvae.decode(q, cond), fractions, x, self.scale)
+        out = self.vqvae.decode(q, cond)  # (B, K, V)
         vq = self.config.model.vq
         used = torch.bincount(indices.flatten(), minlength=self.vqvae.n_codes) > 0
-        parts = {"train/recon": mse, "train/kl": kl, "train/commitment": commitment,
-                 "train/perplexity": perplexity(indices, self.vqvae.n_codes),
+        parts = {"train/commitment": commitment, "train/perplexity": perplexity(indices, self.vqvae.n_codes),
                  "train/codes_used": used.sum().float()}
+        if vq.decoder == "hurdle":
+            bce, nll = hurdle_nll(out, fractions)
+            parts.update({"train/hit_bce": bce, "train/deposit_nll": nll})
+            return bce + nll + vq.commitment * commitment, parts
+        mse, kl = stage1_losses(out[:, 0], fractions, x, self.scale)
+        parts.update({"train/recon": mse, "train/kl": kl})
         return mse + vq.ce_weight * kl + vq.commitment * commitment, parts
 
     def _prior_loss(self, gpt: nn.Module, fractions: Tensor, ratio: Tensor, cond: Tensor) -> Tensor:

@@ -4,11 +4,14 @@ Noise spec, in order (each (N, *shape), uniform on [0, 1)):
 
 * ``token_u`` (S,): one number per token of the prior (``ratio.digits`` tokens of E_tot / E_inc, then
   the L' x A' codes), each turned into a token by the inverse CDF of the filtered next-token distribution;
-* ``ratio_u`` (): the place of E_tot / E_inc inside its digitised level.
+* ``ratio_u`` (): the place of E_tot / E_inc inside its digitised level;
+* with ``vq.decoder: hurdle`` also ``cell_u`` (V,) uniform, whether each cell is hit, and ``cell_z`` (V,)
+  standard normal, its log-deposit (``showers.draw_fractions``).
 
 forward: condition vector -> the GPT's loop over S positions with a key/value cache (a Python loop over a
-constant range, so tracing unrolls it) -> R and the codes -> the decoder's softmax over all cells -> showers
-= fractions x R x E_inc, cells below the readout threshold zeroed and the rest rescaled to keep E_tot.
+constant range, so tracing unrolls it) -> R and the codes -> the decoder's cell fractions (its softmax, or a
+draw from its per-cell distributions) -> showers = fractions x R x E_inc, cells below the readout threshold
+zeroed and the rest rescaled to keep E_tot.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch import Tensor
 from caloforge.conditioning import ConditionEncoder
 from caloforge.context import RunContext
 from caloforge.families.vq_gpt import VqGptConfig, check_sampling
-from caloforge.families.vq_gpt.showers import compose
+from caloforge.families.vq_gpt.showers import compose, decoded_fractions
 from caloforge.families.vq_gpt.tokens import RatioTokens, draw
 from caloforge.geometry import CylindricalGeometry
 from caloforge.models.gpt import GPT, KVCache
@@ -97,22 +100,27 @@ class VqGptSampler(ShowerSampler):
         self.top_p = float(config.sample.top_p if top_p is None else top_p)
         check_sampling(self.temperature, self.top_k, self.top_p)
         self.options = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
-        self.noise = (NoiseSpec("token_u", (self.gpt.length,), "uniform"),
-                      NoiseSpec("ratio_u", (), "uniform"))
+        noise = [NoiseSpec("token_u", (self.gpt.length,), "uniform"), NoiseSpec("ratio_u", (), "uniform")]
+        if config.vq.decoder == "hurdle":
+            n_voxels = context.geometry.n_voxels
+            noise += [NoiseSpec("cell_u", (n_voxels,), "uniform"), NoiseSpec("cell_z", (n_voxels,), "normal")]
+        self.noise = tuple(noise)
         self.config = config
 
-    def decode(self, tokens: Tensor, cond: Tensor, energy: Tensor, ratio_u: Tensor) -> Tensor:
-        """tokens (N, S) = [R digits, codes], cond (N, C), energy (N,) MeV, ratio_u (N,) uniform ->
-        showers (N, V) MeV."""
+    def decode(
+        self, tokens: Tensor, cond: Tensor, energy: Tensor, ratio_u: Tensor, *cell_noise: Tensor
+    ) -> Tensor:
+        """tokens (N, S) = [R digits, codes], cond (N, C), energy (N,) MeV, ratio_u (N,) uniform and, for a
+        hurdle decoder, cell_u (N, V) uniform and cell_z (N, V) normal -> showers (N, V) MeV."""
         ratio = self.ratio.decode(tokens[:, : self.digits], ratio_u)  # (N,)
-        fractions = torch.softmax(self.vqvae.decode_indices(tokens[:, self.digits :], cond), dim=-1)  # (N, V)
-        return compose(fractions, ratio, energy, self.threshold_mev)
+        out = self.vqvae.decode_indices(tokens[:, self.digits :], cond)  # (N, K, V)
+        return compose(decoded_fractions(out, *cell_noise), ratio, energy, self.threshold_mev)
 
     def forward(self, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, *noise: Tensor) -> Tensor:
-        token_u, ratio_u = noise
+        token_u, ratio_u, *cell_noise = noise
         cond = self.encoder(energy, theta, phi, detector)  # (N, C)
         tokens = generate_tokens(self.gpt, cond, token_u, self.temperature, self.top_k, self.top_p)
-        return self.decode(tokens, cond, energy, ratio_u)  # (N, V) MeV
+        return self.decode(tokens, cond, energy, ratio_u, *cell_noise)  # (N, V) MeV
 
     def metadata(self) -> dict[str, Any]:
         """The token layout, for readers of the exported graph."""
