@@ -320,6 +320,24 @@ def test_export_with_top_k_and_top_p_matches_onnxruntime(trained: Path, tmp_path
     assert check_export(generator, path, n=1, seed=3) < 1e-4
 
 
+def test_a_hurdle_model_exports_whole_and_reconstructs_reproducibly(  # type: ignore[no-untyped-def]
+    showers, tmp_path: Path
+) -> None:
+    model = train(showers, tmp_path / "run", tiny_config(2, vq={**FAMILY.tiny["vq"], "decoder": "hurdle"}),
+                  progress=False)
+    generator = load_generator(model)
+    path = export_sampler(generator, tmp_path / "m.onnx")
+    inputs = [i.name for i in onnx.load(str(path)).graph.input]
+    assert inputs[-2:] == ["cell_u", "cell_z"]
+    assert check_export(generator, path, n=4, seed=5) < 1e-4
+    part = type(showers)(showers.showers[:6], showers.geometry, showers.energy[:6])
+    a, b = (reconstruct_showers(generator, part, seed=s).showers for s in (1, 1))
+    c = reconstruct_showers(generator, part, seed=2).showers
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a > 0, c > 0)  # another draw lights other cells
+    np.testing.assert_allclose(a.sum(1), part.showers.sum(1), rtol=1e-4)  # each keeps its E_tot
+
+
 # ---- the reconstruction diagnostic ------------------------------------------------------------------
 def test_reconstruction_only_showers_keep_shape_conditions_and_energy(trained: Path, showers) -> None:  # type: ignore[no-untyped-def]
     generator = load_generator(trained)
