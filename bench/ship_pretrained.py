@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--name", default="g4-siw-dit", help="the model's name for --pretrained")
     parser.add_argument("--sample-name", default="g4-siw-electrons")
     parser.add_argument("--n-sample", type=int, default=2500, help="held-out Geant4 showers to ship")
+    parser.add_argument("--keep-sample", action="store_true",
+                        help="ship the model only; the package's sample stays as it is")
+    parser.add_argument("--description", help="the model's one line (default: a DiT's, from the run)")
     args = parser.parse_args()
     if args.distilled:
         if not args.fewstep:
@@ -84,11 +87,12 @@ def main() -> None:
     write_sampler_checkpoint(content, SHELF / model_file)
 
     # the reference half of the run's held-out part, as bench/fidelity.py split it
-    showers = read_showers(record["data"])
-    order = np.random.default_rng(record["seed"]).permutation(len(showers))
-    sample = showers[np.sort(order[: min(args.n_sample, record["n_eval"])])]
     sample_file = f"{args.sample_name}.h5"
-    write_showers(SHELF / sample_file, sample, dtype=np.float16, compression="gzip")
+    if not args.keep_sample:
+        showers = read_showers(record["data"])
+        order = np.random.default_rng(record["seed"]).permutation(len(showers))
+        sample = showers[np.sort(order[: min(args.n_sample, record["n_eval"])])]
+        write_showers(SHELF / sample_file, sample, dtype=np.float16, compression="gzip")
 
     commit = _commit()
     ranges = content.ranges
@@ -97,8 +101,8 @@ def main() -> None:
         "name": args.name,
         "file": model_file,
         "family": content.family,
-        "description": f"{content.config.model.dit.size} DiT ({content.family}) with the layer-energy "
-                       f"stage, {result['sampler']} {result['sampler_steps']} steps",
+        "description": args.description or f"{content.config.model.dit.size} DiT ({content.family}) with "
+                       f"the layer-energy stage, {result['sampler']} {result['sampler_steps']} steps",
         "training_data": f"{record['n_train']} Geant4 11.4 electron showers in the Par04 SiW calorimeter "
                          f"(CaloChallenge dataset-2 readout, 45 x 16 x 9), normal incidence; "
                          f"{result['train_minutes']:.0f} min, {result['steps_trained']} steps on 2 CPU cores",
@@ -114,6 +118,9 @@ def main() -> None:
         },
     }
     index = _with_model(entry)
+    if args.keep_sample:
+        _write_index(index, [SHELF / model_file])
+        return
     index["samples"] = [s for s in index["samples"] if s["name"] != args.sample_name] + [{
         "name": args.sample_name, "file": sample_file,
         "description": f"{len(sample)} held-out Geant4 11.4 electron showers, 1-100 GeV, Par04 SiW "

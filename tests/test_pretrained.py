@@ -104,6 +104,23 @@ def test_shipped_model_generates_from_the_package_alone() -> None:
     assert 1e3 <= sample.energy.min() and sample.energy.max() <= 1e5
 
 
+def test_shipped_vq_model_draws_sparse_showers_with_their_energy() -> None:
+    """The shipped vq-gpt (hurdle decoder) generates from the package alone: each shower keeps an
+    E_tot / E_inc near the sampling fraction it learned, lights a few hundred of 6480 cells (Geant4: ~650),
+    and the same seed gives the same showers."""
+    (model,) = [m for m in pretrained.list_models() if m.name == "g4-siw-vq"]
+    assert model.family == "vq-gpt" and 0.5 <= model.metrics["auc_low"] <= 1.0
+    generator = load_generator(pretrained.model_path("g4-siw-vq"))
+    energy = np.array([2e3, 1e4, 5e4, 9e4])
+    a, b = (generator.sample(energy, seed=5).showers for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (4, 6480) and np.isfinite(a).all() and (a >= 0).all()
+    ratio = a.sum(1) / energy
+    assert ((0.02 < ratio) & (ratio < 0.045)).all(), ratio  # SiW samples ~3 % of the energy
+    hits = (a > 0).sum(1)
+    assert ((100 < hits) & (hits < 2000)).all(), hits
+
+
 def test_shipped_pretraining_model_adapts_offline_then_generates_and_exports(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The multi-detector model in the package is a start for `caloforge adapt --pretrained`: a new
     detector claims its spare slot, the adapted run generates and exports the Par04 graph, and a
