@@ -40,8 +40,7 @@ def reconstruct(
     cond = sampler.encoder(energy, theta, phi, detector)
     out = vqvae.decode(q, cond)  # (N, K, V)
     draws = generator if generator is not None else torch.default_generator
-    cell_noise = [spec.draw(len(showers), draws).to(showers.device)
-                  for spec in sampler.noise if spec.name.startswith("cell_")]
+    cell_noise = [spec.draw(len(showers), draws).to(showers.device) for spec in sampler.cell_noise]
     return compose(decoded_fractions(out, *cell_noise), ratio, energy, sampler.threshold_mev)
 
 

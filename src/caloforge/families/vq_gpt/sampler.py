@@ -80,6 +80,8 @@ class VqGptSampler(ShowerSampler):
         gpt: the stage-2 prior (weights: the training's average).
         encoder: the run's condition encoder (not weights).
         ratio: R <-> tokens; threshold_mev: the readout threshold of the run's preprocessing.
+        cell_noise: the noise of the decoder's cell draws, the last entries of ``noise`` (none for a
+            softmax decoder).
     """
 
     def __init__(
@@ -100,11 +102,13 @@ class VqGptSampler(ShowerSampler):
         self.top_p = float(config.sample.top_p if top_p is None else top_p)
         check_sampling(self.temperature, self.top_k, self.top_p)
         self.options = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
-        noise = [NoiseSpec("token_u", (self.gpt.length,), "uniform"), NoiseSpec("ratio_u", (), "uniform")]
-        if config.vq.decoder == "hurdle":
-            n_voxels = context.geometry.n_voxels
-            noise += [NoiseSpec("cell_u", (n_voxels,), "uniform"), NoiseSpec("cell_z", (n_voxels,), "normal")]
-        self.noise = tuple(noise)
+        cells = (context.geometry.n_voxels,)
+        self.cell_noise: tuple[NoiseSpec, ...] = (
+            (NoiseSpec("cell_u", cells, "uniform"), NoiseSpec("cell_z", cells, "normal"))
+            if config.vq.decoder == "hurdle" else ()
+        )
+        self.noise = (NoiseSpec("token_u", (self.gpt.length,), "uniform"),
+                      NoiseSpec("ratio_u", (), "uniform"), *self.cell_noise)
         self.config = config
 
     def decode(
