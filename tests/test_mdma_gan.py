@@ -14,10 +14,18 @@ from toys import TOY_GEOMETRY, toy_showers
 
 from caloforge.context import RunContext
 from caloforge.data import ShowerSet
+from caloforge.errors import InputError
 from caloforge.families.mdma_gan import MdmaGanConfig
 from caloforge.families.mdma_gan.counts import HitCountModel
 from caloforge.families.mdma_gan.module import log_response, marginal_distance, sliced_wasserstein
-from caloforge.families.mdma_gan.points import PointScaling, Voxeliser, grid_to_hits, pack, points_batch
+from caloforge.families.mdma_gan.points import (
+    LogitPositions,
+    PointScaling,
+    Voxeliser,
+    grid_to_hits,
+    pack,
+    points_batch,
+)
 from caloforge.families.mdma_gan.sampler import MdmaGanSampler
 from caloforge.geometry import CylindricalGeometry, LayerBinning
 from caloforge.models.mean_field import MeanFieldConfig, MeanFieldCritic, MeanFieldGenerator
@@ -84,6 +92,41 @@ def test_no_seam_at_plus_minus_pi(context: RunContext) -> None:
     assert alpha_bin[4] in (0, n_alpha - 1)
     # and the features are continuous across the seam
     assert torch.allclose(hits[0, 0, 1:3], hits[0, 1, 1:3], atol=1e-3)
+
+
+@pytest.mark.parametrize("irregular", [False, True])
+def test_logit_positions_give_rings_equal_width_and_map_back_to_the_same_cells(irregular: bool) -> None:
+    showers = _irregular_showers(30) if irregular else toy_showers(30, seed=4)
+    geometry = showers.geometry
+    scaling = PointScaling.of(RunContext.fit(showers))
+    positions, voxeliser = LogitPositions(geometry, scaling), Voxeliser(geometry, scaling)
+    hits, mask = grid_to_hits(showers.showers, showers.energy, geometry, scaling, np.random.default_rng(3))
+    packed, _ = pack(torch.from_numpy(hits), torch.from_numpy(mask))
+    x = positions.to_model(packed)
+    torch.testing.assert_close(x[:, [1, 2, 4]], packed[:, [1, 2, 4]])  # only z and r change
+    torch.testing.assert_close(positions.to_hits(x), packed, rtol=0, atol=1e-4)
+    assert torch.equal(voxeliser.cells(positions.to_hits(x)), voxeliser.cells(packed))
+    # a hit half-way through ring k of a layer with n rings sits at logit((k + 1/2) / n) / 4, whatever the
+    # ring's width in mm
+    layer = 1 if irregular else 0
+    binning = geometry.layers[layer]
+    edges = np.asarray(binning.r_edges)
+    probe = torch.zeros(binning.n_radial, 5)
+    probe[:, 0] = (layer + 0.5) / geometry.n_layers * 2 - 1
+    probe[:, 3] = torch.tensor(0.5 * (edges[:-1] + edges[1:]) / scaling.outer_radius_mm * 2 - 1)
+    unit = (torch.arange(binning.n_radial) + 0.5) / binning.n_radial
+    torch.testing.assert_close(positions.to_model(probe)[:, 3], torch.log(unit / (1 - unit)) / 4)
+    # any network output is a position inside the readout: far tails land in the first / last layer and ring
+    far = torch.tensor([[-30.0, 1, 0, -30, 0], [30, 1, 0, 30, 0]])
+    cells = voxeliser.cells(positions.to_hits(far))
+    layer_of, _, ring_of = (torch.as_tensor(i)[cells] for i in geometry.voxel_indices)
+    assert layer_of.tolist() == [0, geometry.n_layers - 1]
+    assert ring_of[0] == 0 and ring_of[1] == geometry.layers[-1].n_radial - 1
+
+
+def test_positions_option_is_checked() -> None:
+    with pytest.raises(InputError, match=r"model\.positions.*'cm'.*one of linear, logit"):
+        MdmaGanConfig(positions="cm")
 
 
 def test_points_batch_is_padded_sorted_and_a_function_of_the_batch(context: RunContext) -> None:
@@ -198,6 +241,19 @@ def test_mdma_validation_loss_repeats_for_a_batch_and_differs_between_batches(co
     assert 0 < float(first) < math.inf
 
 
+def test_without_the_adversarial_term_every_batch_updates_the_generator(context: RunContext) -> None:
+    from caloforge.families.mdma_gan.module import MdmaGanModule
+    from caloforge.runconfig import RunConfig
+
+    def schedule(**model: float) -> list[bool]:
+        config = RunConfig(family="mdma-gan", model=MdmaGanConfig(net=TINY, count_bins=8, count_width=8,
+                                                                  critic_steps=2, **model))
+        return [MdmaGanModule(config, context)._is_critic_step(step) for step in range(6)]
+
+    assert schedule() == [True, True, False, True, True, False]
+    assert schedule(adversarial_weight=0.0) == [False] * 6
+
+
 def test_an_update_with_a_non_finite_gradient_is_skipped(context: RunContext) -> None:
     from caloforge.families.mdma_gan.module import MdmaGanModule
     from caloforge.runconfig import RunConfig
@@ -245,12 +301,14 @@ def test_hit_count_draw_is_reproducible_monotone_and_follows_the_model() -> None
 
 
 # ---- the sampler ------------------------------------------------------------------------------------------
-def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, tmp_path: Path) -> None:
+@pytest.mark.parametrize("positions", ["linear", "logit"])
+def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, tmp_path: Path,
+                                                         positions: str) -> None:
     import onnxruntime as ort
 
     from caloforge.export.graphs import write_onnx
 
-    config = MdmaGanConfig(net=TINY, count_bins=8, count_width=8)
+    config = MdmaGanConfig(net=TINY, count_bins=8, count_width=8, positions=positions)
     torch.manual_seed(0)
     sampler = MdmaGanSampler(config, context).eval()
     assert [(s.name, s.shape, s.distribution) for s in sampler.noise] == [

@@ -25,7 +25,9 @@ from caloforge.errors import InputError
 from caloforge.families import Family
 from caloforge.models.mean_field import MeanFieldConfig
 
-__all__ = ["FAMILY", "MdmaGanConfig"]
+__all__ = ["FAMILY", "POSITIONS", "MdmaGanConfig"]
+
+POSITIONS = ("linear", "logit")
 
 
 @dataclass
@@ -36,11 +38,18 @@ class MdmaGanConfig:
         net: generator and critic size (``caloforge.models.mean_field``: presets tiny, small, base).
         max_hits: hit slots of the sampler, the largest hit count it can draw (``null``: one per cell of
             the readout). Training showers with more hits keep their ``max_hits`` most energetic ones.
+        positions: the networks' z and r: ``linear`` (the hit features: layers and mm mapped onto [-1, 1])
+            or ``logit`` (cell units through a logit, ``points.LogitPositions``: rings equally wide, no
+            output outside the readout). ``linear`` is the default so checkpoints saved before the option
+            read as they were trained.
         count_bins: bins of the hit-count model over [0, max_hits].
         count_width: hidden width of the hit-count model's MLP.
         critic_steps: critic updates per generator update; each training step (batch) makes exactly one
             update, critic or generator in turn, so ``train.max_steps`` counts batches.
         gp_weight: weight of the gradient penalty (lambda of WGAN-GP).
+        adversarial_weight: weight of the critic's score, -E[D(fake)], in the generator's loss (0: the
+            generator learns from the non-adversarial terms alone, every batch, and the critic is not
+            trained: feature matching then compares the features of the untrained critic).
         feature_matching: weight of the mean-field feature matching in the generator's loss.
         response_weight: weight of the response term, the squared difference of ln(E_tot / E_inc) between
             each generated shower and the real one whose conditions and hit count it was given.
@@ -57,10 +66,12 @@ class MdmaGanConfig:
 
     net: MeanFieldConfig = field(default_factory=MeanFieldConfig)
     max_hits: int | None = None
+    positions: str = "linear"
     count_bins: int = 64
     count_width: int = 64
     critic_steps: int = 2
     gp_weight: float = 10.0
+    adversarial_weight: float = 1.0
     feature_matching: float = 1.0
     response_weight: float = 1.0
     sliced_weight: float = 10.0
@@ -77,10 +88,14 @@ class MdmaGanConfig:
         self.net.resolved()
         if self.max_hits is not None and self.max_hits < 1:
             raise InputError(None, "model.max_hits", f"is {self.max_hits}", "an integer >= 1 (or null)")
+        if self.positions not in POSITIONS:
+            raise InputError(None, "model.positions", f"is {self.positions!r}",
+                             f"one of {', '.join(POSITIONS)}")
         for name in ("count_bins", "count_width", "critic_steps", "sliced_projections"):
             if getattr(self, name) < 1:
                 raise InputError(None, f"model.{name}", f"is {getattr(self, name)}", "an integer >= 1")
-        for name in ("gp_weight", "feature_matching", "response_weight", "sliced_weight"):
+        weights = ("gp_weight", "adversarial_weight", "feature_matching", "response_weight", "sliced_weight")
+        for name in weights:
             if getattr(self, name) < 0:
                 raise InputError(None, f"model.{name}", f"is {getattr(self, name)}", "a number >= 0")
         if self.count_lr <= 0:

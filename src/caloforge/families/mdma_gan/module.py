@@ -20,7 +20,8 @@ batch, so all follow the run's progress, whichever network was updated.
 
 Batches are ``points.points_batch``'s: hits (B, M_b, 5), mask (B, M_b), cond (B, C), E_inc (B,) MeV;
 hits beyond the model's slots (the lowest-energy ones: the batch is sorted) are dropped, the rest packed
-(``points.pack``: (T, 5) and the shower of each hit) for the networks.
+(``points.pack``: (T, 5) and the shower of each hit) for the networks, in their coordinates
+(``points.LogitPositions`` with ``model.positions: logit``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch import Tensor
 from caloforge.context import RunContext
 from caloforge.families.mdma_gan import MdmaGanConfig
 from caloforge.families.mdma_gan.counts import HitCountModel
-from caloforge.families.mdma_gan.points import N_FEATURES, PointScaling, hit_energies, pack
+from caloforge.families.mdma_gan.points import N_FEATURES, LogitPositions, PointScaling, hit_energies, pack
 from caloforge.families.mdma_gan.sampler import build_counts, build_generator, generate_hits, hit_condition
 from caloforge.models.mean_field import MeanFieldCritic, MeanFieldGenerator, per_set_sum
 from caloforge.optim import build_optimizer
@@ -120,6 +121,8 @@ class MdmaGanModule(FamilyModule):
         self.generator_ema = self.average(self.generator)
         self.counts_ema = self.average(self.counts)
         self.scaling = PointScaling.of(context)
+        logit = model.positions == "logit"
+        self.positions = LogitPositions(context.geometry, self.scaling) if logit else None
         self.skipped_updates = 0  # optimiser steps skipped for non-finite gradients (``_update``)
 
     # -- data
@@ -128,7 +131,10 @@ class MdmaGanModule(FamilyModule):
         shower's hits cut to the model's slots (its largest: the batch is sorted)."""
         hits, mask, cond = batch[0][:, : self.max_hits], batch[1][:, : self.max_hits], batch[2]
         n_hits = mask.sum(1)
-        return *pack(hits, mask), cond, hit_condition(cond, n_hits, self.max_hits), n_hits
+        packed, seg = pack(hits, mask)
+        if self.positions is not None:
+            packed = self.positions.to_model(packed)
+        return packed, seg, cond, hit_condition(cond, n_hits, self.max_hits), n_hits
 
     def _fake(self, seg: Tensor, cond_n: Tensor, noise: torch.Generator) -> Tensor:
         """Generated packed hits (T, 5) for the showers ``seg`` (T,) points into, conditions (B, C + 1)."""
@@ -136,15 +142,18 @@ class MdmaGanModule(FamilyModule):
         return self.generator(z, seg, cond_n)
 
     # -- training
-    def _is_critic_step(self) -> bool:
-        every = self.config.model.critic_steps
-        return self.global_step % (every + 1) < every
+    def _is_critic_step(self, step: int) -> bool:
+        """Whether batch ``step`` updates the critic (never when the generator's loss ignores its score)."""
+        model: MdmaGanConfig = self.config.model
+        if model.adversarial_weight == 0:
+            return False
+        return step % (model.critic_steps + 1) < model.critic_steps
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         hits, seg, cond, cond_n, n_hits = self._inputs(batch)
         noise = self.noise_generator()
         gen_opt, critic_opt, counts_opt = self.optimizers()  # type: ignore[attr-defined]
-        if self._is_critic_step():
+        if self._is_critic_step(self.global_step):
             with torch.no_grad():
                 fake = self._fake(seg, cond_n, noise)
             real_score, _ = self.critic(hits, seg, cond_n)
@@ -179,7 +188,7 @@ class MdmaGanModule(FamilyModule):
         sliced = sliced_wasserstein(hits, fake, directions / directions.norm(dim=1, keepdim=True))
         self.log_dict({"train/feature_matching": matching, "train/response": response.mean(),
                        "train/sliced_wasserstein": sliced}, on_step=True, on_epoch=False)
-        return (-fake_score.mean() + model.feature_matching * matching
+        return (-model.adversarial_weight * fake_score.mean() + model.feature_matching * matching
                 + model.response_weight * response.mean() + model.sliced_weight * sliced)
 
     def validation_loss(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
@@ -223,8 +232,7 @@ class MdmaGanModule(FamilyModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # global_step has advanced past this batch's update: it was a generator update if the step before
         # it was not a critic step. The averages follow the generator's updates only.
-        every = self.config.model.critic_steps
-        if (self.global_step - 1) % (every + 1) >= every:
+        if not self._is_critic_step(self.global_step - 1):
             self.update_averages()
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]

@@ -8,11 +8,11 @@ Noise spec, in order (each (N, *shape)):
   and change nothing.
 
 forward: condition vector -> n (N,) -> the slots below each shower's n, packed ((T, 2) indices, T = sum n)
--> their latents (T, latent) -> generator(latents, shower of each, [cond, n]) -> hit features (T, 5) ->
-``points.Voxeliser`` (energies summed per cell) -> cells below the readout threshold zeroed -> showers
-(N, V) MeV. The noise has fixed shapes (M = ``MdmaGanConfig.hit_slots``) but only the T drawn hits are
-computed, so a batch costs its showers' own hit counts, not M each; the graph's hit axis is dynamic (ONNX
-NonZero), with no branching on values.
+-> their latents (T, latent) -> generator(latents, shower of each, [cond, n]) -> hit features (T, 5) (from
+the networks' coordinates with ``model.positions: logit``) -> ``points.Voxeliser`` (energies summed per
+cell) -> cells below the readout threshold zeroed -> showers (N, V) MeV. The noise has fixed shapes
+(M = ``MdmaGanConfig.hit_slots``) but only the T drawn hits are computed, so a batch costs its showers' own
+hit counts, not M each; the graph's hit axis is dynamic (ONNX NonZero), with no branching on values.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from caloforge.conditioning import ConditionEncoder
 from caloforge.context import RunContext
 from caloforge.families.mdma_gan import MdmaGanConfig
 from caloforge.families.mdma_gan.counts import HitCountModel
-from caloforge.families.mdma_gan.points import N_FEATURES, PointScaling, Voxeliser
+from caloforge.families.mdma_gan.points import N_FEATURES, LogitPositions, PointScaling, Voxeliser
 from caloforge.geometry import CylindricalGeometry
 from caloforge.models.mean_field import MeanFieldGenerator
 from caloforge.sampler import NoiseSpec, ShowerSampler
@@ -86,6 +86,9 @@ class MdmaGanSampler(ShowerSampler):
         self.generator = build_generator(config, spec.dim)
         self.counts = build_counts(config, spec.dim, self.max_hits)
         self.voxeliser = Voxeliser(context.geometry, self.scaling)
+        # the trained readout's rings place r, also when voxelising onto another readout
+        logit = config.positions == "logit"
+        self.positions = LogitPositions(context.geometry, self.scaling) if logit else None
         self.threshold_mev = float(context.preprocessor.threshold_mev)
         self.noise = (NoiseSpec("count_u", (), "uniform"),
                       NoiseSpec("hit_noise", (self.max_hits, self.latent), "normal"))
@@ -95,6 +98,8 @@ class MdmaGanSampler(ShowerSampler):
         count_u, hit_noise = noise
         cond = self.encoder(energy, theta, phi, detector)  # (N, C)
         hits, seg, _ = generate_hits(self.generator, self.counts, cond, count_u, hit_noise)  # (T, 5), (T,)
+        if self.positions is not None:
+            hits = self.positions.to_hits(hits)
         showers = self.voxeliser(hits, seg, energy)  # (N, V) MeV
         return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
 
