@@ -331,3 +331,32 @@ def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, t
         feed = {name: x[:batch].numpy() for name, x in zip(names, inputs, strict=True) if name in wanted}
         (out,) = session.run(None, feed)
         np.testing.assert_allclose(out, showers[:batch].numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("critic_steps", [1, 2])
+def test_critic_and_generator_updates_alternate_by_batch(tmp_path: Path, critic_steps: int) -> None:
+    # Lightning's global_step advances by two a batch here (the GAN's update and the hit-count model's):
+    # an alternation read from it once gave critic_steps 1 no generator update at all
+    from caloforge.families.mdma_gan import FAMILY
+    from caloforge.runconfig import run_config_from_dict
+    from caloforge.training import train
+
+    batches = 2 * (critic_steps + 1)
+    config = run_config_from_dict({
+        "family": "mdma-gan", "model": {**FAMILY.tiny, "critic_steps": critic_steps},
+        "optim": {"warmup_steps": 1},
+        "train": {"batch_size": 16, "max_steps": 2 * batches, "checkpoint_every": 100, "log_every": 1},
+    })
+    run = tmp_path / "run"
+    train(toy_showers(64), run, config, progress=False)
+    lines = (run / "logs" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+
+    def updates(column: str) -> int:  # a row repeats the last value of a metric not logged at its step
+        index = header.index(column)
+        return len({row.split(",")[index] for row in lines[1:]} - {""})
+
+    assert len(lines) - 1 == batches
+    assert updates("train/wasserstein") == 2 * critic_steps  # critic updates
+    assert updates("train/sliced_wasserstein") == 2  # generator updates

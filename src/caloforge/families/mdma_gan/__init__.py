@@ -45,7 +45,8 @@ class MdmaGanConfig:
         count_bins: bins of the hit-count model over [0, max_hits].
         count_width: hidden width of the hit-count model's MLP.
         critic_steps: critic updates per generator update; each training step (batch) makes exactly one
-            update, critic or generator in turn, so ``train.max_steps`` counts batches.
+            update, critic or generator in turn (``train.max_steps`` counts optimiser steps: two a batch,
+            with the hit-count model's).
         gp_weight: weight of the gradient penalty (lambda of WGAN-GP).
         adversarial_weight: weight of the critic's score, -E[D(fake)], in the generator's loss (0: the
             generator learns from the non-adversarial terms alone, every batch, and the critic is not

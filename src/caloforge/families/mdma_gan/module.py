@@ -1,8 +1,11 @@
 """The ``mdma-gan`` LightningModule: WGAN-GP on point clouds, by manual optimisation.
 
-Each training step (batch) makes exactly one update of the GAN, so ``global_step`` counts batches: steps
-whose index modulo ``critic_steps + 1`` is below ``critic_steps`` update the critic, the others the
-generator, as WGAN-GP's loop draws a fresh real batch for every critic update. The hit-count model, a plain
+Each training step (batch) makes exactly one update of the GAN: batches whose index (counted by the fit
+loop) modulo ``critic_steps + 1`` is below ``critic_steps`` update the critic, the others the generator, as
+WGAN-GP's loop draws a fresh real batch for every critic update. (Lightning's ``global_step``, which
+``train.max_steps`` and checkpoints count, advances by two a batch: the GAN's update and the hit-count
+model's. Until 2026-12-04 the alternation read ``global_step``; with ``critic_steps: 1`` that was always
+even, and the generator was never updated.) The hit-count model, a plain
 maximum-likelihood fit independent of the GAN, has its own optimiser and learns on every batch (inside the
 generator's optimiser its gradients were clipped together with the generator's, hundreds of times larger,
 and it did not learn).
@@ -142,6 +145,12 @@ class MdmaGanModule(FamilyModule):
         return self.generator(z, seg, cond_n)
 
     # -- training
+    def _batch_index(self) -> int:
+        """The index of the batch being trained on, counted over the whole run (restored on resume) by the
+        fit loop. Not ``global_step``: that counts optimiser steps, two a batch here (the GAN's update and the
+        hit-count model's), and none for an update skipped as non-finite."""
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.total.ready) - 1
+
     def _is_critic_step(self, step: int) -> bool:
         """Whether batch ``step`` updates the critic (never when the generator's loss ignores its score)."""
         model: MdmaGanConfig = self.config.model
@@ -153,7 +162,7 @@ class MdmaGanModule(FamilyModule):
         hits, seg, cond, cond_n, n_hits = self._inputs(batch)
         noise = self.noise_generator()
         gen_opt, critic_opt, counts_opt = self.optimizers()  # type: ignore[attr-defined]
-        if self._is_critic_step(self.global_step):
+        if self._is_critic_step(self._batch_index()):
             with torch.no_grad():
                 fake = self._fake(seg, cond_n, noise)
             real_score, _ = self.critic(hits, seg, cond_n)
@@ -230,9 +239,8 @@ class MdmaGanModule(FamilyModule):
                  on_step=True, on_epoch=False)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # global_step has advanced past this batch's update: it was a generator update if the step before
-        # it was not a critic step. The averages follow the generator's updates only.
-        if not self._is_critic_step(self.global_step - 1):
+        # The averages follow the generator's updates only.
+        if not self._is_critic_step(self._batch_index()):
             self.update_averages()
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
