@@ -140,6 +140,14 @@ def apply_energy_ratio(
     return ShowerSet(out, showers.geometry, showers.energy, source="generated")
 
 
+def scoring_config(n_eval: int, classifier_epochs: int, seed: int) -> EvaluateConfig:
+    """The metrics' settings for ``n_eval`` held-out showers a side, as every fidelity table scores them."""
+    return EvaluateConfig(
+        classifier=ClassifierConfig(epochs=classifier_epochs), seed=seed, plots=False,
+        fpd_min_samples=min(10_000, n_eval // 2), fpd_max_samples=n_eval, kpd_batch_size=min(10_000, n_eval),
+    )
+
+
 def summarise(metrics: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a ``compute_metrics`` result."""
     histograms = [v for v in metrics["separation_power"]["histograms"].values() if v is not None]
@@ -295,14 +303,7 @@ def main() -> None:
     generator = load_generator(model_path, device)
     steps_trained = generator.content.step
 
-    eval_config = EvaluateConfig(
-        classifier=ClassifierConfig(epochs=args.classifier_epochs),
-        seed=args.seed,
-        plots=False,
-        fpd_min_samples=min(10_000, args.n_eval // 2),
-        fpd_max_samples=args.n_eval,
-        kpd_batch_size=min(10_000, args.n_eval),
-    )
+    eval_config = scoring_config(args.n_eval, args.classifier_epochs, args.seed)
     capacity = low_level_capacity(geometry.n_voxels, eval_config)
 
     def sample_of(showers: ShowerSet, name: str) -> Sample:

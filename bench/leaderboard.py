@@ -48,13 +48,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from fidelity import split_file, summarise
+from fidelity import scoring_config, split_file, summarise
 
 from caloforge.checkpoint import read_checkpoint
 from caloforge.config import load_yaml
 from caloforge.data import ShowerSet
-from caloforge.evaluate.classifier import ClassifierConfig
-from caloforge.evaluate.pipeline import EvaluateConfig, collect, compute_metrics, low_level_capacity
+from caloforge.evaluate.pipeline import collect, compute_metrics, low_level_capacity
 from caloforge.families import family_names
 from caloforge.generate import ShowerGenerator, load_generator
 from caloforge.progress import progress_bar
@@ -260,11 +259,7 @@ def main() -> None:
                       and n not in scores_from]
     if not needs_training:
         train_set = None
-    eval_config = EvaluateConfig(
-        classifier=ClassifierConfig(epochs=args.classifier_epochs), seed=args.seed, plots=False,
-        fpd_min_samples=min(10_000, args.n_eval // 2), fpd_max_samples=args.n_eval,
-        kpd_batch_size=min(10_000, args.n_eval),
-    )
+    eval_config = scoring_config(args.n_eval, args.classifier_epochs, args.seed)
     capacity = low_level_capacity(geometry.n_voxels, eval_config)
 
     @functools.cache

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fidelity import split_file, summarise
+from fidelity import scoring_config, split_file, summarise
 
 from caloforge.data import ShowerSet
-from caloforge.evaluate.classifier import ClassifierConfig
-from caloforge.evaluate.pipeline import EvaluateConfig, collect, compute_metrics, low_level_capacity
+from caloforge.evaluate.pipeline import collect, compute_metrics, low_level_capacity
 from caloforge.families.mdma_gan.points import PointScaling, Voxeliser, grid_to_hits, pack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,9 +75,7 @@ def main() -> None:
     hits, mask = grid_to_hits(floor.showers, floor.energy, geometry, scaling, rng)
     round_trip = float(np.abs(voxelised(hits, mask, floor, voxeliser).showers - floor.showers).max())
     pooled = voxelised(*pooled_hits(hits, mask, floor.energy, args.pool, rng), floor, voxeliser)
-    config = EvaluateConfig(classifier=ClassifierConfig(epochs=args.classifier_epochs), seed=args.seed,
-                            plots=False, fpd_min_samples=min(10_000, args.n_eval // 2),
-                            fpd_max_samples=args.n_eval, kpd_batch_size=min(10_000, args.n_eval))
+    config = scoring_config(args.n_eval, args.classifier_epochs, args.seed)
     capacity = low_level_capacity(geometry.n_voxels, config)
     ref = collect([reference], "reference", config, capacity)
     result = {
