@@ -39,8 +39,14 @@ from torch import Tensor
 from caloforge.context import RunContext
 from caloforge.families.mdma_gan import MdmaGanConfig
 from caloforge.families.mdma_gan.counts import HitCountModel
-from caloforge.families.mdma_gan.points import N_FEATURES, LogitPositions, PointScaling, hit_energies, pack
-from caloforge.families.mdma_gan.sampler import build_counts, build_generator, generate_hits, hit_condition
+from caloforge.families.mdma_gan.points import N_FEATURES, PointScaling, hit_energies, pack
+from caloforge.families.mdma_gan.sampler import (
+    build_counts,
+    build_generator,
+    build_positions,
+    generate_hits,
+    hit_condition,
+)
 from caloforge.models.mean_field import MeanFieldCritic, MeanFieldGenerator, per_set_sum
 from caloforge.optim import build_optimizer
 from caloforge.runconfig import RunConfig
@@ -124,8 +130,7 @@ class MdmaGanModule(FamilyModule):
         self.generator_ema = self.average(self.generator)
         self.counts_ema = self.average(self.counts)
         self.scaling = PointScaling.of(context)
-        logit = model.positions == "logit"
-        self.positions = LogitPositions(context.geometry, self.scaling) if logit else None
+        self.positions = build_positions(model, context)
         self.skipped_updates = 0  # optimiser steps skipped for non-finite gradients (``_update``)
 
     # -- data

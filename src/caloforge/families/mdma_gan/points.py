@@ -85,6 +85,20 @@ class PointScaling:
         return cls(context.geometry.n_layers, float(context.geometry.outer_radius_mm), 0.5 * (lo + hi),
                    0.5 * (hi - lo))
 
+    def layer_of(self, z: Tensor) -> Tensor:
+        """z features (...) -> layer indices (...) int64, clamped into the readout."""
+        return torch.floor((z + 1) * (0.5 * self.n_layers)).clamp(0, self.n_layers - 1).long()
+
+    def radius_mm(self, r: Tensor) -> Tensor:
+        """r features (...) -> radii (...) mm."""
+        return (r + 1) * (0.5 * self.outer_radius_mm)
+
+
+def _ring_of(r_mm: Tensor, inner: Tensor, n_radial: Tensor) -> Tensor:
+    """Radii (...) mm, each layer's inner radial edges (..., E) mm (padded with edges beyond the readout) and
+    its n_radial (...) -> ring indices (...) int64: the inner edges <= r, at most the last ring."""
+    return torch.minimum((r_mm[..., None] >= inner).long().sum(-1), n_radial - 1)
+
 
 @lru_cache(maxsize=8)
 def _cell_table(geometry: CylindricalGeometry) -> NDArray[np.float64]:
@@ -176,16 +190,15 @@ class LogitPositions(nn.Module):
 
     def _ring(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z in [-1, 1] (...) -> (flat index of its layer's row in ``edges``, that layer's n_radial)."""
-        n_layers = self.scaling.n_layers
-        layer = torch.floor((z + 1) * (0.5 * n_layers)).clamp(0, n_layers - 1).long()
+        layer = self.scaling.layer_of(z)
         return layer * self.width, self.n_radial[layer]
 
     def to_model(self, hits: Tensor) -> Tensor:
         z = hits[..., 0]
         row, n = self._ring(z)
-        r_mm = (hits[..., 3] + 1) * (0.5 * self.scaling.outer_radius_mm)
+        r_mm = self.scaling.radius_mm(hits[..., 3])
         inner = self.edges[row[..., None] + torch.arange(1, self.width, device=hits.device)]  # (..., W - 1)
-        k = torch.minimum((r_mm[..., None] >= inner).long().sum(-1), n - 1)
+        k = _ring_of(r_mm, inner, n)
         lo, hi = self.edges[row + k], self.edges[row + k + 1]
         ring = (k.to(hits.dtype) + ((r_mm - lo) / (hi - lo)).clamp(0.0, 1.0)) / n.to(hits.dtype)  # [0, 1]
         return torch.stack([_logit((z + 1) * 0.5), hits[..., 1], hits[..., 2], _logit(ring), hits[..., 4]],
@@ -246,21 +259,17 @@ class Voxeliser(nn.Module):
 
     def cells(self, hits: Tensor) -> Tensor:
         """Hits (..., 5) -> flat voxel index (...) int64 of each hit's cell (in [0, V))."""
-        n_layers = self.scaling.n_layers
-        layer = torch.floor((hits[..., 0] + 1) * (0.5 * n_layers)).clamp(0, n_layers - 1).long()
+        layer = self.scaling.layer_of(hits[..., 0])
         alpha = torch.atan2(hits[..., 2], hits[..., 1])  # in [-pi, pi]
         n_alpha = self.n_alpha[layer]
         alpha_bin = torch.remainder(torch.floor((alpha + math.pi) * (0.5 / math.pi) * n_alpha), n_alpha)
-        r_mm = (hits[..., 3] + 1) * (0.5 * self.scaling.outer_radius_mm)
         n_radial = self.n_radial[layer]
-        radial = (r_mm[..., None] >= self.inner_edges[layer]).long().sum(-1)
-        radial = torch.minimum(radial, n_radial - 1)
+        radial = _ring_of(self.scaling.radius_mm(hits[..., 3]), self.inner_edges[layer], n_radial)
         index = self.layer_offset[layer] + alpha_bin.long() * n_radial + radial
         return index.clamp(0, self.n_voxels - 1)
 
     def forward(self, hits: Tensor, seg: Tensor, energy: Tensor) -> Tensor:
-        layer = torch.floor((hits[:, 0] + 1) * (0.5 * self.scaling.n_layers))
-        used = self.layer_used[layer.clamp(0, self.scaling.n_layers - 1).long()]  # (T,)
+        used = self.layer_used[self.scaling.layer_of(hits[:, 0])]  # (T,)
         deposits = hit_energies(hits, self.scaling) * used * energy.index_select(0, seg)  # (T,) MeV
         flat = seg * self.n_voxels + self.cells(hits)  # (T,) index into the N x V cells
         empty = torch.zeros_like(energy)[:, None].expand(-1, self.n_voxels).reshape(-1)  # (N V,), N dynamic

@@ -31,7 +31,8 @@ from caloforge.geometry import CylindricalGeometry
 from caloforge.models.mean_field import MeanFieldGenerator
 from caloforge.sampler import NoiseSpec, ShowerSampler
 
-__all__ = ["MdmaGanSampler", "build_counts", "build_generator", "generate_hits", "hit_condition"]
+__all__ = ["MdmaGanSampler", "build_counts", "build_generator", "build_positions", "generate_hits",
+           "hit_condition"]
 
 
 def hit_condition(cond: Tensor, n_hits: Tensor, max_hits: int) -> Tensor:
@@ -48,6 +49,13 @@ def build_generator(config: MdmaGanConfig, cond_dim: int) -> MeanFieldGenerator:
 def build_counts(config: MdmaGanConfig, cond_dim: int, max_hits: int) -> HitCountModel:
     """The hit-count model, freshly initialised."""
     return HitCountModel(cond_dim, max_hits, config.count_bins, config.count_width)
+
+
+def build_positions(config: MdmaGanConfig, context: RunContext) -> LogitPositions | None:
+    """The map between hit features and the networks' coordinates (``model.positions``; ``None``: they are
+    the same), on the trained readout ``context.geometry`` (its rings place r, also when voxelising onto
+    another readout)."""
+    return LogitPositions(context.geometry, PointScaling.of(context)) if config.positions == "logit" else None
 
 
 def generate_hits(generator: MeanFieldGenerator, counts: HitCountModel, cond: Tensor, count_u: Tensor,
@@ -86,9 +94,7 @@ class MdmaGanSampler(ShowerSampler):
         self.generator = build_generator(config, spec.dim)
         self.counts = build_counts(config, spec.dim, self.max_hits)
         self.voxeliser = Voxeliser(context.geometry, self.scaling)
-        # the trained readout's rings place r, also when voxelising onto another readout
-        logit = config.positions == "logit"
-        self.positions = LogitPositions(context.geometry, self.scaling) if logit else None
+        self.positions = build_positions(config, context)
         self.threshold_mev = float(context.preprocessor.threshold_mev)
         self.noise = (NoiseSpec("count_u", (), "uniform"),
                       NoiseSpec("hit_noise", (self.max_hits, self.latent), "normal"))
