@@ -11,8 +11,8 @@ information only through one learned mean-field vector per set (N, D):
 * every hit is updated by the same per-hit MLP of [hit, mean field of its set, condition].
 
 So a block costs O(T D) instead of attention's O(M^2 D) per set, hits are permutation equivariant, and
-anything read off the mean field is permutation invariant. Per-set sums are scatter-adds (ONNX
-ScatterElements), so the networks export with a dynamic number of hits. The backbones know no objective:
+anything read off the mean field is permutation invariant. Per-set sums are scatter-adds (ONNX ScatterND
+with reduction add: ``scatter_rows``), so the networks export with a dynamic number of hits. The backbones know no objective:
 the ``mdma-gan`` family's module owns the WGAN-GP losses. File layout: helpers, blocks, the two models,
 then named size presets.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,7 @@ __all__ = [
     "MeanFieldGenerator",
     "MeanFieldSize",
     "per_set_sum",
+    "scatter_rows",
 ]
 
 
@@ -54,13 +56,34 @@ def _weight_normalise(module: nn.Module) -> nn.Module:
     return module
 
 
+class _RowScatterAdd(torch.autograd.Function):
+    """zeros (N, *S) with rows values (T, *S) added at rows index (T, 1) int64, exported as ONNX ScatterND
+    with reduction add (opset >= 16): onnxruntime adds whole rows there, while ScatterElements (what
+    ``scatter_add`` exports to) takes one index per element and ran 30x slower (49 ms against 1.5 ms for
+    64,000 hits x 32 on one core). Used only while exporting (``scatter_rows``); no backward."""
+
+    @staticmethod
+    def forward(ctx: Any, zeros: Tensor, index: Tensor, values: Tensor) -> Tensor:
+        return zeros.index_put((index[:, 0],), values, accumulate=True)
+
+    @staticmethod
+    def symbolic(g: Any, zeros: Any, index: Any, values: Any) -> Any:
+        return g.op("ScatterND", zeros, index, values, reduction_s="add")
+
+
+def scatter_rows(zeros: Tensor, index: Tensor, values: Tensor) -> Tensor:
+    """``zeros`` (N, *S) plus the rows of values (T, *S) summed into rows index (T,) int64 -> (N, *S)."""
+    if torch.onnx.is_in_onnx_export():
+        return _RowScatterAdd.apply(zeros.contiguous(), index[:, None], values)  # type: ignore[no-any-return]
+    return zeros.scatter_add(0, index.view(-1, *([1] * (values.dim() - 1))).expand_as(values), values)
+
+
 def per_set_sum(values: Tensor, seg: Tensor, sets: Tensor) -> Tensor:
     """Sum of per-hit rows over each set: values (T, *S), seg (T,) int64 -> (N, *S), N = len(sets) (any
     (N, ...) tensor of the batch; its length is taken from the graph, so an exported batch stays dynamic)."""
-    index = seg.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
     zeros = torch.zeros_like(sets.reshape(sets.shape[0], -1)[:, :1])  # (N, 1)
     zeros = zeros.view(-1, *([1] * (values.dim() - 1))).expand(-1, *values.shape[1:])
-    return zeros.scatter_add(0, index, values)
+    return scatter_rows(zeros, seg, values)
 
 
 # ---- blocks -----------------------------------------------------------------------------------------------

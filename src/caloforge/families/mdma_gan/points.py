@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from caloforge.context import RunContext
 from caloforge.data import ShowerSet
 from caloforge.geometry import CylindricalGeometry
+from caloforge.models.mean_field import scatter_rows
 
 __all__ = ["N_FEATURES", "LogitPositions", "PointScaling", "Voxeliser", "grid_to_hits", "hit_energies",
            "pack", "points_batch"]
@@ -273,4 +274,4 @@ class Voxeliser(nn.Module):
         deposits = hit_energies(hits, self.scaling) * used * energy.index_select(0, seg)  # (T,) MeV
         flat = seg * self.n_voxels + self.cells(hits)  # (T,) index into the N x V cells
         empty = torch.zeros_like(energy)[:, None].expand(-1, self.n_voxels).reshape(-1)  # (N V,), N dynamic
-        return empty.scatter_add(0, flat, deposits).view(-1, self.n_voxels)  # (N, V) MeV
+        return scatter_rows(empty, flat, deposits).view(-1, self.n_voxels)  # (N, V) MeV
