@@ -209,6 +209,9 @@ def main() -> None:
     parser.add_argument("--calibration-showers", type=int, default=5000, help="showers generated for it")
     parser.add_argument("--match-hit-count", action="store_true",
                         help="with --calibrate: cut the model's faintest hits down to the data's count")
+    parser.add_argument("--free-layer-energies", action="store_true",
+                        help="with --calibrate: the map sets layer energies too (caloforge calibrate "
+                        "--free-layer-energies; default: each layer keeps the model's energy)")
     parser.add_argument("--candidate-threshold", type=float, default=1.0,
                         help="with --match-hit-count: the model's cells down to this fraction of the readout "
                         "threshold are candidate hits (caloforge calibrate --candidate-threshold)")
@@ -293,7 +296,8 @@ def main() -> None:
             fitted = calibrate_checkpoint(
                 model_path, train_set, calibrated,
                 CalibrationConfig(n_showers=args.calibration_showers, match_hit_count=args.match_hit_count,
-                                  candidate_threshold=args.candidate_threshold),
+                                  candidate_threshold=args.candidate_threshold,
+                                  preserve_layer_energies=not args.free_layer_energies),
                 seed=args.seed + 13, batch_size=args.gen_batch_size, progress=bar.update,
                 **sampling(args))
         calibration = fitted.info

@@ -17,7 +17,12 @@ from caloforge.data import ShowerSet
 from caloforge.errors import InputError
 from caloforge.families.mdma_gan import MdmaGanConfig
 from caloforge.families.mdma_gan.counts import HitCountModel
-from caloforge.families.mdma_gan.module import log_response, marginal_distance, sliced_wasserstein
+from caloforge.families.mdma_gan.module import (
+    log_response,
+    marginal_distance,
+    shower_summaries,
+    sliced_wasserstein,
+)
 from caloforge.families.mdma_gan.points import (
     LogitPositions,
     PointScaling,
@@ -217,6 +222,28 @@ def test_sliced_wasserstein_ignores_the_order_of_hits_and_measures_a_shift(conte
     torch.testing.assert_close(response, torch.tensor([math.log(0.5), math.log(0.25)]))
 
 
+def test_shower_summaries_are_per_shower_order_free_and_follow_depth_and_energy(context: RunContext) -> None:
+    scaling = PointScaling.of(context)
+    hits, seg, cond = _sets([6, 3, 4], 5, seed=8)
+    hits[:, 4] = (torch.log(torch.rand(len(seg), generator=torch.Generator().manual_seed(3)) * 0.05)
+                  - scaling.log_mid) / scaling.log_half  # hits of under 5 % of E_inc each: none capped at 1
+    summaries = shower_summaries(hits, seg, cond, scaling)
+    assert summaries.shape == (3, 7) and torch.isfinite(summaries).all()
+    perm = torch.randperm(len(seg), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(shower_summaries(hits[perm], seg[perm], cond, scaling), summaries)
+    deeper = hits.clone()
+    deeper[seg == 1, 0] += 0.5  # shower 1 half a unit deeper: its mean depths move, nothing else does
+    moved = shower_summaries(deeper, seg, cond, scaling) - summaries
+    torch.testing.assert_close(moved[1, [1, 5]], torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(moved[[0, 2]], torch.zeros(2, 7))
+    torch.testing.assert_close(moved[1, [0, 2, 3, 4, 6]], torch.zeros(5), atol=1e-5, rtol=0)
+    # twice the energy in every hit of shower 0: ln(E_tot / E_inc) up by ln 2
+    brighter = hits.clone()
+    brighter[seg == 0, 4] += math.log(2.0) / scaling.log_half
+    change = shower_summaries(brighter, seg, cond, scaling)[:, 0] - summaries[:, 0]
+    torch.testing.assert_close(change, torch.tensor([math.log(2.0), 0.0, 0.0]), atol=1e-5, rtol=0)
+
+
 def test_marginal_distance_is_zero_for_the_same_showers_and_grows_with_a_shift(context: RunContext) -> None:
     scaling = PointScaling.of(context)
     real, seg, cond = _sets([6, 3, 4], 5, seed=6)
@@ -252,6 +279,27 @@ def test_without_the_adversarial_term_every_batch_updates_the_generator(context:
 
     assert schedule() == [True, True, False, True, True, False]
     assert schedule(adversarial_weight=0.0) == [False] * 6
+
+
+@pytest.mark.parametrize(("feature_matching", "calls"), [(0.0, 0), (0.1, 2)])
+def test_the_generator_loss_runs_the_critic_only_when_a_term_reads_it(context: RunContext,
+                                                                     feature_matching: float,
+                                                                     calls: int) -> None:
+    from caloforge.families.mdma_gan.module import MdmaGanModule
+    from caloforge.runconfig import RunConfig
+
+    model = MdmaGanConfig(net=TINY, count_bins=8, count_width=8, adversarial_weight=0.0,
+                          feature_matching=feature_matching, sliced_axes=True, shower_latent=2,
+                          shower_sliced_weight=1.0)
+    module = MdmaGanModule(RunConfig(family="mdma-gan", model=model), context)
+    seen: list[int] = []
+    module.critic.register_forward_hook(lambda *_: seen.append(1))
+    hits, seg, cond, cond_n, _ = module._inputs(points_batch(toy_showers(8, seed=2), context))
+    loss = module._generator_loss(hits, seg, cond, cond_n, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert len(seen) == calls
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert all(p.grad is not None for p in module.generator.parameters())
 
 
 def test_an_update_with_a_non_finite_gradient_is_skipped(context: RunContext) -> None:
@@ -301,18 +349,21 @@ def test_hit_count_draw_is_reproducible_monotone_and_follows_the_model() -> None
 
 
 # ---- the sampler ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("positions", ["linear", "logit"])
+@pytest.mark.parametrize(("positions", "shower_latent"), [("linear", 0), ("logit", 0), ("logit", 3)])
 def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, tmp_path: Path,
-                                                         positions: str) -> None:
+                                                         positions: str, shower_latent: int) -> None:
+    import onnx
     import onnxruntime as ort
 
     from caloforge.export.graphs import write_onnx
 
-    config = MdmaGanConfig(net=TINY, count_bins=8, count_width=8, positions=positions)
+    config = MdmaGanConfig(net=TINY, count_bins=8, count_width=8, positions=positions,
+                           shower_latent=shower_latent)
     torch.manual_seed(0)
     sampler = MdmaGanSampler(config, context).eval()
+    shower_noise = [("shower_noise", (shower_latent,), "normal")] if shower_latent else []
     assert [(s.name, s.shape, s.distribution) for s in sampler.noise] == [
-        ("count_u", (), "uniform"), ("hit_noise", (TOY_GEOMETRY.n_voxels, 4), "normal")]
+        ("count_u", (), "uniform"), ("hit_noise", (TOY_GEOMETRY.n_voxels, 4), "normal"), *shower_noise]
     g = torch.Generator().manual_seed(3)
     n = 3
     angles = (torch.zeros(n), torch.zeros(n))
@@ -323,8 +374,17 @@ def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, t
     assert showers.shape == (n, TOY_GEOMETRY.n_voxels)
     assert (showers >= 0).all() and torch.isfinite(showers).all()
     assert (showers > 0).sum() >= 3  # parity on real numbers, not on zeros
-    names = ["energy", "theta", "phi", "detector", "count_u", "hit_noise"]
+    if shower_latent:  # the same hits' latents and counts, another shower latent: other showers
+        with torch.no_grad():
+            other = sampler(*inputs[:-1], torch.randn(n, shower_latent, generator=g))
+        assert not torch.allclose(other, showers)
+    names = ["energy", "theta", "phi", "detector", "count_u", "hit_noise", *(s[0] for s in shower_noise)]
     path = write_onnx(sampler, inputs, tmp_path / "m.onnx", names, ["showers"], True, {})
+    # per-set and per-cell sums are whole-row ScatterND adds (mean_field.scatter_rows), which onnxruntime
+    # runs 30x faster than the per-element ScatterElements that scatter_add exports to
+    ops = [(node.op_type, [a.s for a in node.attribute if a.name == "reduction"])
+           for node in onnx.load(str(path)).graph.node if node.op_type.startswith("Scatter")]
+    assert ops and all(op == ("ScatterND", [b"add"]) for op in ops), ops
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, n):
         wanted = {i.name for i in session.get_inputs()}  # conditions the spec does not use are pruned

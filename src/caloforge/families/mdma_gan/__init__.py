@@ -57,6 +57,16 @@ class MdmaGanConfig:
         sliced_weight: weight of the sliced Wasserstein distance between the batch's pooled real and
             generated hits in the generator's loss (``module.sliced_wasserstein``; 0: off).
         sliced_projections: random directions of that distance per generator step.
+        shower_latent: size of a normal latent per shower that the generator takes beside the conditions
+            (0: none, as before 2026-12-04): what varies from shower to shower at fixed conditions (depth of
+            the first interaction, spread), which one latent per hit averages away. The sampler then takes a
+            third noise input, ``shower_noise``.
+        shower_sliced_weight: weight of a sliced Wasserstein distance between the batch's real and generated
+            showers in shower summaries (``module.shower_summaries``: ln E_tot / E_inc, energy-weighted mean
+            and spread of depth and radius, mean depth and mean hit energy; 0: off): the shower-to-shower
+            distribution that the pooled hits do not see, and the term that teaches ``shower_latent``.
+        sliced_axes: add the feature axes (z, cos, sin, r, e) to the random directions, so each hit
+            feature's own marginal is matched exactly at every step, not only through mixed projections.
         count_lr: the hit-count model's learning rate (its own optimiser, cosine-annealed as the run's;
             a 64-bin softmax of one energy learns slowly: at 5e-4 its NLL on Geant4 was still 2.5 nats after
             1500 steps, at 3e-3 1.6 after 6000).
@@ -77,6 +87,9 @@ class MdmaGanConfig:
     response_weight: float = 1.0
     sliced_weight: float = 10.0
     sliced_projections: int = 32
+    sliced_axes: bool = False
+    shower_latent: int = 0
+    shower_sliced_weight: float = 0.0
     count_lr: float = 3e-3
     critic_lr: float | None = None
     betas: tuple[float, float] = (0.0, 0.9)
@@ -95,7 +108,10 @@ class MdmaGanConfig:
         for name in ("count_bins", "count_width", "critic_steps", "sliced_projections"):
             if getattr(self, name) < 1:
                 raise InputError(None, f"model.{name}", f"is {getattr(self, name)}", "an integer >= 1")
-        weights = ("gp_weight", "adversarial_weight", "feature_matching", "response_weight", "sliced_weight")
+        if self.shower_latent < 0:
+            raise InputError(None, "model.shower_latent", f"is {self.shower_latent}", "an integer >= 0")
+        weights = ("gp_weight", "adversarial_weight", "feature_matching", "response_weight", "sliced_weight",
+                   "shower_sliced_weight")
         for name in weights:
             if getattr(self, name) < 0:
                 raise InputError(None, f"model.{name}", f"is {getattr(self, name)}", "a number >= 0")

@@ -52,7 +52,8 @@ from caloforge.optim import build_optimizer
 from caloforge.runconfig import RunConfig
 from caloforge.training import FamilyModule
 
-__all__ = ["MdmaGanModule", "gradient_penalty", "log_response", "marginal_distance", "sliced_wasserstein"]
+__all__ = ["MdmaGanModule", "gradient_penalty", "log_response", "marginal_distance", "shower_summaries",
+           "sliced_wasserstein"]
 
 
 def log_response(hits: Tensor, seg: Tensor, cond: Tensor, scaling: PointScaling) -> Tensor:
@@ -71,6 +72,20 @@ def sliced_wasserstein(real: Tensor, fake: Tensor, directions: Tensor) -> Tensor
     r = real @ directions.T  # (T, K)
     f = fake @ directions.T
     return (torch.sort(r, dim=0).values - torch.sort(f, dim=0).values).pow(2).mean()
+
+
+def shower_summaries(hits: Tensor, seg: Tensor, cond: Tensor, scaling: PointScaling) -> Tensor:
+    """Per-shower summaries (B, 7) of packed hit sets (T, 5) in the networks' coordinates, seg (T,), cond
+    (B, C): ln(E_tot / E_inc); the energy-weighted mean and spread of z and of r (the shower's depth and
+    width); the mean z of its hits; the mean hit energy feature. Differentiable in the hits."""
+    w = hit_energies(hits, scaling)  # (T,) E / E_inc
+    total = per_set_sum(w, seg, cond) + 1e-12  # (B,)
+    z, r = hits[:, 0], hits[:, 3]
+    moments = per_set_sum(torch.stack([w * z, w * z * z, w * r, w * r * r], 1), seg, cond) / total[:, None]
+    count = per_set_sum(torch.ones_like(z), seg, cond).clamp(min=1.0)  # (B,)
+    plain = per_set_sum(torch.stack([z, hits[:, 4]], 1), seg, cond) / count[:, None]  # (B, 2)
+    spread = (moments[:, [1, 3]] - moments[:, [0, 2]].pow(2)).clamp(min=1e-8).sqrt()  # (B, 2)
+    return torch.cat([torch.log(total)[:, None], moments[:, [0, 2]], spread, plain], dim=1)
 
 
 def _w1(a: Tensor, b: Tensor, n_quantiles: int = 64) -> Tensor:
@@ -145,8 +160,13 @@ class MdmaGanModule(FamilyModule):
         return packed, seg, cond, hit_condition(cond, n_hits, self.max_hits), n_hits
 
     def _fake(self, seg: Tensor, cond_n: Tensor, noise: torch.Generator) -> Tensor:
-        """Generated packed hits (T, 5) for the showers ``seg`` (T,) points into, conditions (B, C + 1)."""
+        """Generated packed hits (T, 5) for the showers ``seg`` (T,) points into, conditions (B, C + 1)
+        (with a fresh shower latent, ``model.shower_latent``, appended for the generator)."""
         z = torch.randn(seg.shape[0], self.latent, generator=noise, device=seg.device)
+        shower_latent = self.config.model.shower_latent
+        if shower_latent:
+            shower = torch.randn(cond_n.shape[0], shower_latent, generator=noise, device=seg.device)
+            cond_n = torch.cat([cond_n, shower], dim=1)
         return self.generator(z, seg, cond_n)
 
     # -- training
@@ -192,18 +212,37 @@ class MdmaGanModule(FamilyModule):
                         noise: torch.Generator) -> Tensor:
         model: MdmaGanConfig = self.config.model
         fake = self._fake(seg, cond_n, noise)
-        fake_score, fake_field = self.critic(fake, seg, cond_n)
-        with torch.no_grad():
-            _, real_field = self.critic(hits, seg, cond_n)
-        matching = (fake_field.mean(0) - real_field.mean(0)).pow(2).mean()
+        if model.adversarial_weight == 0 and model.feature_matching == 0:  # the critic's terms are off
+            fake_score = matching = torch.zeros((), device=hits.device)
+        else:
+            fake_score, fake_field = self.critic(fake, seg, cond_n)
+            with torch.no_grad():
+                _, real_field = self.critic(hits, seg, cond_n)
+            matching = (fake_field.mean(0) - real_field.mean(0)).pow(2).mean()
         response = (log_response(fake, seg, cond, self.scaling)
                     - log_response(hits, seg, cond, self.scaling)).pow(2)
         directions = torch.randn(model.sliced_projections, N_FEATURES, generator=noise, device=hits.device)
-        sliced = sliced_wasserstein(hits, fake, directions / directions.norm(dim=1, keepdim=True))
+        directions = directions / directions.norm(dim=1, keepdim=True)
+        if model.sliced_axes:
+            directions = torch.cat([torch.eye(N_FEATURES, device=hits.device), directions])
+        sliced = sliced_wasserstein(hits, fake, directions)
+        loss = (-model.adversarial_weight * fake_score.mean() + model.feature_matching * matching
+                + model.response_weight * response.mean() + model.sliced_weight * sliced)
         self.log_dict({"train/feature_matching": matching, "train/response": response.mean(),
                        "train/sliced_wasserstein": sliced}, on_step=True, on_epoch=False)
-        return (-model.adversarial_weight * fake_score.mean() + model.feature_matching * matching
-                + model.response_weight * response.mean() + model.sliced_weight * sliced)
+        if model.shower_sliced_weight:
+            # shower summaries standardised by the real batch's spread, so every summary counts alike
+            real_s = shower_summaries(hits, seg, cond, self.scaling)
+            fake_s = shower_summaries(fake, seg, cond, self.scaling)
+            scale = real_s.std(0).detach().clamp(min=1e-3)
+            k = real_s.shape[1]
+            random = torch.randn(model.sliced_projections, k, generator=noise, device=hits.device)
+            shower_directions = torch.cat([torch.eye(k, device=hits.device),
+                                           random / random.norm(dim=1, keepdim=True)])
+            shower_sliced = sliced_wasserstein(real_s / scale, fake_s / scale, shower_directions)
+            self.log("train/shower_sliced_wasserstein", shower_sliced, on_step=True, on_epoch=False)
+            loss = loss + model.shower_sliced_weight * shower_sliced
+        return loss
 
     def validation_loss(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         """``marginal_distance`` between the held-out showers and showers the averaged networks (the
@@ -212,9 +251,12 @@ class MdmaGanModule(FamilyModule):
         g = torch.Generator(device=hits.device).manual_seed(batch_idx)
         count_u = torch.rand(cond.shape[0], generator=g, device=hits.device)
         hit_noise = torch.randn(cond.shape[0], self.max_hits, self.latent, generator=g, device=hits.device)
+        shower_latent = self.config.model.shower_latent
+        shower_noise = (torch.randn(cond.shape[0], shower_latent, generator=g, device=hits.device)
+                        if shower_latent else None)
         generator, counts = self.generator_ema.module, self.counts_ema.module
         assert isinstance(generator, MeanFieldGenerator) and isinstance(counts, HitCountModel)
-        fake, fake_seg, _ = generate_hits(generator, counts, cond, count_u, hit_noise)
+        fake, fake_seg, _ = generate_hits(generator, counts, cond, count_u, hit_noise, shower_noise)
         return marginal_distance(hits, seg, fake, fake_seg, cond, self.scaling, self.max_hits)
 
     def _update(self, optimizer: Any, loss: Tensor) -> None:

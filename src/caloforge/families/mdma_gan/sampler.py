@@ -5,7 +5,9 @@ Noise spec, in order (each (N, *shape)):
 * ``count_u`` () uniform: the hit count, drawn first by the inverse CDF of p(n | conditions)
   (``counts.HitCountModel.draw``);
 * ``hit_noise`` (M, latent) normal: one latent per hit slot; slots at or beyond the drawn count are padding
-  and change nothing.
+  and change nothing;
+* ``shower_noise`` (S,) normal, only with ``model.shower_latent`` S > 0: one latent per shower, which the
+  generator takes beside the conditions.
 
 forward: condition vector -> n (N,) -> the slots below each shower's n, packed ((T, 2) indices, T = sum n)
 -> their latents (T, latent) -> generator(latents, shower of each, [cond, n]) -> hit features (T, 5) (from
@@ -42,8 +44,9 @@ def hit_condition(cond: Tensor, n_hits: Tensor, max_hits: int) -> Tensor:
 
 
 def build_generator(config: MdmaGanConfig, cond_dim: int) -> MeanFieldGenerator:
-    """The generator, freshly initialised (``cond_dim``: the run's condition vector, without the count)."""
-    return MeanFieldGenerator(config.net, cond_dim + 1, N_FEATURES)
+    """The generator, freshly initialised (``cond_dim``: the run's condition vector, without the count; the
+    generator's condition is ``hit_condition``'s, then the shower latent)."""
+    return MeanFieldGenerator(config.net, cond_dim + 1 + config.shower_latent, N_FEATURES)
 
 
 def build_counts(config: MdmaGanConfig, cond_dim: int, max_hits: int) -> HitCountModel:
@@ -59,18 +62,22 @@ def build_positions(config: MdmaGanConfig, context: RunContext) -> LogitPosition
 
 
 def generate_hits(generator: MeanFieldGenerator, counts: HitCountModel, cond: Tensor, count_u: Tensor,
-                  hit_noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                  hit_noise: Tensor, shower_noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Draw each shower's hit count, then its hits: cond (N, C), count_u (N,) uniform, hit_noise
-    (N, M, latent) normal (M = the count model's ``max_hits``) -> (hits (T, 5) packed, seg (T,) the shower of
-    each, counts (N,)). Shower i's hits take the latents of its first n_i slots, so a shower does not depend
-    on the others in its batch. Only the T = sum n_i drawn hits are computed."""
+    (N, M, latent) normal (M = the count model's ``max_hits``), shower_noise (N, S) normal or ``None`` (no
+    shower latent) -> (hits (T, 5) packed, seg (T,) the shower of each, counts (N,)). Shower i's hits take
+    the latents of its first n_i slots, so a shower does not depend on the others in its batch. Only the
+    T = sum n_i drawn hits are computed."""
     max_hits = counts.max_hits
     n_hits = counts.draw(cond, count_u)  # (N,)
     slots = torch.arange(max_hits, dtype=cond.dtype, device=cond.device)
     drawn = (slots[None] < n_hits[:, None]).nonzero()  # (T, 2): shower, slot
     seg = drawn[:, 0]  # (T,)
     latents = hit_noise.flatten(0, 1).index_select(0, seg * max_hits + drawn[:, 1])  # (T, latent)
-    return generator(latents, seg, hit_condition(cond, n_hits, max_hits)), seg, n_hits
+    cond_n = hit_condition(cond, n_hits, max_hits)
+    if shower_noise is not None:
+        cond_n = torch.cat([cond_n, shower_noise], dim=1)
+    return generator(latents, seg, cond_n), seg, n_hits
 
 
 class MdmaGanSampler(ShowerSampler):
@@ -98,12 +105,16 @@ class MdmaGanSampler(ShowerSampler):
         self.threshold_mev = float(context.preprocessor.threshold_mev)
         self.noise = (NoiseSpec("count_u", (), "uniform"),
                       NoiseSpec("hit_noise", (self.max_hits, self.latent), "normal"))
+        if config.shower_latent:
+            self.noise += (NoiseSpec("shower_noise", (config.shower_latent,), "normal"),)
         self.options = {}
 
     def forward(self, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, *noise: Tensor) -> Tensor:
-        count_u, hit_noise = noise
+        count_u, hit_noise = noise[:2]
+        shower_noise = noise[2] if len(noise) > 2 else None
         cond = self.encoder(energy, theta, phi, detector)  # (N, C)
-        hits, seg, _ = generate_hits(self.generator, self.counts, cond, count_u, hit_noise)  # (T, 5), (T,)
+        hits, seg, _ = generate_hits(self.generator, self.counts, cond, count_u, hit_noise,
+                                     shower_noise)  # (T, 5), (T,)
         if self.positions is not None:
             hits = self.positions.to_hits(hits)
         showers = self.voxeliser(hits, seg, energy)  # (N, V) MeV
