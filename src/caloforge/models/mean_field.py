@@ -12,9 +12,9 @@ information only through one learned mean-field vector per set (N, D):
 
 So a block costs O(T D) instead of attention's O(M^2 D) per set, hits are permutation equivariant, and
 anything read off the mean field is permutation invariant. Per-set sums are scatter-adds (ONNX ScatterND
-with reduction add: ``scatter_rows``), so the networks export with a dynamic number of hits. The backbones know no objective:
-the ``mdma-gan`` family's module owns the WGAN-GP losses. File layout: helpers, blocks, the two models,
-then named size presets.
+with reduction add: ``scatter_rows``), so the networks export with a dynamic number of hits. The backbones
+know no objective: the ``mdma-gan`` family's module owns the WGAN-GP losses. File layout: helpers,
+blocks, the two models, then named size presets.
 """
 
 from __future__ import annotations
@@ -57,25 +57,25 @@ def _weight_normalise(module: nn.Module) -> nn.Module:
 
 
 class _RowScatterAdd(torch.autograd.Function):
-    """zeros (N, *S) with rows values (T, *S) added at rows index (T, 1) int64, exported as ONNX ScatterND
+    """base (N, *S) with rows values (T, *S) added at rows index (T, 1) int64, exported as ONNX ScatterND
     with reduction add (opset >= 16): onnxruntime adds whole rows there, while ScatterElements (what
     ``scatter_add`` exports to) takes one index per element and ran 30x slower (49 ms against 1.5 ms for
-    64,000 hits x 32 on one core). Used only while exporting (``scatter_rows``); no backward."""
+    64,000 hits x 32 on one busy core). Used only while exporting (``scatter_rows``); no backward."""
 
     @staticmethod
-    def forward(ctx: Any, zeros: Tensor, index: Tensor, values: Tensor) -> Tensor:
-        return zeros.index_put((index[:, 0],), values, accumulate=True)
+    def forward(ctx: Any, base: Tensor, index: Tensor, values: Tensor) -> Tensor:
+        return base.index_put((index[:, 0],), values, accumulate=True)
 
     @staticmethod
-    def symbolic(g: Any, zeros: Any, index: Any, values: Any) -> Any:
-        return g.op("ScatterND", zeros, index, values, reduction_s="add")
+    def symbolic(g: Any, base: Any, index: Any, values: Any) -> Any:
+        return g.op("ScatterND", base, index, values, reduction_s="add")
 
 
-def scatter_rows(zeros: Tensor, index: Tensor, values: Tensor) -> Tensor:
-    """``zeros`` (N, *S) plus the rows of values (T, *S) summed into rows index (T,) int64 -> (N, *S)."""
+def scatter_rows(base: Tensor, index: Tensor, values: Tensor) -> Tensor:
+    """``base`` (N, *S) plus the rows of values (T, *S) summed into rows index (T,) int64 -> (N, *S)."""
     if torch.onnx.is_in_onnx_export():
-        return _RowScatterAdd.apply(zeros.contiguous(), index[:, None], values)  # type: ignore[no-any-return]
-    return zeros.scatter_add(0, index.view(-1, *([1] * (values.dim() - 1))).expand_as(values), values)
+        return _RowScatterAdd.apply(base.contiguous(), index[:, None], values)
+    return base.scatter_add(0, index.view(-1, *([1] * (values.dim() - 1))).expand_as(values), values)
 
 
 def per_set_sum(values: Tensor, seg: Tensor, sets: Tensor) -> Tensor:
@@ -104,11 +104,14 @@ class MeanFieldAttention(nn.Module):
         self.null_value = nn.Parameter(torch.zeros(n_heads, self.head_dim))
 
     def forward(self, mf: Tensor, h: Tensor, seg: Tensor) -> Tensor:
-        heads = (self.n_heads, self.head_dim)
+        # view(-1, H, dh), not unflatten: a constant shape, where unflatten exports as shape arithmetic
+        # (Shape, Gather, Concat: nodes that cost onnxruntime microseconds each, which is most of a shower
+        # at batch 1)
+        heads = (-1, self.n_heads, self.head_dim)
         scale = 1.0 / math.sqrt(self.head_dim)
-        q = self.query(mf).unflatten(-1, heads)  # (N, H, dh)
-        k = self.key(h).unflatten(-1, heads)  # (T, H, dh)
-        v = self.value(h).unflatten(-1, heads)  # (T, H, dh)
+        q = self.query(mf).view(heads)  # (N, H, dh)
+        k = self.key(h).view(heads)  # (T, H, dh)
+        v = self.value(h).view(heads)  # (T, H, dh)
         scores = (k * q.index_select(0, seg)).sum(-1) * scale  # (T, H)
         null = (self.null_key * q).sum(-1) * scale  # (N, H)
         # A softmax is unchanged by a constant shift within a set; one shift for all sets (the largest
@@ -117,8 +120,9 @@ class MeanFieldAttention(nn.Module):
         shift = torch.cat([null, scores]).amax(0).detach()  # (H,)
         w_hits = torch.exp((scores - shift).clamp(min=-80.0))  # (T, H)
         w_null = torch.exp((null - shift).clamp(min=-80.0))  # (N, H)
-        total = w_null + per_set_sum(w_hits, seg, mf)  # (N, H)
-        pooled = w_null[..., None] * self.null_value + per_set_sum(w_hits[..., None] * v, seg, mf)
+        # the hits' sums are added onto the null hit's terms (no zeros to build)
+        total = scatter_rows(w_null, seg, w_hits)  # (N, H)
+        pooled = scatter_rows(w_null[..., None] * self.null_value, seg, w_hits[..., None] * v)  # (N, H, dh)
         return self.out((pooled / total[..., None]).flatten(1))  # (N, D)
 
 

@@ -238,6 +238,7 @@ class Voxeliser(nn.Module):
     n_radial: Tensor
     inner_edges: Tensor
     layer_used: Tensor
+    no_energy: Tensor
 
     def __init__(self, geometry: CylindricalGeometry, scaling: PointScaling) -> None:
         super().__init__()
@@ -254,13 +255,15 @@ class Voxeliser(nn.Module):
             "n_radial": torch.tensor([b.n_radial for b in geometry.layers], dtype=torch.int64),
             "inner_edges": torch.as_tensor(inner, dtype=torch.float32),
             "layer_used": torch.tensor([float(b.n_voxels > 0) for b in geometry.layers]),
+            "no_energy": torch.zeros(geometry.n_voxels),
         }
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
 
-    def cells(self, hits: Tensor) -> Tensor:
-        """Hits (..., 5) -> flat voxel index (...) int64 of each hit's cell (in [0, V))."""
-        layer = self.scaling.layer_of(hits[..., 0])
+    def cells(self, hits: Tensor, layer: Tensor | None = None) -> Tensor:
+        """Hits (..., 5) -> flat voxel index (...) int64 of each hit's cell (in [0, V)); ``layer`` (...),
+        the hits' layers when the caller has them already."""
+        layer = self.scaling.layer_of(hits[..., 0]) if layer is None else layer
         alpha = torch.atan2(hits[..., 2], hits[..., 1])  # in [-pi, pi]
         n_alpha = self.n_alpha[layer]
         alpha_bin = torch.remainder(torch.floor((alpha + math.pi) * (0.5 / math.pi) * n_alpha), n_alpha)
@@ -270,8 +273,10 @@ class Voxeliser(nn.Module):
         return index.clamp(0, self.n_voxels - 1)
 
     def forward(self, hits: Tensor, seg: Tensor, energy: Tensor) -> Tensor:
-        used = self.layer_used[self.scaling.layer_of(hits[:, 0])]  # (T,)
-        deposits = hit_energies(hits, self.scaling) * used * energy.index_select(0, seg)  # (T,) MeV
-        flat = seg * self.n_voxels + self.cells(hits)  # (T,) index into the N x V cells
-        empty = torch.zeros_like(energy)[:, None].expand(-1, self.n_voxels).reshape(-1)  # (N V,), N dynamic
+        layer = self.scaling.layer_of(hits[:, 0])  # (T,)
+        deposits = hit_energies(hits, self.scaling) * self.layer_used[layer] * energy.index_select(0, seg)
+        flat = seg * self.n_voxels + self.cells(hits, layer)  # (T,) index into the N x V cells
+        # (N V,) zeros, N dynamic, as a broadcast product: a constant-shaped graph (zeros_like().expand()
+        # exports as shape arithmetic, nodes that cost onnxruntime microseconds each)
+        empty = (energy[:, None] * self.no_energy).reshape(-1)
         return scatter_rows(empty, flat, deposits).view(-1, self.n_voxels)  # (N, V) MeV
