@@ -11,6 +11,10 @@ deposit energy, ring by ring, for the model and the reference, and the share of 
     python bench/diagnose_high_level.py --checkpoint src/caloforge/pretrained/g4-siw-dit.ckpt \
         --data ../shared/data/g4-siw/train.h5 --n-eval 5000
 
+With ``--low-level-groups`` it does the same for the low-level classifier (voxel energies / E_inc): on
+bands of layers, on bands of radial rings, and on the occupancy pattern alone (which cells are lit, not
+their energies), each with log10 E_inc beside it.
+
 The held-out showers are those of ``bench/fidelity.py --data`` (``--split-n-eval``, ``--seed``), so a model
 trained by that benchmark is scored on showers it never saw. Writes JSON (``--out``).
 """
@@ -31,7 +35,7 @@ from fidelity import split_file
 
 from caloforge.cli import sampling_options
 from caloforge.data import ShowerSet
-from caloforge.evaluate.classifier import ClassifierConfig, classifier_test
+from caloforge.evaluate.classifier import ClassifierConfig, classifier_test, low_level_inputs
 from caloforge.evaluate.features import THRESHOLD_MEV, Features, compute_features, high_level_vector
 from caloforge.generate import load_generator
 from caloforge.io import atomic_output
@@ -71,6 +75,32 @@ def group_aucs(
     return aucs
 
 
+def voxel_groups(geometry: Any, n_bands: tuple[int, int] = (5, 3)) -> dict[str, np.ndarray]:
+    """Columns (1-based: column 0 is log10 E_inc) of ``low_level_inputs`` in bands of layers and of radial
+    rings (``n_bands``: how many of each); regular readouts."""
+    index = geometry.to_grid(np.arange(geometry.n_voxels)[None])[0]  # (L, A, R) voxel index of each cell
+    groups = {}
+    for band in np.array_split(np.arange(index.shape[0]), n_bands[0]):
+        groups[f"layers {band[0]}-{band[-1]}"] = np.sort(index[band].reshape(-1)) + 1
+    for band in np.array_split(np.arange(index.shape[2]), n_bands[1]):
+        groups[f"rings {band[0]}-{band[-1]}"] = np.sort(index[..., band].reshape(-1)) + 1
+    return groups
+
+
+def low_level_group_aucs(generated: ShowerSet, reference: ShowerSet, config: ClassifierConfig,
+                         seed: int) -> dict[str, float]:
+    """Low-level classifier AUC on all voxels, on the occupancy pattern alone (1 where a cell is lit) and on
+    each ``voxel_groups`` group, each with log10 E_inc (column 0)."""
+    gen, ref = (low_level_inputs(s.showers, s.energy, THRESHOLD_MEV) for s in (generated, reference))
+    aucs = {"all": classifier_test(gen, ref, config, seed=seed).auc}
+    lit = [np.concatenate([x[:, :1], (x[:, 1:] > 0).astype(np.float32)], axis=1) for x in (gen, ref)]
+    aucs["occupancy only"] = classifier_test(*lit, config, seed=seed).auc
+    for name, columns in voxel_groups(reference.geometry).items():
+        with_energy = np.concatenate([[0], columns])
+        aucs[name] = classifier_test(gen[:, with_energy], ref[:, with_energy], config, seed=seed).auc
+    return aucs
+
+
 def ring_spectra(showers: ShowerSet) -> dict[str, Any]:
     """Cells per shower in each ``SPECTRUM_EDGES_MEV`` bin and the energy share, per radial ring."""
     grid = showers.geometry.to_grid(showers.showers.astype(np.float64))  # (N, L, A, R); regular readouts
@@ -94,6 +124,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="bench/fidelity.py's --seed")
     parser.add_argument("--classifier-epochs", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--low-level-groups", action="store_true",
+                        help="also the low-level classifier on layer bands, ring bands and occupancy")
     parser.add_argument("--option", action="append", default=[],
                         help="sampling option KEY=VALUE, read as 'caloforge generate --option' reads it "
                         "(e.g. n_steps=16, sampler=dpmpp_2m_logsnr)")
@@ -121,10 +153,13 @@ def main() -> None:
     config = ClassifierConfig(epochs=args.classifier_epochs)
     aucs = group_aucs(vectors["generated"], vectors["reference"], config, args.seed)
     rings = {"generated": ring_spectra(generated), "reference": ring_spectra(reference)}
+    low_aucs = (low_level_group_aucs(generated, reference, config, args.seed) if args.low_level_groups
+                else None)
 
     result = {"benchmark": "diagnose_high_level", "checkpoint": args.checkpoint, "data": args.data,
               "n_eval": args.n_eval, "seed": args.seed, "sampling": options,
               "classifier_epochs": args.classifier_epochs, "auc_high_by_group": aucs,
+              "auc_low_by_group": low_aucs,
               "spectrum_edges_mev": list(SPECTRUM_EDGES_MEV), "rings": rings}
     out = Path(args.out)
     with atomic_output(out) as tmp:
@@ -134,6 +169,10 @@ def main() -> None:
           "log10 E_inc):")
     for name, auc in aucs.items():
         print(f"  {name:16s} {auc:.3f}")
+    if low_aucs is not None:
+        print("low-level classifier AUC by voxel group (each with log10 E_inc):")
+        for name, auc in low_aucs.items():
+            print(f"  {name:16s} {auc:.3f}")
     labels = [f"{lo:.3g}-{hi:.3g}" if hi < 1e8 else f">{lo:.3g}"
               for lo, hi in itertools.pairwise(SPECTRUM_EDGES_MEV)]
     print("cells per shower by deposit (MeV), ring by ring: generated / reference")
