@@ -20,6 +20,7 @@ from caloforge.families.mdma_gan.counts import HitCountModel
 from caloforge.families.mdma_gan.module import (
     log_response,
     marginal_distance,
+    projection_directions,
     shower_summaries,
     sliced_wasserstein,
 )
@@ -220,6 +221,15 @@ def test_sliced_wasserstein_ignores_the_order_of_hits_and_measures_a_shift(conte
     hits[:, 4] = quarter
     response = log_response(hits, torch.tensor([0, 0, 1]), torch.zeros(2, 1), scaling)
     torch.testing.assert_close(response, torch.tensor([math.log(0.5), math.log(0.25)]))
+
+
+def test_projection_directions_are_unit_vectors_after_the_axes_when_asked() -> None:
+    plain = projection_directions(6, 5, False, torch.Generator().manual_seed(1), torch.device("cpu"))
+    with_axes = projection_directions(6, 5, True, torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert plain.shape == (6, 5) and with_axes.shape == (11, 5)
+    torch.testing.assert_close(plain.norm(dim=1), torch.ones(6))
+    torch.testing.assert_close(with_axes[:5], torch.eye(5))
+    torch.testing.assert_close(with_axes[5:], plain)  # the same random draws either way
 
 
 def test_shower_summaries_are_per_shower_order_free_and_follow_depth_and_energy(context: RunContext) -> None:

@@ -45,6 +45,7 @@ from caloforge.families.mdma_gan.sampler import (
     build_generator,
     build_positions,
     generate_hits,
+    generator_condition,
     hit_condition,
 )
 from caloforge.models.mean_field import MeanFieldCritic, MeanFieldGenerator, per_set_sum
@@ -52,8 +53,8 @@ from caloforge.optim import build_optimizer
 from caloforge.runconfig import RunConfig
 from caloforge.training import FamilyModule
 
-__all__ = ["MdmaGanModule", "gradient_penalty", "log_response", "marginal_distance", "shower_summaries",
-           "sliced_wasserstein"]
+__all__ = ["MdmaGanModule", "gradient_penalty", "log_response", "marginal_distance",
+           "projection_directions", "shower_summaries", "sliced_wasserstein"]
 
 
 def log_response(hits: Tensor, seg: Tensor, cond: Tensor, scaling: PointScaling) -> Tensor:
@@ -72,6 +73,15 @@ def sliced_wasserstein(real: Tensor, fake: Tensor, directions: Tensor) -> Tensor
     r = real @ directions.T  # (T, K)
     f = fake @ directions.T
     return (torch.sort(r, dim=0).values - torch.sort(f, dim=0).values).pow(2).mean()
+
+
+def projection_directions(n_random: int, dim: int, axes: bool, generator: torch.Generator,
+                          device: torch.device) -> Tensor:
+    """Directions for ``sliced_wasserstein``: ``n_random`` random unit vectors in ``dim`` dimensions, after
+    the ``dim`` coordinate axes when ``axes`` -> (n_random (+ dim), dim)."""
+    random = torch.randn(n_random, dim, generator=generator, device=device)
+    random = random / random.norm(dim=1, keepdim=True)
+    return torch.cat([torch.eye(dim, device=device), random]) if axes else random
 
 
 def shower_summaries(hits: Tensor, seg: Tensor, cond: Tensor, scaling: PointScaling) -> Tensor:
@@ -164,10 +174,9 @@ class MdmaGanModule(FamilyModule):
         (with a fresh shower latent, ``model.shower_latent``, appended for the generator)."""
         z = torch.randn(seg.shape[0], self.latent, generator=noise, device=seg.device)
         shower_latent = self.config.model.shower_latent
-        if shower_latent:
-            shower = torch.randn(cond_n.shape[0], shower_latent, generator=noise, device=seg.device)
-            cond_n = torch.cat([cond_n, shower], dim=1)
-        return self.generator(z, seg, cond_n)
+        shower = (torch.randn(cond_n.shape[0], shower_latent, generator=noise, device=seg.device)
+                  if shower_latent else None)
+        return self.generator(z, seg, generator_condition(cond_n, shower))
 
     # -- training
     def _batch_index(self) -> int:
@@ -221,10 +230,8 @@ class MdmaGanModule(FamilyModule):
             matching = (fake_field.mean(0) - real_field.mean(0)).pow(2).mean()
         response = (log_response(fake, seg, cond, self.scaling)
                     - log_response(hits, seg, cond, self.scaling)).pow(2)
-        directions = torch.randn(model.sliced_projections, N_FEATURES, generator=noise, device=hits.device)
-        directions = directions / directions.norm(dim=1, keepdim=True)
-        if model.sliced_axes:
-            directions = torch.cat([torch.eye(N_FEATURES, device=hits.device), directions])
+        directions = projection_directions(model.sliced_projections, N_FEATURES, model.sliced_axes, noise,
+                                           hits.device)
         sliced = sliced_wasserstein(hits, fake, directions)
         loss = (-model.adversarial_weight * fake_score.mean() + model.feature_matching * matching
                 + model.response_weight * response.mean() + model.sliced_weight * sliced)
@@ -235,10 +242,8 @@ class MdmaGanModule(FamilyModule):
             real_s = shower_summaries(hits, seg, cond, self.scaling)
             fake_s = shower_summaries(fake, seg, cond, self.scaling)
             scale = real_s.std(0).detach().clamp(min=1e-3)
-            k = real_s.shape[1]
-            random = torch.randn(model.sliced_projections, k, generator=noise, device=hits.device)
-            shower_directions = torch.cat([torch.eye(k, device=hits.device),
-                                           random / random.norm(dim=1, keepdim=True)])
+            shower_directions = projection_directions(model.sliced_projections, real_s.shape[1], True, noise,
+                                                      hits.device)
             shower_sliced = sliced_wasserstein(real_s / scale, fake_s / scale, shower_directions)
             self.log("train/shower_sliced_wasserstein", shower_sliced, on_step=True, on_epoch=False)
             loss = loss + model.shower_sliced_weight * shower_sliced

@@ -34,13 +34,19 @@ from caloforge.models.mean_field import MeanFieldGenerator
 from caloforge.sampler import NoiseSpec, ShowerSampler
 
 __all__ = ["MdmaGanSampler", "build_counts", "build_generator", "build_positions", "generate_hits",
-           "hit_condition"]
+           "generator_condition", "hit_condition"]
 
 
 def hit_condition(cond: Tensor, n_hits: Tensor, max_hits: int) -> Tensor:
     """The networks' condition: cond (N, C), then the hit count (N,) mapped from [0, max_hits] onto
     [-1, 1] -> (N, C + 1)."""
     return torch.cat([cond, (2.0 * n_hits.to(cond.dtype) / max_hits - 1.0)[:, None]], dim=1)
+
+
+def generator_condition(cond_n: Tensor, shower_noise: Tensor | None) -> Tensor:
+    """The generator's condition: ``hit_condition``'s (N, C + 1), then the shower latent (N, S) when the model
+    has one (``model.shower_latent``; ``None``: it has none)."""
+    return cond_n if shower_noise is None else torch.cat([cond_n, shower_noise], dim=1)
 
 
 def build_generator(config: MdmaGanConfig, cond_dim: int) -> MeanFieldGenerator:
@@ -74,9 +80,7 @@ def generate_hits(generator: MeanFieldGenerator, counts: HitCountModel, cond: Te
     drawn = (slots[None] < n_hits[:, None]).nonzero()  # (T, 2): shower, slot
     seg = drawn[:, 0]  # (T,)
     latents = hit_noise.flatten(0, 1).index_select(0, seg * max_hits + drawn[:, 1])  # (T, latent)
-    cond_n = hit_condition(cond, n_hits, max_hits)
-    if shower_noise is not None:
-        cond_n = torch.cat([cond_n, shower_noise], dim=1)
+    cond_n = generator_condition(hit_condition(cond, n_hits, max_hits), shower_noise)
     return generator(latents, seg, cond_n), seg, n_hits
 
 
