@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -98,7 +98,7 @@ class MeanFieldAttention(nn.Module):
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"hidden size {dim} is not divisible by {n_heads} heads")
-        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.dim, self.n_heads, self.head_dim = dim, n_heads, dim // n_heads
         self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
         self.null_key = nn.Parameter(torch.randn(n_heads, self.head_dim) * 0.02)
         self.null_value = nn.Parameter(torch.zeros(n_heads, self.head_dim))
@@ -110,20 +110,26 @@ class MeanFieldAttention(nn.Module):
         heads = (-1, self.n_heads, self.head_dim)
         scale = 1.0 / math.sqrt(self.head_dim)
         q = self.query(mf).view(heads)  # (N, H, dh)
-        k = self.key(h).view(heads)  # (T, H, dh)
-        v = self.value(h).view(heads)  # (T, H, dh)
+        # The hits' keys and values in one product and without their biases, which act per set instead
+        # (exactly): the key bias adds b_k.q to every hit's score of a set, a shift of the softmax that the
+        # null hit's key absorbs (null_key - b_k); the value bias adds b_v to the weighted mean of values
+        # whose null value is read as null_value - b_v. Per-hit tensors are large: a bias pass over them
+        # cost as much time as the product itself.
+        kv = h @ torch.cat([self.key.weight, self.value.weight]).T  # (T, 2D)
+        k, v = kv[:, : self.dim].view(heads), kv[:, self.dim:].view(heads)  # (T, H, dh) each
         scores = (k * q.index_select(0, seg)).sum(-1) * scale  # (T, H)
-        null = (self.null_key * q).sum(-1) * scale  # (N, H)
+        null = ((self.null_key - self.key.bias.view(heads[1:])) * q).sum(-1) * scale  # (N, H)
         # A softmax is unchanged by a constant shift within a set; one shift for all sets (the largest
         # score of each head) keeps exp() finite without a per-set maximum. The floor only matters if a
         # whole set scored ~80 below another set of the batch: its weights then stay finite.
-        shift = torch.cat([null, scores]).amax(0).detach()  # (H,)
+        shift = torch.cat([null, scores]).amax(0).detach()  # (H,); defined with no hits at all
         w_hits = torch.exp((scores - shift).clamp(min=-80.0))  # (T, H)
         w_null = torch.exp((null - shift).clamp(min=-80.0))  # (N, H)
         # the hits' sums are added onto the null hit's terms (no zeros to build)
         total = scatter_rows(w_null, seg, w_hits)  # (N, H)
-        pooled = scatter_rows(w_null[..., None] * self.null_value, seg, w_hits[..., None] * v)  # (N, H, dh)
-        return self.out((pooled / total[..., None]).flatten(1))  # (N, D)
+        null_value = self.null_value - self.value.bias.view(heads[1:])  # (H, dh)
+        pooled = scatter_rows(w_null[..., None] * null_value, seg, w_hits[..., None] * v)  # (N, H, dh)
+        return self.out((pooled / total[..., None]).flatten(1) + self.value.bias)  # (N, D)
 
 
 class MeanFieldBlock(nn.Module):
@@ -149,8 +155,10 @@ class MeanFieldBlock(nn.Module):
         context = self.context_in(torch.cat([mf, cond], dim=1)) + self.hit_in.bias  # (N, 2D)
         # hit_in(h) + context of each hit's set in one pass: the gathered context is addmm's input term
         # (per-hit tensors are large and their elementwise passes, not the matmuls, bound a CPU's time)
-        hidden = torch.addmm(context.index_select(0, seg), h, self.hit_in.weight.T)  # (T, 2D)
-        h = h + self.hit_out(hidden)  # (T, D)
+        # (in place on fresh tensors: the gathered context and h + bias; neither is kept for the backward)
+        hidden = context.index_select(0, seg).addmm_(h, self.hit_in.weight.T)  # (T, 2D)
+        out = cast(nn.Linear, self.hit_out[1])
+        h = (h + out.bias).addmm_(self.hit_out[0](hidden), out.weight.T)  # (T, D)
         return h, mf
 
 
