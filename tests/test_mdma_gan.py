@@ -32,9 +32,14 @@ from caloforge.families.mdma_gan.points import (
     pack,
     points_batch,
 )
-from caloforge.families.mdma_gan.sampler import MdmaGanSampler
+from caloforge.families.mdma_gan.sampler import MdmaGanSampler, generate_hits, made_count
 from caloforge.geometry import CylindricalGeometry, LayerBinning
-from caloforge.models.mean_field import MeanFieldConfig, MeanFieldCritic, MeanFieldGenerator
+from caloforge.models.mean_field import (
+    MeanFieldAttention,
+    MeanFieldConfig,
+    MeanFieldCritic,
+    MeanFieldGenerator,
+)
 
 TINY = MeanFieldConfig(size="tiny")
 # per-layer binning with an empty layer and a single alpha bin: the tables of the voxeliser, not a grid
@@ -112,6 +117,8 @@ def test_logit_positions_give_rings_equal_width_and_map_back_to_the_same_cells(i
     torch.testing.assert_close(x[:, [1, 2, 4]], packed[:, [1, 2, 4]])  # only z and r change
     torch.testing.assert_close(positions.to_hits(x), packed, rtol=0, atol=1e-4)
     assert torch.equal(voxeliser.cells(positions.to_hits(x)), voxeliser.cells(packed))
+    # the sampler's short cut: layer and ring read off the logits, the same cells without the radii
+    assert torch.equal(voxeliser.cells(x, *positions.layer_ring(x)), voxeliser.cells(packed))
     # a hit half-way through ring k of a layer with n rings sits at logit((k + 1/2) / n) / 4, whatever the
     # ring's width in mm
     layer = 1 if irregular else 0
@@ -196,6 +203,26 @@ def test_a_set_is_the_same_alone_or_packed_with_others_and_an_empty_set_is_finit
     assert torch.isfinite(score).all()
     no_hits = critic(torch.zeros(0, 5), torch.zeros(0, dtype=torch.int64), cond[:2])[0]
     assert no_hits.shape == (2,) and torch.isfinite(no_hits).all()
+
+
+def test_attention_is_a_softmax_over_each_sets_hits_and_the_null_hit() -> None:
+    # the module folds the key and value biases into per-set terms; against the plain definition
+    torch.manual_seed(4)
+    attention = MeanFieldAttention(8, 2).double()
+    with torch.no_grad():
+        for p in attention.parameters():
+            p.add_(torch.randn_like(p))  # biases and the null hit far from their initial zeros
+    seg = torch.tensor([0, 0, 0, 2, 2])  # set 1 has no hit
+    h, mf = torch.randn(5, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
+    q, k, v = attention.query(mf), attention.key(h), attention.value(h)
+    expected = []
+    for n in range(3):
+        keys = torch.cat([attention.null_key.reshape(1, 8), k[seg == n]]).view(-1, 2, 4)
+        values = torch.cat([attention.null_value.reshape(1, 8), v[seg == n]]).view(-1, 2, 4)
+        weights = torch.softmax((keys * q[n].view(2, 4)).sum(-1) / 2.0, dim=0)  # (1 + hits, heads)
+        expected.append((weights[..., None] * values).sum(0).flatten())
+    with torch.no_grad():
+        torch.testing.assert_close(attention(mf, h, seg), attention.out(torch.stack(expected)))
 
 
 def test_the_critic_is_weight_normalised() -> None:
@@ -401,6 +428,40 @@ def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, t
         feed = {name: x[:batch].numpy() for name, x in zip(names, inputs, strict=True) if name in wanted}
         (out,) = session.run(None, feed)
         np.testing.assert_allclose(out, showers[:batch].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_count_scale_draws_more_hits_of_the_same_showers_and_keeps_their_energy(context: RunContext) -> None:
+    config = MdmaGanConfig(net=TINY, count_bins=8, count_width=8, positions="logit")
+    torch.manual_seed(0)
+    plain = MdmaGanSampler(config, context).eval()
+    scaled = MdmaGanSampler(config, context, count_scale=2.0).eval()
+    scaled.load_state_dict(plain.state_dict())
+    assert (plain.options, scaled.options) == ({}, {"count_scale": 2.0})
+    n = 400
+    g = torch.Generator().manual_seed(5)
+    conditions = (torch.full((n,), 2e4), torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.int64))
+    noise = [spec.draw(n, g) for spec in plain.noise]
+    with torch.no_grad():
+        cond = plain.encoder(*conditions)
+        _, seg, counts = generate_hits(scaled.generator, scaled.counts, cond, *noise, None, 2.0)
+        made = made_count(counts, 2.0, scaled.max_hits)
+        assert torch.equal(torch.bincount(seg, minlength=n), made.long())
+        assert torch.equal(made, torch.clamp(2 * counts, max=scaled.max_hits))
+        for sampler in (plain, scaled):
+            sampler.lower_threshold(1e-9)  # every hit's cell comes out
+        a, b = plain(*conditions, *noise), scaled(*conditions, *noise)
+    assert (b > 0).sum() > (a > 0).sum()  # more hits light more cells ...
+    ratio = b.sum(1).mean() / a.sum(1).mean()
+    assert abs(ratio - 1) < 0.15, ratio  # ... each with its share of the drawn count's energy
+
+
+def test_sampling_options_and_the_lower_threshold_are_checked(context: RunContext) -> None:
+    config = MdmaGanConfig(net=TINY, count_bins=8, count_width=8)
+    with pytest.raises(InputError, match=r"count_scale.*is 0\.5.*a number in \[1, 4\]"):
+        MdmaGanSampler(config, context, count_scale=0.5)
+    sampler = MdmaGanSampler(config, context)
+    with pytest.raises(InputError, match=r"threshold.*is 1000\.0 MeV.*readout threshold"):
+        sampler.lower_threshold(1e3)
 
 
 # ---- training ---------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ threshold (``ShowerSampler.lower_threshold``: the model's cells it came closest 
 the threshold) as candidates, the spectrum above is fitted over those candidates, and ``match_hit_count``
 (required) then cuts each group's faintest candidates down to the reference's count; the rest map onto the
 reference's hits, so candidates become hits exactly where the model lit too few. Only samplers whose
-threshold is their last step can (``edm-dit``, ``edm-unet``).
+threshold is their last step can (``edm-dit``, ``edm-unet``, ``mdma-gan``; the last also with
+``count_scale``, more hits a shower, so more candidates).
 
 Apply (``CellCalibration``): for a shower of incident energy E_inc, the knots are interpolated linearly in
 ln E_inc between the centres of the two nearest energy bins (clamped to the first and last centre, as

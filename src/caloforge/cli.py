@@ -621,7 +621,7 @@ def calibrate_command(
                                               "the model's cells down to this fraction of the readout "
                                               "threshold are candidate hits, so where it lights too few "
                                               "cells the count is brought up as well as down (edm-dit, "
-                                              "edm-unet; 1: only its hits)."),
+                                              "edm-unet, mdma-gan; 1: only its hits)."),
     batch_size: int = typer.Option(500, "--batch-size", min=1, help="Showers per model call."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the run's); "
                                      "generate with the same setting the calibration was fitted for."),

@@ -129,7 +129,7 @@ class ShowerSampler(nn.Module):
         others refuse (default)."""
         raise InputError(None, "calibration.candidate_threshold",
                          f"asks {type(self).__name__} for cells below its readout threshold, which it cannot "
-                         "give", "1 for this family (edm-dit and edm-unet hand over fainter cells)")
+                         "give", "1 for this family (edm-dit, edm-unet and mdma-gan hand over fainter cells)")
 
     def voxelise_onto(self, geometry: CylindricalGeometry) -> ShowerSampler:
         """This sampler writing its showers onto ``geometry``, another readout of its detector (checked by

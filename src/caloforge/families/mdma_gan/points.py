@@ -205,15 +205,29 @@ class LogitPositions(nn.Module):
         return torch.stack([_logit((z + 1) * 0.5), hits[..., 1], hits[..., 2], _logit(ring), hits[..., 4]],
                            dim=-1)
 
-    def to_hits(self, x: Tensor) -> Tensor:
+    def _layer_ring(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Networks' coordinates (..., 5) -> z feature, layer (int64), ring units y in [0, n_radial] and
+        ring k (int64) of each hit."""
         z = torch.sigmoid(_LOGIT_SCALE * x[..., 0]) * 2 - 1
-        row, n = self._ring(z)
+        layer = self.scaling.layer_of(z)
+        n = self.n_radial[layer]
         y = torch.sigmoid(_LOGIT_SCALE * x[..., 3]) * n.to(x.dtype)  # ring units, [0, n]
-        k = torch.minimum(torch.floor(y).long(), n - 1)
+        return z, layer, y, torch.minimum(torch.floor(y).long(), n - 1)
+
+    def to_hits(self, x: Tensor) -> Tensor:
+        z, layer, y, k = self._layer_ring(x)
+        row = layer * self.width
         place = (y - k.to(x.dtype)).clamp(0.0, 1.0)
         lo, hi = self.edges[row + k], self.edges[row + k + 1]
         r = (lo + place * (hi - lo)) / self.scaling.outer_radius_mm * 2 - 1
         return torch.stack([z, x[..., 1], x[..., 2], r, x[..., 4]], -1)
+
+    def layer_ring(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Networks' coordinates (..., 5) -> (layer, ring) (...) int64 of each hit on the trained readout,
+        read off the logits: ``Voxeliser.forward`` with these is ``to_hits`` then ``Voxeliser`` on that
+        readout (the same cells but where float rounding puts a hit on a cell edge), without the radii."""
+        _, layer, _, k = self._layer_ring(x)
+        return layer, k
 
 
 _LOGIT_SCALE = 4.0  # most of the data's z and r logits lie within +-3 x 4 (cell margins bound them by 11)
@@ -225,9 +239,10 @@ def _logit(p: Tensor) -> Tensor:
 
 
 class Voxeliser(nn.Module):
-    """Hits -> cells: ``forward(hits, seg, energy)``: packed hits (T, 5), seg (T,) int64 the shower of each
-    hit, E_inc (N,) MeV -> showers (N, V) MeV, the energies of the hits in each cell summed (scatter-add;
-    ONNX-exportable).
+    """Hits -> cells: ``forward(hits, seg, energy, layer=None, ring=None)``: packed hits (T, 5), seg (T,)
+    int64 the shower of each hit, E_inc (N,) MeV -> showers (N, V) MeV, the energies of the hits in each cell
+    summed (scatter-add; ONNX-exportable). ``layer`` and ``ring`` (T,) int64: each hit's layer and radial
+    bin, when known (``LogitPositions.layer_ring``); then only the hits' alpha and energy are read.
 
     Positions outside the readout are clamped to the nearest layer and radial bin; alpha wraps. Hits in an
     empty layer (no voxels) are dropped. Tables are buffers derived from the geometry (not weights).
@@ -260,22 +275,25 @@ class Voxeliser(nn.Module):
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
 
-    def cells(self, hits: Tensor, layer: Tensor | None = None) -> Tensor:
-        """Hits (..., 5) -> flat voxel index (...) int64 of each hit's cell (in [0, V)); ``layer`` (...),
-        the hits' layers when the caller has them already."""
+    def cells(self, hits: Tensor, layer: Tensor | None = None, ring: Tensor | None = None) -> Tensor:
+        """Hits (..., 5) -> flat voxel index (...) int64 of each hit's cell (in [0, V)); ``layer`` and
+        ``ring`` (...) int64, the hits' layers and radial bins when the caller has them already (then z and
+        r are not read)."""
         layer = self.scaling.layer_of(hits[..., 0]) if layer is None else layer
         alpha = torch.atan2(hits[..., 2], hits[..., 1])  # in [-pi, pi]
         n_alpha = self.n_alpha[layer]
         alpha_bin = torch.remainder(torch.floor((alpha + math.pi) * (0.5 / math.pi) * n_alpha), n_alpha)
         n_radial = self.n_radial[layer]
-        radial = _ring_of(self.scaling.radius_mm(hits[..., 3]), self.inner_edges[layer], n_radial)
-        index = self.layer_offset[layer] + alpha_bin.long() * n_radial + radial
+        if ring is None:
+            ring = _ring_of(self.scaling.radius_mm(hits[..., 3]), self.inner_edges[layer], n_radial)
+        index = self.layer_offset[layer] + alpha_bin.long() * n_radial + ring
         return index.clamp(0, self.n_voxels - 1)
 
-    def forward(self, hits: Tensor, seg: Tensor, energy: Tensor) -> Tensor:
-        layer = self.scaling.layer_of(hits[:, 0])  # (T,)
+    def forward(self, hits: Tensor, seg: Tensor, energy: Tensor, layer: Tensor | None = None,
+                ring: Tensor | None = None) -> Tensor:
+        layer = self.scaling.layer_of(hits[:, 0]) if layer is None else layer  # (T,)
         deposits = hit_energies(hits, self.scaling) * self.layer_used[layer] * energy.index_select(0, seg)
-        flat = seg * self.n_voxels + self.cells(hits, layer)  # (T,) index into the N x V cells
+        flat = seg * self.n_voxels + self.cells(hits, layer, ring)  # (T,) index into the N x V cells
         # (N V,) zeros, N dynamic, as a broadcast product: a constant-shaped graph (zeros_like().expand()
         # exports as shape arithmetic, nodes that cost onnxruntime microseconds each)
         empty = (energy[:, None] * self.no_energy).reshape(-1)

@@ -15,6 +15,14 @@ the networks' coordinates with ``model.positions: logit``) -> ``points.Voxeliser
 cell) -> cells below the readout threshold zeroed -> showers (N, V) MeV. The noise has fixed shapes
 (M = ``MdmaGanConfig.hit_slots``) but only the T drawn hits are computed, so a batch costs its showers' own
 hit counts, not M each; the graph's hit axis is dynamic (ONNX NonZero), with no branching on values.
+
+Sampling option ``count_scale`` s in [1, 4] (default 1): the generator, still conditioned on the drawn count
+n, makes round(s n) hits (more draws from the same shower's hit distribution: the hits interact only
+through the softmax-weighted mean field, which more draws hardly move), and every cell's energy is scaled
+by n / round(s n) so the shower keeps the energy of n hits. With a readout threshold moved down
+(``lower_threshold``) the extra hits are candidates from which a calibration fitted with
+``candidate_threshold`` and ``match_hit_count`` keeps each (layer, ring)'s count of Geant4's cells: a way
+to light the cells that colliding hits leave dark.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from torch import Tensor
 
 from caloforge.conditioning import ConditionEncoder
 from caloforge.context import RunContext
+from caloforge.errors import InputError
 from caloforge.families.mdma_gan import MdmaGanConfig
 from caloforge.families.mdma_gan.counts import HitCountModel
 from caloforge.families.mdma_gan.points import N_FEATURES, LogitPositions, PointScaling, Voxeliser
@@ -34,7 +43,7 @@ from caloforge.models.mean_field import MeanFieldGenerator
 from caloforge.sampler import NoiseSpec, ShowerSampler
 
 __all__ = ["MdmaGanSampler", "build_counts", "build_generator", "build_positions", "generate_hits",
-           "generator_condition", "hit_condition"]
+           "generator_condition", "hit_condition", "made_count"]
 
 
 def hit_condition(cond: Tensor, n_hits: Tensor, max_hits: int) -> Tensor:
@@ -68,20 +77,29 @@ def build_positions(config: MdmaGanConfig, context: RunContext) -> LogitPosition
 
 
 def generate_hits(generator: MeanFieldGenerator, counts: HitCountModel, cond: Tensor, count_u: Tensor,
-                  hit_noise: Tensor, shower_noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                  hit_noise: Tensor, shower_noise: Tensor | None = None,
+                  count_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
     """Draw each shower's hit count, then its hits: cond (N, C), count_u (N,) uniform, hit_noise
     (N, M, latent) normal (M = the count model's ``max_hits``), shower_noise (N, S) normal or ``None`` (no
     shower latent) -> (hits (T, 5) packed, seg (T,) the shower of each, counts (N,)). Shower i's hits take
     the latents of its first n_i slots, so a shower does not depend on the others in its batch. Only the
-    T = sum n_i drawn hits are computed."""
+    T = sum n_i drawn hits are computed. ``count_scale`` s != 1: the generator, conditioned on the drawn
+    count n_i, makes ``made_count`` hits, more draws from the same shower (``MdmaGanSampler``); the counts
+    returned are still the drawn n_i."""
     max_hits = counts.max_hits
     n_hits = counts.draw(cond, count_u)  # (N,)
+    n_made = made_count(n_hits, count_scale, max_hits)
     slots = torch.arange(max_hits, dtype=cond.dtype, device=cond.device)
-    drawn = (slots[None] < n_hits[:, None]).nonzero()  # (T, 2): shower, slot
+    drawn = (slots[None] < n_made[:, None]).nonzero()  # (T, 2): shower, slot
     seg = drawn[:, 0]  # (T,)
     latents = hit_noise.flatten(0, 1).index_select(0, seg * max_hits + drawn[:, 1])  # (T, latent)
     cond_n = generator_condition(hit_condition(cond, n_hits, max_hits), shower_noise)
     return generator(latents, seg, cond_n), seg, n_hits
+
+
+def made_count(n_hits: Tensor, count_scale: float, max_hits: int) -> Tensor:
+    """The hits made for drawn counts n_hits (N,) at ``count_scale`` s: round(s n), at most ``max_hits``."""
+    return n_hits if count_scale == 1.0 else torch.round(n_hits * count_scale).clamp(max=max_hits)
 
 
 class MdmaGanSampler(ShowerSampler):
@@ -94,9 +112,13 @@ class MdmaGanSampler(ShowerSampler):
         threshold_mev: cells below it (MeV) read zero, as in the training data.
     """
 
-    def __init__(self, config: MdmaGanConfig, context: RunContext) -> None:
+    def __init__(self, config: MdmaGanConfig, context: RunContext, count_scale: float | None = None) -> None:
         super().__init__()
         config.check()
+        self.count_scale = 1.0 if count_scale is None else float(count_scale)
+        if not 1.0 <= self.count_scale <= 4.0:
+            raise InputError(None, "count_scale", f"is {count_scale}",
+                             "a number in [1, 4] (1: the drawn count)")
         spec = context.spec
         self.max_hits = config.hit_slots(context.geometry.n_voxels)
         self.latent = config.net.resolved().latent
@@ -106,29 +128,47 @@ class MdmaGanSampler(ShowerSampler):
         self.counts = build_counts(config, spec.dim, self.max_hits)
         self.voxeliser = Voxeliser(context.geometry, self.scaling)
         self.positions = build_positions(config, context)
-        self.threshold_mev = float(context.preprocessor.threshold_mev)
+        self.own_readout = True  # voxelising onto the trained readout (not ``voxelise_onto`` another)
+        self.readout_threshold_mev = float(context.preprocessor.threshold_mev)
+        self.threshold_mev = self.readout_threshold_mev
         self.noise = (NoiseSpec("count_u", (), "uniform"),
                       NoiseSpec("hit_noise", (self.max_hits, self.latent), "normal"))
         if config.shower_latent:
             self.noise += (NoiseSpec("shower_noise", (config.shower_latent,), "normal"),)
-        self.options = {}
+        self.options = {} if count_scale is None else {"count_scale": self.count_scale}
 
     def forward(self, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, *noise: Tensor) -> Tensor:
         count_u, hit_noise = noise[:2]
         shower_noise = noise[2] if len(noise) > 2 else None
         cond = self.encoder(energy, theta, phi, detector)  # (N, C)
-        hits, seg, _ = generate_hits(self.generator, self.counts, cond, count_u, hit_noise,
-                                     shower_noise)  # (T, 5), (T,)
-        if self.positions is not None:
-            hits = self.positions.to_hits(hits)
-        showers = self.voxeliser(hits, seg, energy)  # (N, V) MeV
+        hits, seg, n_hits = generate_hits(self.generator, self.counts, cond, count_u, hit_noise, shower_noise,
+                                          self.count_scale)  # (T, 5), (T,), (N,)
+        if self.positions is not None and self.own_readout:  # cells read off the networks' coordinates
+            showers = self.voxeliser(hits, seg, energy, *self.positions.layer_ring(hits))  # (N, V) MeV
+        else:
+            if self.positions is not None:
+                hits = self.positions.to_hits(hits)
+            showers = self.voxeliser(hits, seg, energy)
+        if self.count_scale != 1.0:  # each hit's share of the drawn count's energy
+            n_made = made_count(n_hits, self.count_scale, self.max_hits)
+            showers = showers * (n_hits / n_made.clamp(min=1.0))[:, None]
         return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
+
+    def lower_threshold(self, mev: float) -> None:
+        """Cells down to ``mev`` come out (``ShowerSampler.lower_threshold``): the readout threshold is the
+        sampler's last step, so it just moves down; a cell in [mev, threshold) holds the faint hits the
+        generator placed there."""
+        if not 0 < mev <= self.readout_threshold_mev:
+            raise InputError(None, "threshold", f"is {mev} MeV",
+                             f"in (0, {self.readout_threshold_mev}] MeV, the readout threshold")
+        self.threshold_mev = float(mev)
 
     def voxelise_onto(self, geometry: CylindricalGeometry) -> MdmaGanSampler:
         """Voxelise onto ``geometry`` (another readout of the detector, same layers and radius): the hits,
         their count model and the energy scale stay the trained ones, only the cells change."""
         device = next(self.parameters()).device
         self.voxeliser = Voxeliser(geometry, self.scaling).to(device)
+        self.own_readout = False
         return self
 
     def metadata(self) -> dict[str, Any]:
