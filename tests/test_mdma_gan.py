@@ -32,7 +32,13 @@ from caloforge.families.mdma_gan.points import (
     pack,
     points_batch,
 )
-from caloforge.families.mdma_gan.sampler import MdmaGanSampler, generate_hits, made_count
+from caloforge.families.mdma_gan.sampler import (
+    MdmaGanSampler,
+    generate_hits,
+    hit_noise_width,
+    made_count,
+    normal_from_uniform,
+)
 from caloforge.geometry import CylindricalGeometry, LayerBinning
 from caloforge.models.mean_field import (
     MeanFieldAttention,
@@ -400,7 +406,7 @@ def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, t
     sampler = MdmaGanSampler(config, context).eval()
     shower_noise = [("shower_noise", (shower_latent,), "normal")] if shower_latent else []
     assert [(s.name, s.shape, s.distribution) for s in sampler.noise] == [
-        ("count_u", (), "uniform"), ("hit_noise", (TOY_GEOMETRY.n_voxels, 4), "normal"), *shower_noise]
+        ("count_u", (), "uniform"), ("hit_noise", (TOY_GEOMETRY.n_voxels, 4), "uniform"), *shower_noise]
     g = torch.Generator().manual_seed(3)
     n = 3
     angles = (torch.zeros(n), torch.zeros(n))
@@ -428,6 +434,22 @@ def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, t
         feed = {name: x[:batch].numpy() for name, x in zip(names, inputs, strict=True) if name in wanted}
         (out,) = session.run(None, feed)
         np.testing.assert_allclose(out, showers[:batch].numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("latent", [4, 3])
+def test_hit_latents_from_uniform_noise_are_independent_standard_normals(latent: int) -> None:
+    from scipy import stats
+
+    assert hit_noise_width(latent) == 4
+    u = torch.rand(200_000, 4, generator=torch.Generator().manual_seed(0))
+    z = normal_from_uniform(u, latent).double()
+    assert z.shape == (200_000, latent) and torch.isfinite(z).all()
+    for k in range(latent):
+        assert stats.kstest(z[:, k].numpy(), "norm").pvalue > 1e-3
+    correlation = torch.corrcoef(z.T) - torch.eye(latent, dtype=z.dtype)
+    assert correlation.abs().max() < 0.01  # the cos and sin of one pair too
+    assert (z[:, 0] ** 2 + z[:, 2] ** 2 if latent == 4 else z[:, 0] ** 2).mean().item() == pytest.approx(
+        2.0 if latent == 4 else 1.0, rel=0.02)
 
 
 def test_count_scale_draws_more_hits_of_the_same_showers_and_keeps_their_energy(context: RunContext) -> None:

@@ -98,7 +98,7 @@ class MeanFieldAttention(nn.Module):
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"hidden size {dim} is not divisible by {n_heads} heads")
-        self.dim, self.n_heads, self.head_dim = dim, n_heads, dim // n_heads
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
         self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
         self.null_key = nn.Parameter(torch.randn(n_heads, self.head_dim) * 0.02)
         self.null_value = nn.Parameter(torch.zeros(n_heads, self.head_dim))
@@ -110,13 +110,13 @@ class MeanFieldAttention(nn.Module):
         heads = (-1, self.n_heads, self.head_dim)
         scale = 1.0 / math.sqrt(self.head_dim)
         q = self.query(mf).view(heads)  # (N, H, dh)
-        # The hits' keys and values in one product and without their biases, which act per set instead
-        # (exactly): the key bias adds b_k.q to every hit's score of a set, a shift of the softmax that the
-        # null hit's key absorbs (null_key - b_k); the value bias adds b_v to the weighted mean of values
-        # whose null value is read as null_value - b_v. Per-hit tensors are large: a bias pass over them
-        # cost as much time as the product itself.
-        kv = h @ torch.cat([self.key.weight, self.value.weight]).T  # (T, 2D)
-        k, v = kv[:, : self.dim].view(heads), kv[:, self.dim:].view(heads)  # (T, H, dh) each
+        # The hits' keys and values without their biases, which act per set instead (exactly): the key bias
+        # adds b_k.q to every hit's score of a set, a shift of the softmax that the null hit's key absorbs
+        # (null_key - b_k); the value bias adds b_v to the weighted mean of values whose null value is read
+        # as null_value - b_v. Per-hit tensors are large: a bias pass over them cost as much time as the
+        # product itself. (Two products, not one split in two: onnxruntime copies a split.)
+        k = (h @ self.key.weight.T).view(heads)  # (T, H, dh)
+        v = (h @ self.value.weight.T).view(heads)
         scores = (k * q.index_select(0, seg)).sum(-1) * scale  # (T, H)
         null = ((self.null_key - self.key.bias.view(heads[1:])) * q).sum(-1) * scale  # (N, H)
         # A softmax is unchanged by a constant shift within a set; one shift for all sets (the largest

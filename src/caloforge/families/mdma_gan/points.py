@@ -282,7 +282,9 @@ class Voxeliser(nn.Module):
         layer = self.scaling.layer_of(hits[..., 0]) if layer is None else layer
         alpha = torch.atan2(hits[..., 2], hits[..., 1])  # in [-pi, pi]
         n_alpha = self.n_alpha[layer]
-        alpha_bin = torch.remainder(torch.floor((alpha + math.pi) * (0.5 / math.pi) * n_alpha), n_alpha)
+        # alpha = pi (atan2 of +0, x < 0) is the upper edge of the last bin; a minimum, not a remainder
+        # (onnxruntime ran the exported remainder as two Where passes)
+        alpha_bin = torch.minimum(torch.floor((alpha + math.pi) * (0.5 / math.pi) * n_alpha), n_alpha - 1)
         n_radial = self.n_radial[layer]
         if ring is None:
             ring = _ring_of(self.scaling.radius_mm(hits[..., 3]), self.inner_edges[layer], n_radial)
