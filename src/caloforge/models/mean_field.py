@@ -78,6 +78,15 @@ def scatter_rows(base: Tensor, index: Tensor, values: Tensor) -> Tensor:
     return base.scatter_add(0, index.view(-1, *([1] * (values.dim() - 1))).expand_as(values), values)
 
 
+def _folded(linear: nn.Linear, embed: nn.Linear | None) -> tuple[Tensor, Tensor]:
+    """Weight and bias of ``linear`` applied to embed(x), as one affine map of x: (W A, W c + b) for embed
+    x -> A x + c (``linear``'s own without ``embed``). A hit's input x has F < D numbers (the generator's
+    latent, the critic's 5 features), so a product with the folded weight costs F/D of one with W."""
+    if embed is None:
+        return linear.weight, linear.bias
+    return linear.weight @ embed.weight, linear.bias + linear.weight @ embed.bias
+
+
 def per_set_sum(values: Tensor, seg: Tensor, sets: Tensor) -> Tensor:
     """Sum of per-hit rows over each set: values (T, *S), seg (T,) int64 -> (N, *S), N = len(sets) (any
     (N, ...) tensor of the batch; its length is taken from the graph, so an exported batch stays dynamic)."""
@@ -90,8 +99,9 @@ def per_set_sum(values: Tensor, seg: Tensor, sets: Tensor) -> Tensor:
 class MeanFieldAttention(nn.Module):
     """Multi-head cross-attention of each set's mean field over its hits plus a learned null hit.
 
-    ``forward(mf, h, seg)``: mf (N, D), h (T, D), seg (T,) int64 -> (N, D). Invariant under any permutation
-    of the hits (with their ``seg`` entries).
+    ``forward(mf, h, seg, embed=None)``: mf (N, D), h (T, D), seg (T,) int64 -> (N, D). Invariant under any
+    permutation of the hits (with their ``seg`` entries). With ``embed`` (a Linear F -> D), h (T, F) is the
+    embedding's input and the hits are embed(h) (``_folded``).
     """
 
     def __init__(self, dim: int, n_heads: int) -> None:
@@ -103,7 +113,7 @@ class MeanFieldAttention(nn.Module):
         self.null_key = nn.Parameter(torch.randn(n_heads, self.head_dim) * 0.02)
         self.null_value = nn.Parameter(torch.zeros(n_heads, self.head_dim))
 
-    def forward(self, mf: Tensor, h: Tensor, seg: Tensor) -> Tensor:
+    def forward(self, mf: Tensor, h: Tensor, seg: Tensor, embed: nn.Linear | None = None) -> Tensor:
         # view(-1, H, dh), not unflatten: a constant shape, where unflatten exports as shape arithmetic
         # (Shape, Gather, Concat: nodes that cost onnxruntime microseconds each, which is most of a shower
         # at batch 1)
@@ -115,10 +125,11 @@ class MeanFieldAttention(nn.Module):
         # (null_key - b_k); the value bias adds b_v to the weighted mean of values whose null value is read
         # as null_value - b_v. Per-hit tensors are large: a bias pass over them cost as much time as the
         # product itself. (Two products, not one split in two: onnxruntime copies a split.)
-        k = (h @ self.key.weight.T).view(heads)  # (T, H, dh)
-        v = (h @ self.value.weight.T).view(heads)
+        (w_k, b_k), (w_v, b_v) = (_folded(self.key, embed), _folded(self.value, embed))
+        k = (h @ w_k.T).view(heads)  # (T, H, dh)
+        v = (h @ w_v.T).view(heads)
         scores = (k * q.index_select(0, seg)).sum(-1) * scale  # (T, H)
-        null = ((self.null_key - self.key.bias.view(heads[1:])) * q).sum(-1) * scale  # (N, H)
+        null = ((self.null_key - b_k.view(heads[1:])) * q).sum(-1) * scale  # (N, H)
         # A softmax is unchanged by a constant shift within a set; one shift for all sets (the largest
         # score of each head) keeps exp() finite without a per-set maximum. The floor only matters if a
         # whole set scored ~80 below another set of the batch: its weights then stay finite.
@@ -127,16 +138,18 @@ class MeanFieldAttention(nn.Module):
         w_null = torch.exp((null - shift).clamp(min=-80.0))  # (N, H)
         # the hits' sums are added onto the null hit's terms (no zeros to build)
         total = scatter_rows(w_null, seg, w_hits)  # (N, H)
-        null_value = self.null_value - self.value.bias.view(heads[1:])  # (H, dh)
+        null_value = self.null_value - b_v.view(heads[1:])  # (H, dh)
         pooled = scatter_rows(w_null[..., None] * null_value, seg, w_hits[..., None] * v)  # (N, H, dh)
-        return self.out((pooled / total[..., None]).flatten(1) + self.value.bias)  # (N, D)
+        return self.out((pooled / total[..., None]).flatten(1) + b_v)  # (N, D)
 
 
 class MeanFieldBlock(nn.Module):
     """One mean-field update then one per-hit update (module doc), both residual.
 
-    ``forward(h, mf, seg, cond)``: h (T, D), mf (N, D), seg (T,) int64, cond (N, C) -> (h (T, D),
-    mf (N, D)).
+    ``forward(h, mf, seg, cond, embed=None)``: h (T, D), mf (N, D), seg (T,) int64, cond (N, C) ->
+    (h (T, D), mf (N, D)). With ``embed`` (a Linear F -> D), h (T, F) is the embedding's input and the block
+    takes embed(h): the embedding is folded into the block's per-hit products (``_folded``), which then
+    multiply F numbers a hit, not D, and embed(h) is never written out on its own.
     """
 
     def __init__(self, dim: int, n_heads: int, cond_dim: int) -> None:
@@ -149,17 +162,21 @@ class MeanFieldBlock(nn.Module):
         self.context_in = nn.Linear(dim + cond_dim, 2 * dim, bias=False)
         self.hit_out = nn.Sequential(nn.LeakyReLU(0.2, inplace=True), nn.Linear(2 * dim, dim))
 
-    def forward(self, h: Tensor, mf: Tensor, seg: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
-        pooled = self.attention(mf, h, seg)  # (N, D)
+    def forward(self, h: Tensor, mf: Tensor, seg: Tensor, cond: Tensor,
+                embed: nn.Linear | None = None) -> tuple[Tensor, Tensor]:
+        pooled = self.attention(mf, h, seg, embed)  # (N, D)
         mf = mf + self.field(torch.cat([pooled, mf, cond], dim=1))  # (N, D)
-        context = self.context_in(torch.cat([mf, cond], dim=1)) + self.hit_in.bias  # (N, 2D)
+        w_in, b_in = _folded(self.hit_in, embed)
+        context = self.context_in(torch.cat([mf, cond], dim=1)) + b_in  # (N, 2D)
         # hit_in(h) + context of each hit's set in one pass: the gathered context is addmm's input term
         # (per-hit tensors are large and their elementwise passes, not the matmuls, bound a CPU's time)
         # (in place on fresh tensors: the gathered context and h + bias; neither is kept for the backward)
-        hidden = context.index_select(0, seg).addmm_(h, self.hit_in.weight.T)  # (T, 2D)
-        out = cast(nn.Linear, self.hit_out[1])
-        h = (h + out.bias).addmm_(self.hit_out[0](hidden), out.weight.T)  # (T, D)
-        return h, mf
+        hidden = context.index_select(0, seg).addmm_(h, w_in.T)  # (T, 2D)
+        out, act = cast(nn.Linear, self.hit_out[1]), self.hit_out[0](hidden)
+        if embed is None:  # the residual: h + hit_out(hidden)
+            return (h + out.bias).addmm_(act, out.weight.T), mf  # (T, D)
+        # embed(h) + hit_out(hidden)
+        return torch.addmm(out.bias + embed.bias, act, out.weight.T).addmm_(h, embed.weight.T), mf
 
 
 # ---- the models -------------------------------------------------------------------------------------------
@@ -181,10 +198,10 @@ class MeanFieldGenerator(nn.Module):
         self.head = _mlp(d, d, n_features)
 
     def forward(self, z: Tensor, seg: Tensor, cond: Tensor) -> Tensor:
-        h = self.embed(z)  # (T, D)
         mf = self.field0(cond)  # (N, D)
-        for block in self.blocks:
-            h, mf = block(h, mf, seg, cond)
+        h, mf = self.blocks[0](z, mf, seg, cond, self.embed)  # the first block takes embed(z), folded
+        for block in self.blocks[1:]:
+            h, mf = block(h, mf, seg, cond)  # (T, D)
         return self.head(h)  # (T, F)
 
 
@@ -207,10 +224,10 @@ class MeanFieldCritic(nn.Module):
         _weight_normalise(self)
 
     def forward(self, x: Tensor, seg: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.embed(x)  # (T, D)
         mf = self.field0(cond)  # (N, D)
-        for block in self.blocks:
-            h, mf = block(h, mf, seg, cond)
+        h, mf = self.blocks[0](x, mf, seg, cond, self.embed)  # the first block takes embed(x), folded
+        for block in self.blocks[1:]:
+            h, mf = block(h, mf, seg, cond)  # (T, D)
         mf = mf + self.readout(mf, h, seg)  # (N, D)
         return self.head(torch.cat([mf, cond], dim=1))[:, 0], mf
 
