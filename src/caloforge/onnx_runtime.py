@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -86,24 +87,27 @@ class OnnxGenerator:
     session: Any
     metadata: dict[str, Any]
 
+    # geometry, spec, ranges, noise and the graph's inputs are read from the metadata and the session once
+    # (rebuilding the geometry cost 0.15 ms a call, a fifth of a shower at batch 1)
+
     @property
     def kind(self) -> str:
         """"sampler" or "par04"."""
         return str(self.metadata["graph"])
 
-    @property
+    @cached_property
     def geometry(self) -> CylindricalGeometry:
         return CylindricalGeometry.from_dict(self.metadata["context"]["geometry"])
 
-    @property
+    @cached_property
     def spec(self) -> ConditionSpec:
         return ConditionSpec.from_dict(self.metadata["context"]["conditions"])
 
-    @property
+    @cached_property
     def ranges(self) -> ConditionRanges:
         return ConditionRanges.from_dict(self.metadata["context"]["ranges"])
 
-    @property
+    @cached_property
     def noise(self) -> tuple[NoiseSpec, ...]:
         """The noise the ``sampler`` graph takes after the conditions, in drawing order."""
         return tuple(NoiseSpec.from_dict(spec) for spec in self.metadata["noise"])
@@ -143,8 +147,13 @@ class OnnxGenerator:
             **{spec.name: np.ascontiguousarray(value, dtype=np.float32)
                for spec, value in zip(self.noise, noise, strict=True)},
         }
-        present = {i.name for i in self.session.get_inputs()}
+        present = self._inputs
         return np.asarray(self.session.run(["showers"], {k: v for k, v in feeds.items() if k in present})[0])
+
+    @cached_property
+    def _inputs(self) -> frozenset[str]:
+        """The graph's input names (conditions or noise the model does not use are pruned at export)."""
+        return frozenset(i.name for i in self.session.get_inputs())
 
     def run_par04(
         self, energy: NDArray[np.floating], theta: NDArray[np.floating], phi: NDArray[np.floating],
