@@ -23,6 +23,7 @@ from caloforge.families.mdma_gan.module import (
     projection_directions,
     shower_summaries,
     sliced_wasserstein,
+    sorted_rows,
 )
 from caloforge.families.mdma_gan.points import (
     LogitPositions,
@@ -254,6 +255,17 @@ def test_sliced_wasserstein_ignores_the_order_of_hits_and_measures_a_shift(conte
     hits[:, 4] = quarter
     response = log_response(hits, torch.tensor([0, 0, 1]), torch.zeros(2, 1), scaling)
     torch.testing.assert_close(response, torch.tensor([math.log(0.5), math.log(0.25)]))
+
+
+def test_sorted_rows_match_torch_sort_in_values_and_gradients() -> None:
+    x = torch.randn(6, 300, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    weights = torch.linspace(-1, 2, 300)  # a loss that reads the order
+    (sorted_rows(x) * weights).sum().backward()
+    ours = x.grad.clone()
+    x.grad = None
+    (torch.sort(x, dim=1).values * weights).sum().backward()
+    torch.testing.assert_close(ours, x.grad)
+    torch.testing.assert_close(sorted_rows(x.detach()), torch.sort(x.detach(), dim=1).values)
 
 
 def test_projection_directions_are_unit_vectors_after_the_axes_when_asked() -> None:

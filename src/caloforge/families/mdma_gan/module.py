@@ -33,6 +33,7 @@ import warnings
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,7 +56,7 @@ from caloforge.runconfig import RunConfig
 from caloforge.training import FamilyModule
 
 __all__ = ["MdmaGanModule", "gradient_penalty", "log_response", "marginal_distance",
-           "projection_directions", "shower_summaries", "sliced_wasserstein"]
+           "projection_directions", "shower_summaries", "sliced_wasserstein", "sorted_rows"]
 
 
 def log_response(hits: Tensor, seg: Tensor, cond: Tensor, scaling: PointScaling) -> Tensor:
@@ -71,9 +72,22 @@ def sliced_wasserstein(real: Tensor, fake: Tensor, directions: Tensor) -> Tensor
     bucketed by hit count, hence by energy, so the pooled hits are those of similar showers: a steady,
     non-adversarial pull on the hit marginals (position, energy and their joint projections) that a young
     critic cannot give yet."""
-    r = real @ directions.T  # (T, K)
-    f = fake @ directions.T
-    return (torch.sort(r, dim=0).values - torch.sort(f, dim=0).values).pow(2).mean()
+    r = directions @ real.T  # (K, T): each projection a contiguous row
+    f = directions @ fake.T
+    return (sorted_rows(r) - sorted_rows(f)).pow(2).mean()
+
+
+def sorted_rows(x: Tensor) -> Tensor:
+    """Each row of x (K, T) sorted ascending, differentiable (the values are gathered by the sorting order).
+    On a CPU numpy sorts: for 64 rows of 20,000 hits its vectorised argsort took 16 ms (its sort 4) where
+    torch.sort took 45 (72 along the columns of the transposed layout), and sorting was half of a training
+    step of the dataset-2 config."""
+    if x.device.type != "cpu":
+        return torch.sort(x, dim=1).values
+    rows = x.detach().numpy()
+    if not x.requires_grad:
+        return torch.from_numpy(np.sort(rows, axis=1))
+    return x.gather(1, torch.from_numpy(np.argsort(rows, axis=1)))
 
 
 def projection_directions(n_random: int, dim: int, axes: bool, generator: torch.Generator,
