@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +261,21 @@ def test_candidate_calibration_of_a_dit_generates_and_exports(checkpoint: Path, 
     assert got[got > 0].min() >= threshold
     path = export_sampler(generator, tmp_path / "s.onnx")
     assert check_export(generator, path, n=5) < 1e-4
+
+
+def test_the_map_is_piecewise_linear_through_the_knots_with_slope_one_outside() -> None:
+    # one energy bin, one group, knots with a zero-width interval (a step); layer energies left free
+    x = torch.tensor([[[-8.0, -6.0, -6.0, -3.0]]])
+    y = torch.tensor([[[-7.0, -6.5, -5.0, -2.0]]])
+    calibration = CellCalibration(x, y, torch.zeros(4, dtype=torch.int64), torch.eye(4), 0.0, 20.0, 1e-9,
+                                  preserve_layer_energies=False)
+    u = torch.tensor([-9.0, -7.0, -6.5, -5.0, -2.0])  # below, inside, before the step, after it, above
+    energy = torch.tensor([1e4])
+    with torch.no_grad():
+        out = calibration(torch.exp(u[:4] + math.log(1e4))[None], energy)[0]
+        last = calibration(torch.exp(u[4:] + math.log(1e4)).expand(1, 4), energy)[0, 0]
+    mapped = torch.log(torch.cat([out, last[None]]) / 1e4)
+    torch.testing.assert_close(mapped, torch.tensor([-8.0, -6.75, -6.625, -4.0, -1.0]), atol=1e-4, rtol=0)
 
 
 def test_showers_without_hits_come_back_empty() -> None:
