@@ -131,6 +131,14 @@ class ShowerSampler(nn.Module):
                          f"asks {type(self).__name__} for cells below its readout threshold, which it cannot "
                          "give", "1 for this family (edm-dit, edm-unet and mdma-gan hand over fainter cells)")
 
+    @staticmethod
+    def check_lower_threshold(mev: float, threshold_mev: float) -> None:
+        """Raise ``InputError`` unless ``mev`` is in (0, ``threshold_mev``], the readout threshold: what a
+        family's ``lower_threshold`` can move its threshold down to."""
+        if not 0 < mev <= threshold_mev:
+            raise InputError(None, "threshold", f"is {mev} MeV",
+                             f"in (0, {threshold_mev}] MeV, the readout threshold")
+
     def voxelise_onto(self, geometry: CylindricalGeometry) -> ShowerSampler:
         """This sampler writing its showers onto ``geometry``, another readout of its detector (checked by
         the caller, ``Family.check_readout``); only readout-free families (``Family.readout_free``) can."""

@@ -172,9 +172,7 @@ class EdmDitSampler(ShowerSampler):
         """Cells down to ``mev`` come out (``ShowerSampler.lower_threshold``): the threshold of the inverse
         preprocessing and of the layer or E_tot rescale, the sampler's only thresholds, moves down. A cell in
         [mev, threshold) is a deposit the DiT came close to lighting."""
-        if not 0 < mev <= self.transform.threshold_mev:
-            raise InputError(None, "threshold", f"is {mev} MeV",
-                             f"in (0, {self.transform.threshold_mev}] MeV, the readout threshold")
+        self.check_lower_threshold(mev, self.transform.threshold_mev)
         self.transform.threshold_mev = float(mev)
         for stage in (self.layer_energies, self.energy_ratio):
             if stage is not None:

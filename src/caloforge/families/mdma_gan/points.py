@@ -189,14 +189,15 @@ class LogitPositions(nn.Module):
         self.register_buffer("n_radial", torch.tensor([max(b.n_radial, 1) for b in geometry.layers],
                                                       dtype=torch.int64), persistent=False)
 
-    def _ring(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """z in [-1, 1] (...) -> (flat index of its layer's row in ``edges``, that layer's n_radial)."""
+    def _layer(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """z in [-1, 1] (...) -> (its layer (...) int64, that layer's n_radial)."""
         layer = self.scaling.layer_of(z)
-        return layer * self.width, self.n_radial[layer]
+        return layer, self.n_radial[layer]
 
     def to_model(self, hits: Tensor) -> Tensor:
         z = hits[..., 0]
-        row, n = self._ring(z)
+        layer, n = self._layer(z)
+        row = layer * self.width
         r_mm = self.scaling.radius_mm(hits[..., 3])
         inner = self.edges[row[..., None] + torch.arange(1, self.width, device=hits.device)]  # (..., W - 1)
         k = _ring_of(r_mm, inner, n)
@@ -209,8 +210,7 @@ class LogitPositions(nn.Module):
         """Networks' coordinates (..., 5) -> z feature, layer (int64), ring units y in [0, n_radial] and
         ring k (int64) of each hit."""
         z = torch.sigmoid(_LOGIT_SCALE * x[..., 0]) * 2 - 1
-        layer = self.scaling.layer_of(z)
-        n = self.n_radial[layer]
+        layer, n = self._layer(z)
         y = torch.sigmoid(_LOGIT_SCALE * x[..., 3]) * n.to(x.dtype)  # ring units, [0, n]
         return z, layer, y, torch.minimum(torch.floor(y).long(), n - 1)
 

@@ -179,9 +179,7 @@ class MdmaGanSampler(ShowerSampler):
         """Cells down to ``mev`` come out (``ShowerSampler.lower_threshold``): the readout threshold is the
         sampler's last step, so it just moves down; a cell in [mev, threshold) holds the faint hits the
         generator placed there."""
-        if not 0 < mev <= self.readout_threshold_mev:
-            raise InputError(None, "threshold", f"is {mev} MeV",
-                             f"in (0, {self.readout_threshold_mev}] MeV, the readout threshold")
+        self.check_lower_threshold(mev, self.readout_threshold_mev)
         self.threshold_mev = float(mev)
 
     def voxelise_onto(self, geometry: CylindricalGeometry) -> MdmaGanSampler:
