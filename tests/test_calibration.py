@@ -278,6 +278,23 @@ def test_the_map_is_piecewise_linear_through_the_knots_with_slope_one_outside() 
     torch.testing.assert_close(mapped, torch.tensor([-8.0, -6.75, -6.625, -4.0, -1.0]), atol=1e-4, rtol=0)
 
 
+def test_the_interval_search_and_the_exported_knot_count_map_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    # PyTorch finds each hit's interval by a binary search, the exported graph by counting knots below it
+    generator = torch.Generator().manual_seed(0)
+    x = torch.sort(torch.randn(2, 3, 6, generator=generator) * 3, dim=-1).values
+    y = torch.sort(torch.randn(2, 3, 6, generator=generator) * 3, dim=-1).values
+    calibration = CellCalibration(x, y, torch.zeros(4, dtype=torch.int64), torch.eye(4), 0.0, 20.0, 1e-9,
+                                  cut=torch.tensor([[0.0, 0.2, 0.0], [0.1, 0.0, 0.0]]))
+    u = torch.randn(200, generator=generator) * 5  # inside, below and above the knots
+    row0, row1 = (torch.randint(0, 6, (200,), generator=generator) for _ in range(2))
+    weight = torch.rand(200, generator=generator)
+    searched = calibration.map_hits(u, row0, row1, weight)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    counted = calibration.map_hits(u, row0, row1, weight)
+    torch.testing.assert_close(searched[0], counted[0])
+    assert torch.equal(searched[1], counted[1]) and not searched[1].all()  # some hits cut, the same ones
+
+
 def test_showers_without_hits_come_back_empty() -> None:
     calibration = fit_cell_calibration(toy_showers(100), toy_showers(100, seed=1), THRESHOLD)
     empty = torch.zeros((3, GEOMETRY.n_voxels))
