@@ -32,6 +32,7 @@ from caloforge.families.mdma_gan.points import (
     grid_to_hits,
     pack,
     points_batch,
+    spread_collisions,
 )
 from caloforge.families.mdma_gan.sampler import (
     MdmaGanSampler,
@@ -404,9 +405,11 @@ def test_hit_count_draw_is_reproducible_monotone_and_follows_the_model() -> None
 
 
 # ---- the sampler ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("positions", "shower_latent"), [("linear", 0), ("logit", 0), ("logit", 3)])
+@pytest.mark.parametrize(("positions", "shower_latent", "spread"),
+                         [("linear", 0, None), ("logit", 0, None), ("logit", 3, None), ("logit", 0, 2)])
 def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, tmp_path: Path,
-                                                         positions: str, shower_latent: int) -> None:
+                                                         positions: str, shower_latent: int,
+                                                         spread: int | None) -> None:
     import onnx
     import onnxruntime as ort
 
@@ -415,7 +418,7 @@ def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, t
     config = MdmaGanConfig(net=TINY, count_bins=8, count_width=8, positions=positions,
                            shower_latent=shower_latent)
     torch.manual_seed(0)
-    sampler = MdmaGanSampler(config, context).eval()
+    sampler = MdmaGanSampler(config, context, spread=spread).eval()
     shower_noise = [("shower_noise", (shower_latent,), "normal")] if shower_latent else []
     assert [(s.name, s.shape, s.distribution) for s in sampler.noise] == [
         ("count_u", (), "uniform"), ("hit_noise", (TOY_GEOMETRY.n_voxels, 4), "uniform"), *shower_noise]
@@ -436,10 +439,12 @@ def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, t
     names = ["energy", "theta", "phi", "detector", "count_u", "hit_noise", *(s[0] for s in shower_noise)]
     path = write_onnx(sampler, inputs, tmp_path / "m.onnx", names, ["showers"], True, {})
     # per-set and per-cell sums are whole-row ScatterND adds (mean_field.scatter_rows), which onnxruntime
-    # runs 30x faster than the per-element ScatterElements that scatter_add exports to
+    # runs 30x faster than the per-element ScatterElements that scatter_add exports to (spread's ranks are
+    # put back in order by a plain ScatterElements, no sum)
     ops = [(node.op_type, [a.s for a in node.attribute if a.name == "reduction"])
            for node in onnx.load(str(path)).graph.node if node.op_type.startswith("Scatter")]
-    assert ops and all(op == ("ScatterND", [b"add"]) for op in ops), ops
+    assert ops and all(op in (("ScatterND", [b"add"]), ("ScatterElements", [])) for op in ops), ops
+    assert ("ScatterElements", []) not in ops or spread, ops
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, n):
         wanted = {i.name for i in session.get_inputs()}  # conditions the spec does not use are pruned
@@ -489,10 +494,65 @@ def test_count_scale_draws_more_hits_of_the_same_showers_and_keeps_their_energy(
     assert abs(ratio - 1) < 0.15, ratio  # ... each with its share of the drawn count's energy
 
 
+def _spread(cells: list[tuple[int, int]], places: list[float], rounds: int = 1) -> list[tuple[int, int]]:
+    """spread_collisions on one shower of one layer with 4 alpha bins x 2 rings: hits given as (alpha bin,
+    ring) and their places in their alpha bins -> their (alpha bin, ring) after."""
+    alpha = torch.tensor([float(a) for a, _ in cells])
+    index = torch.tensor([a * 2 + r for a, r in cells])
+    t = len(cells)
+    flat = spread_collisions(index, torch.zeros(t, dtype=torch.int64), 8, alpha, torch.tensor(places),
+                             torch.full((t,), 4.0), torch.full((t,), 2), torch.zeros(8), rounds)
+    return [(int(i) // 2, int(i) % 2) for i in flat]
+
+
+def test_spread_moves_hits_that_share_a_cell_to_free_alpha_neighbours() -> None:
+    # the first hit of a cell stays; the next moves to the alpha neighbour on its side of its bin, wrapping
+    assert _spread([(0, 0), (0, 0), (2, 1), (2, 1), (3, 0)], [0.3, 0.7, 0.5, 0.2, 0.5]) == [
+        (0, 0), (1, 0), (2, 1), (1, 1), (3, 0)]
+    assert _spread([(0, 1), (0, 1)], [0.5, 0.1]) == [(0, 1), (3, 1)]  # -1 wraps to the last bin
+    # a third hit tries the other side; a hit whose neighbour is taken stays ...
+    assert _spread([(1, 0), (1, 0), (1, 0), (2, 0)], [0.5, 0.9, 0.9, 0.5]) == [(1, 0), (1, 0), (0, 0), (2, 0)]
+    # ... until a later round tries its other side
+    assert _spread([(1, 0), (1, 0), (2, 0)], [0.5, 0.9, 0.5], rounds=2) == [(1, 0), (0, 0), (2, 0)]
+    # hits of different showers never collide
+    flat = spread_collisions(torch.tensor([3, 3]), torch.tensor([0, 1]), 8, torch.tensor([1.0, 1.0]),
+                             torch.tensor([0.9, 0.9]), torch.full((2,), 4.0), torch.full((2,), 2),
+                             torch.zeros(16), 1)
+    assert flat.tolist() == [3, 11]
+
+
+def test_spread_lights_more_cells_with_the_same_energy(context: RunContext) -> None:
+    config = MdmaGanConfig(net=TINY, count_bins=8, count_width=8, positions="logit")
+    torch.manual_seed(0)
+    plain = MdmaGanSampler(config, context).eval()
+    spread = MdmaGanSampler(config, context, spread=3).eval()
+    spread.load_state_dict(plain.state_dict())
+    assert (plain.options, spread.options) == ({}, {"spread": 3})
+    n = 50
+    g = torch.Generator().manual_seed(5)
+    conditions = (torch.full((n,), 2e4), torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.int64))
+    noise = [spec.draw(n, g) for spec in plain.noise]
+    with torch.no_grad():
+        for sampler in (plain, spread):
+            sampler.lower_threshold(1e-9)  # every hit's cell comes out
+        a, b = plain(*conditions, *noise), spread(*conditions, *noise)
+    assert (b > 0).sum() > (a > 0).sum()
+    torch.testing.assert_close(b.sum(1), a.sum(1))
+    # per layer and ring too: hits move in alpha only
+    layer, _, ring = TOY_GEOMETRY.voxel_indices
+    key = torch.as_tensor(layer * 100 + ring)
+    for shower in range(3):
+        for k in key.unique():
+            torch.testing.assert_close(b[shower, key == k].sum(), a[shower, key == k].sum())
+
+
 def test_sampling_options_and_the_lower_threshold_are_checked(context: RunContext) -> None:
     config = MdmaGanConfig(net=TINY, count_bins=8, count_width=8)
     with pytest.raises(InputError, match=r"count_scale.*is 0\.5.*a number in \[1, 4\]"):
         MdmaGanSampler(config, context, count_scale=0.5)
+    for rounds in (-1, 1.5, 9):
+        with pytest.raises(InputError, match=r"spread.*a whole number of rounds in \[0, 8\]"):
+            MdmaGanSampler(config, context, spread=rounds)  # type: ignore[arg-type]
     sampler = MdmaGanSampler(config, context)
     with pytest.raises(InputError, match=r"threshold.*is 1000\.0 MeV.*readout threshold"):
         sampler.lower_threshold(1e3)

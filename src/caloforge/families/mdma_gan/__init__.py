@@ -138,6 +138,6 @@ FAMILY = Family(
     build_module="caloforge.families.mdma_gan.module:MdmaGanModule",
     build_sampler="caloforge.families.mdma_gan.sampler:MdmaGanSampler",
     representation="points",
-    sample_options=("count_scale",),
+    sample_options=("count_scale", "spread"),
     tiny={"net": {"size": "tiny"}, "count_bins": 8, "count_width": 8, "critic_steps": 1},
 )

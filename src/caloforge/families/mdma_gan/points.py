@@ -53,7 +53,7 @@ from caloforge.geometry import CylindricalGeometry
 from caloforge.models.mean_field import scatter_rows
 
 __all__ = ["N_FEATURES", "LogitPositions", "PointScaling", "Voxeliser", "grid_to_hits", "hit_energies",
-           "pack", "points_batch"]
+           "pack", "points_batch", "spread_collisions"]
 
 N_FEATURES = 5
 _MARGIN = 1e-3  # fraction of a cell kept free at its edges by the dequantisation
@@ -238,6 +238,41 @@ def _logit(p: Tensor) -> Tensor:
     return torch.log(p / (1 - p)) / _LOGIT_SCALE
 
 
+def spread_collisions(index: Tensor, seg: Tensor, n_voxels: int, alpha_bin: Tensor, place: Tensor,
+                      n_alpha: Tensor, n_radial: Tensor, empty: Tensor, rounds: int = 1) -> Tensor:
+    """Hits' cells (T,) int64 in [0, V = ``n_voxels``) -> the flat index seg V + cell (T,) into the batch's
+    N V cells, with hits that share a cell moved to free alpha neighbours (``Voxeliser.spread``).
+
+    In each of ``rounds`` rounds the hits of a cell are ranked (0, 1, 2, ... in their order in ``index``);
+    rank 0 stays, and rank k >= 1 tries the alpha bin ceil(j / 2) away, j = k + round, on the
+    side of its own position in its first bin (``place`` in [0, 1]) for odd j and the other side for even
+    j, wrapping in alpha. It moves there only if no hit is in that cell. ``seg`` (T,) int64: the shower of
+    each hit; ``alpha_bin`` (T,) float: the hits' alpha bins; ``n_alpha`` (T,) float, ``n_radial`` (T,)
+    int64: each hit's layer's bins; ``empty``: (N V,) zeros, the batch's cells.
+    """
+    side = torch.where(place >= 0.5, 1.0, -1.0)
+    positions = torch.arange(index.shape[0], device=index.device)
+    base = seg * n_voxels
+    for round_ in range(rounds):
+        flat = base + index
+        order = torch.argsort(flat * index.shape[0] + positions)  # unique keys: the same order everywhere
+        ordered = flat[order]
+        start = ordered != torch.cat([ordered[:1] - 1, ordered[:-1]])  # (T,) first hit of its cell
+        group = torch.cumsum(start.long(), 0) - 1
+        first = start.nonzero()[:, 0]
+        rank = torch.zeros_like(flat).scatter(0, order, positions - first[group])  # (T,) within its cell
+        j = rank + round_
+        step = ((j + 1) // 2).to(alpha_bin.dtype)
+        target = alpha_bin + torch.where(j % 2 == 1, side, -side) * step
+        target = target - n_alpha * torch.floor(target / n_alpha.clamp(min=1.0))  # wrapped into [0, n_alpha)
+        moved = (index + (target - alpha_bin).long() * n_radial).clamp(0, n_voxels - 1)  # (T,)
+        hits_in = scatter_rows(empty, flat, torch.ones_like(place))  # (N V,) hits in each cell
+        free = (rank > 0) & (step < n_alpha) & (hits_in[base + moved] == 0)
+        index = torch.where(free, moved, index)
+        alpha_bin = torch.where(free, target, alpha_bin)
+    return base + index
+
+
 class Voxeliser(nn.Module):
     """Hits -> cells: ``forward(hits, seg, energy, layer=None, ring=None)``: packed hits (T, 5), seg (T,)
     int64 the shower of each hit, E_inc (N,) MeV -> showers (N, V) MeV, the energies of the hits in each cell
@@ -246,6 +281,8 @@ class Voxeliser(nn.Module):
 
     Positions outside the readout are clamped to the nearest layer and radial bin; alpha wraps. Hits in an
     empty layer (no voxels) are dropped. Tables are buffers derived from the geometry (not weights).
+    ``spread`` k > 0 (an attribute, 0 by default): hits that share a cell first move to free alpha
+    neighbours in k rounds of ``spread_collisions``.
     """
 
     layer_offset: Tensor
@@ -274,29 +311,42 @@ class Voxeliser(nn.Module):
         }
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
+        self.spread = 0  # rounds of ``spread_collisions`` (0: none)
 
     def cells(self, hits: Tensor, layer: Tensor | None = None, ring: Tensor | None = None) -> Tensor:
         """Hits (..., 5) -> flat voxel index (...) int64 of each hit's cell (in [0, V)); ``layer`` and
         ``ring`` (...) int64, the hits' layers and radial bins when the caller has them already (then z and
         r are not read)."""
+        return self._cells(hits, layer, ring)[0]
+
+    def _cells(self, hits: Tensor, layer: Tensor | None = None,
+               ring: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``cells``, then each hit's alpha bin (float), its place in that bin ([0, 1]) and its layer's
+        n_alpha (float) and n_radial (int64)."""
         layer = self.scaling.layer_of(hits[..., 0]) if layer is None else layer
         alpha = torch.atan2(hits[..., 2], hits[..., 1])  # in [-pi, pi]
         n_alpha = self.n_alpha[layer]
+        position = (alpha + math.pi) * (0.5 / math.pi) * n_alpha  # [0, n_alpha]
         # alpha = pi (atan2 of +0, x < 0) is the upper edge of the last bin; a minimum, not a remainder
         # (onnxruntime ran the exported remainder as two Where passes)
-        alpha_bin = torch.minimum(torch.floor((alpha + math.pi) * (0.5 / math.pi) * n_alpha), n_alpha - 1)
+        alpha_bin = torch.minimum(torch.floor(position), n_alpha - 1)
         n_radial = self.n_radial[layer]
         if ring is None:
             ring = _ring_of(self.scaling.radius_mm(hits[..., 3]), self.inner_edges[layer], n_radial)
         index = self.layer_offset[layer] + alpha_bin.long() * n_radial + ring
-        return index.clamp(0, self.n_voxels - 1)
+        return index.clamp(0, self.n_voxels - 1), alpha_bin, position - alpha_bin, n_alpha, n_radial
 
     def forward(self, hits: Tensor, seg: Tensor, energy: Tensor, layer: Tensor | None = None,
                 ring: Tensor | None = None) -> Tensor:
         layer = self.scaling.layer_of(hits[:, 0]) if layer is None else layer  # (T,)
         deposits = hit_energies(hits, self.scaling) * self.layer_used[layer] * energy.index_select(0, seg)
-        flat = seg * self.n_voxels + self.cells(hits, layer, ring)  # (T,) index into the N x V cells
+        index, alpha_bin, place, n_alpha, n_radial = self._cells(hits, layer, ring)
         # (N V,) zeros, N dynamic, as a broadcast product: a constant-shaped graph (zeros_like().expand()
         # exports as shape arithmetic, nodes that cost onnxruntime microseconds each)
         empty = (energy[:, None] * self.no_energy).reshape(-1)
+        if self.spread:
+            flat = spread_collisions(index, seg, self.n_voxels, alpha_bin, place, n_alpha, n_radial, empty,
+                                     self.spread)
+        else:
+            flat = seg * self.n_voxels + index  # (T,) index into the N x V cells
         return scatter_rows(empty, flat, deposits).view(-1, self.n_voxels)  # (N, V) MeV

@@ -26,6 +26,13 @@ by n / round(s n) so the shower keeps the energy of n hits. With a readout thres
 (``lower_threshold``) the extra hits are candidates from which a calibration fitted with
 ``candidate_threshold`` and ``match_hit_count`` keeps each (layer, ring)'s count of Geant4's cells: a way
 to light the cells that colliding hits leave dark.
+
+Sampling option ``spread`` k in [0, 8] (default 0): k rounds of ``points.spread_collisions`` before the
+energies are summed. The model learnt Geant4's cells as hits, one hit a cell, but draws its hits
+independently, so some share a cell: on Geant4's dataset-2 electrons the 60-minute model lit 396 cells of
+10 GeV showers where Geant4 lit 497 (1242 against 1647 at 100 GeV). A hit that shares a cell moves to the
+nearest free alpha bin of its layer and ring (4 rounds: 465 and 1515 cells); the energy of every layer and
+ring stays, the core, whose neighbours are all lit, keeps its sums.
 """
 
 from __future__ import annotations
@@ -46,8 +53,12 @@ from caloforge.geometry import CylindricalGeometry
 from caloforge.models.mean_field import MeanFieldGenerator
 from caloforge.sampler import NoiseSpec, ShowerSampler
 
-__all__ = ["MdmaGanSampler", "build_counts", "build_generator", "build_positions", "generate_hits",
-           "generator_condition", "hit_condition", "hit_noise_width", "made_count", "normal_from_uniform"]
+__all__ = ["MAX_SPREAD_ROUNDS", "MdmaGanSampler", "build_counts", "build_generator", "build_positions",
+           "generate_hits", "generator_condition", "hit_condition", "hit_noise_width", "made_count",
+           "normal_from_uniform"]
+
+
+MAX_SPREAD_ROUNDS = 8  # the sampling option ``spread``: rounds of ``points.spread_collisions``
 
 
 def hit_condition(cond: Tensor, n_hits: Tensor, max_hits: int) -> Tensor:
@@ -132,7 +143,8 @@ class MdmaGanSampler(ShowerSampler):
         threshold_mev: cells below it (MeV) read zero, as in the training data.
     """
 
-    def __init__(self, config: MdmaGanConfig, context: RunContext, count_scale: float | None = None) -> None:
+    def __init__(self, config: MdmaGanConfig, context: RunContext, count_scale: float | None = None,
+                 spread: int | None = None) -> None:
         super().__init__()
         config.check()
         self.count_scale = 1.0 if count_scale is None else float(count_scale)
@@ -147,6 +159,11 @@ class MdmaGanSampler(ShowerSampler):
         self.generator = build_generator(config, spec.dim)
         self.counts = build_counts(config, spec.dim, self.max_hits)
         self.voxeliser = Voxeliser(context.geometry, self.scaling)
+        if spread is not None and (int(spread) != spread or not 0 <= spread <= MAX_SPREAD_ROUNDS):
+            raise InputError(None, "spread", f"is {spread}", f"a whole number of rounds in "
+                             f"[0, {MAX_SPREAD_ROUNDS}] (0: hits may share a cell)")
+        self.spread = int(spread or 0)
+        self.voxeliser.spread = self.spread
         self.positions = build_positions(config, context)
         self.own_readout = True  # voxelising onto the trained readout (not ``voxelise_onto`` another)
         self.readout_threshold_mev = float(context.preprocessor.threshold_mev)
@@ -155,7 +172,9 @@ class MdmaGanSampler(ShowerSampler):
                       NoiseSpec("hit_noise", (self.max_hits, hit_noise_width(self.latent)), "uniform"))
         if config.shower_latent:
             self.noise += (NoiseSpec("shower_noise", (config.shower_latent,), "normal"),)
-        self.options = {} if count_scale is None else {"count_scale": self.count_scale}
+        self.options: dict[str, Any] = {} if count_scale is None else {"count_scale": self.count_scale}
+        if spread is not None:
+            self.options["spread"] = self.spread
 
     def forward(self, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, *noise: Tensor) -> Tensor:
         count_u, hit_noise = noise[:2]
@@ -187,6 +206,7 @@ class MdmaGanSampler(ShowerSampler):
         their count model and the energy scale stay the trained ones, only the cells change."""
         device = next(self.parameters()).device
         self.voxeliser = Voxeliser(geometry, self.scaling).to(device)
+        self.voxeliser.spread = self.spread
         self.own_readout = False
         return self
 
