@@ -58,6 +58,7 @@ __all__ = ["N_FEATURES", "LogitPositions", "PointScaling", "Voxeliser", "grid_to
 N_FEATURES = 5
 _MARGIN = 1e-3  # fraction of a cell kept free at its edges by the dequantisation
 _BIG = 1e9  # stands for "no edge" in the padded radial-edge table (mm)
+_SPREAD_TRIES = 64  # ranks a cell's hits get in spread_collisions (later ones share the last rank's try)
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,10 @@ def spread_collisions(index: Tensor, seg: Tensor, n_voxels: int, alpha_bin: Tens
     side = torch.where(place >= 0.5, 1.0, -1.0)
     positions = torch.arange(index.shape[0], device=index.device)
     base = seg * n_voxels
+    # the j-th try, j >= 1: +1, -1, +2, -2, ... alpha bins times the side; a lookup by rank (rank 0 stays),
+    # not arithmetic on it (each small op is a node that costs onnxruntime microseconds at batch 1)
+    j = torch.arange(_SPREAD_TRIES + rounds, dtype=place.dtype, device=place.device)
+    tries = torch.ceil(j / 2) * torch.where(j % 2 == 1, 1.0, -1.0)
     for round_ in range(rounds):
         flat = base + index
         order = torch.argsort(flat * index.shape[0] + positions)  # unique keys: the same order everywhere
@@ -261,13 +266,13 @@ def spread_collisions(index: Tensor, seg: Tensor, n_voxels: int, alpha_bin: Tens
         group = torch.cumsum(start.long(), 0) - 1
         first = start.nonzero()[:, 0]
         rank = torch.zeros_like(flat).scatter(0, order, positions - first[group])  # (T,) within its cell
-        j = rank + round_
-        step = ((j + 1) // 2).to(alpha_bin.dtype)
-        target = alpha_bin + torch.where(j % 2 == 1, side, -side) * step
+        offsets = torch.cat([tries[:1] * 0, tries[round_ + 1 : round_ + _SPREAD_TRIES]])  # by rank
+        target = alpha_bin + side * offsets[rank.clamp(max=_SPREAD_TRIES - 1)]
         target = target - n_alpha * torch.floor(target / n_alpha.clamp(min=1.0))  # wrapped into [0, n_alpha)
         moved = (index + (target - alpha_bin).long() * n_radial).clamp(0, n_voxels - 1)  # (T,)
         hits_in = scatter_rows(empty, flat, torch.ones_like(place))  # (N V,) hits in each cell
-        free = (rank > 0) & (step < n_alpha) & (hits_in[base + moved] == 0)
+        # a cell of its own is taken (rank 0, or a try that wrapped round to where it is)
+        free = hits_in[base + moved] == 0
         index = torch.where(free, moved, index)
         alpha_bin = torch.where(free, target, alpha_bin)
     return base + index
