@@ -216,6 +216,14 @@ def fit_cell_calibration(
     )
 
 
+def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
+    """start + weight (end - start): ``torch.lerp`` (one pass) in PyTorch; three nodes in an exported graph,
+    where lerp exports as seven (two branches and a Where) over the same tensors."""
+    if torch.onnx.is_in_onnx_export():
+        return start + weight * (end - start)
+    return torch.lerp(start, end, weight)
+
+
 class CellCalibration(nn.Module):
     """The fitted map (module doc). ``forward(showers (N, V) MeV, energy (N,) MeV) -> showers (N, V) MeV``.
 
@@ -271,12 +279,12 @@ class CellCalibration(nn.Module):
         group = self.groups[voxel]
         row0, row1 = b0[shower] * n_groups + group, b1[shower] * n_groups + group  # rows of (B G, K)
         mapped, kept = self.map_hits(torch.log(before) - log_e, row0, row1, w[:, 0][shower])
-        values = torch.where(kept, torch.exp(mapped + log_e), torch.zeros_like(mapped))
+        values = torch.exp(mapped + log_e) * kept.to(mapped.dtype)  # (H,) MeV, 0 where cut
         if self.preserve_layer_energies:
             n_layers = self.layers.shape[1]
             values = self._restore_layers(values, before, shower * n_layers + self.voxel_layer[voxel],
                                           (energy[:, None] * self.no_layers).reshape(-1))
-        values = torch.where(values < self.threshold_mev, torch.zeros_like(values), values)
+        values = values * (values >= self.threshold_mev).to(values.dtype)
         return torch.zeros_like(flat).scatter(0, where, values).reshape(showers.shape)
 
     def map_hits(self, u: Tensor, row0: Tensor, row1: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -290,7 +298,7 @@ class CellCalibration(nn.Module):
         """
         n_knots = self.x.shape[2]
         x, y = self.x.reshape(-1, n_knots), self.y.reshape(-1, n_knots)
-        x_h = torch.lerp(x.index_select(0, row0), x.index_select(0, row1), weight[:, None])  # (H, K)
+        x_h = _lerp(x.index_select(0, row0), x.index_select(0, row1), weight[:, None])  # (H, K)
         # (H,) knots at or below u, in [0, K]: a binary search in PyTorch (a count over (H, K) took a third of
         # the map), the count where ONNX has no search
         if torch.onnx.is_in_onnx_export():
@@ -301,7 +309,7 @@ class CellCalibration(nn.Module):
         ends = torch.stack([lo, lo + 1], 1)  # (H, 2): the interval's knots (the first or last outside)
         x_e = x_h.gather(1, ends)
         y_flat = y.reshape(-1)
-        y_e = torch.lerp(y_flat[row0[:, None] * n_knots + ends], y_flat[row1[:, None] * n_knots + ends],
+        y_e = _lerp(y_flat[row0[:, None] * n_knots + ends], y_flat[row1[:, None] * n_knots + ends],
                          weight[:, None])  # (H, 2)
         slope = (y_e[:, 1] - y_e[:, 0]) / torch.clamp(x_e[:, 1] - x_e[:, 0], min=1e-6)
         outside = (above == 0) | (above == n_knots)  # slope 1 from the nearer end
@@ -309,7 +317,7 @@ class CellCalibration(nn.Module):
         mapped = torch.where(outside, y_e.gather(1, end)[:, 0] + u - x_e.gather(1, end)[:, 0],
                              y_e[:, 0] + slope * (u - x_e[:, 0]))
         cut = self.cut.reshape(-1)
-        kept = (torch.lerp(cut[row0], cut[row1], weight) <= 0) | (above > 0)
+        kept = (_lerp(cut[row0], cut[row1], weight) <= 0) | (above > 0)
         return mapped, kept
 
     def _restore_layers(self, values: Tensor, before: Tensor, slot: Tensor, empty: Tensor) -> Tensor:
@@ -324,7 +332,7 @@ class CellCalibration(nn.Module):
 
         values = scaled(values)
         # Hits scaled below the threshold vanish; scaling the survivors once more restores each layer.
-        return scaled(torch.where(values < self.threshold_mev, torch.zeros_like(values), values))
+        return scaled(values * (values >= self.threshold_mev).to(values.dtype))
 
     def to_dict(self) -> dict[str, Any]:
         """Tensors and plain types, for the checkpoint (``torch.load(weights_only=True)``)."""
