@@ -20,7 +20,7 @@ from caloforge.generate import load_generator
 from caloforge.geometry import CylindricalGeometry, LayerBinning
 from caloforge.io import read_showers, write_showers
 from caloforge.models.glam import GLaM, GLaMConfig
-from caloforge.onnx_runtime import check_export, load_onnx_generator
+from caloforge.onnx_runtime import check_export, load_onnx_generator, summing_scatters
 
 
 def test_the_flagship_and_the_toy_family_are_registered(run) -> None:
@@ -86,10 +86,14 @@ def test_family_trains_resumes_generates_and_exports(name: str, data: Path, tmp_
     generator = load_generator(out / "model.ckpt")
     for n in (1, 3):
         assert check_export(generator, tmp_path / "m.onnx", n=n, seed=n) < 1e-4
-    exported = load_onnx_generator(tmp_path / "m.onnx")
+    exported = load_onnx_generator(tmp_path / "m.onnx", threads=2)
     assert [s.name for s in exported.noise] == [s.name for s in generator.sampler.noise]
     showers = exported.sample(np.full(3, 1e4), seed=1).showers
     assert showers.shape == (3, TOY_GEOMETRY.n_voxels) and np.isfinite(showers).all()
+    # a graph whose scatters add (onnxruntime loses colliding updates across threads) runs on one thread
+    threads = exported.session.get_session_options().intra_op_num_threads
+    assert threads == (1 if summing_scatters(tmp_path / "m.onnx") else 2)
+    assert summing_scatters(tmp_path / "m.onnx") == (name == "mdma-gan")
 
     # the Geant4 Par04 graph draws the declared noise inside and returns GeV in Par04's order
     code, _, err = run("export", out / "model.ckpt", "--out", tmp_path / "p.onnx", "--target", "par04")

@@ -60,7 +60,6 @@ from torch import Tensor, nn
 from caloforge.data import ShowerSet
 from caloforge.errors import InputError
 from caloforge.geometry import CylindricalGeometry
-from caloforge.models.mean_field import scatter_rows
 from caloforge.preprocess import energy_bin_weights, layer_matrix
 from caloforge.sampler import ExtraGraph, ShowerSampler
 
@@ -322,11 +321,13 @@ class CellCalibration(nn.Module):
 
     def _restore_layers(self, values: Tensor, before: Tensor, slot: Tensor, empty: Tensor) -> Tensor:
         """Mapped hits (H,) MeV scaled so that each (shower, layer) ``slot`` (H,) int64 keeps the energy of
-        its hits ``before`` (H,) the map; ``empty``: (N L,) zeros."""
-        target = scatter_rows(empty, slot, before)  # (N L,) MeV
+        its hits ``before`` (H,) the map; ``empty``: (N L,) zeros. The sums are per-element scatter-adds
+        (ONNX ScatterElements): onnxruntime 1.32 runs ScatterND's add on several threads and loses updates
+        to the same slot (``onnx_runtime.load_onnx_generator``)."""
+        target = empty.scatter_add(0, slot, before)  # (N L,) MeV
 
         def scaled(hits: Tensor) -> Tensor:
-            total = scatter_rows(empty, slot, hits)
+            total = empty.scatter_add(0, slot, hits)
             factor = torch.where(total > 0, target / torch.clamp(total, min=1e-30), torch.ones_like(total))
             return hits * factor[slot]
 

@@ -30,7 +30,7 @@ from caloforge.export.metadata import METADATA_FORMAT, METADATA_KEY, PAR04_GEV
 from caloforge.geometry import CylindricalGeometry
 from caloforge.sampler import NoiseSpec
 
-__all__ = ["OnnxGenerator", "check_export", "load_onnx_generator", "read_metadata"]
+__all__ = ["OnnxGenerator", "check_export", "load_onnx_generator", "read_metadata", "summing_scatters"]
 
 log = logging.getLogger(__name__)
 
@@ -230,13 +230,26 @@ class OnnxGenerator:
         )))
 
 
+def summing_scatters(path: str | PathLike[str]) -> bool:
+    """Whether the graph at ``path`` has a ScatterND node with a reduction (its updates may collide)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.op_type == "ScatterND" and any(a.name == "reduction" and a.s not in (b"", b"none")
+                                                   for a in node.attribute) for node in graph.node)
+
+
 def load_onnx_generator(
     path: str | PathLike[str], threads: int | None = None, providers: list[str] | None = None
 ) -> OnnxGenerator:
     """An ``OnnxGenerator`` for a ``sampler`` or ``par04`` graph written by ``caloforge export``.
 
     ``threads`` sets onnxruntime's intra-op threads (default: its own choice); ``providers`` its execution
-    providers (default: CUDA when available, then CPU).
+    providers (default: CUDA when available, then CPU). A graph with ScatterND adds (``summing_scatters``:
+    the mdma-gan family's per-shower and per-cell sums) always runs on one intra-op thread: onnxruntime
+    1.32's CPU kernel splits the updates between threads and loses some of those that add into the same
+    row (the mdma-gan sampler's output changed between calls on the same inputs, by up to 0.67 of the
+    largest cell, with two threads; never with one).
     """
     import onnxruntime as ort
 
@@ -250,6 +263,8 @@ def load_onnx_generator(
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = int(threads)
+    if summing_scatters(path):  # see the docstring
+        options.intra_op_num_threads = 1
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

@@ -252,25 +252,27 @@ def spread_collisions(index: Tensor, seg: Tensor, n_voxels: int, alpha_bin: Tens
     int64: each hit's layer's bins; ``empty``: (N V,) zeros, the batch's cells.
     """
     side = torch.where(place >= 0.5, 1.0, -1.0)
-    positions = torch.arange(index.shape[0], device=index.device)
+    positions = torch.arange(index.shape[0], device=index.device)  # (T,)
+    n_hits, no_rank, one_hit = positions[-1:] + 1, positions * 0, torch.ones_like(place)
     base = seg * n_voxels
+    wrap = n_alpha.clamp(min=1.0)
     # the j-th try, j >= 1: +1, -1, +2, -2, ... alpha bins times the side; a lookup by rank (rank 0 stays),
     # not arithmetic on it (each small op is a node that costs onnxruntime microseconds at batch 1)
     j = torch.arange(_SPREAD_TRIES + rounds, dtype=place.dtype, device=place.device)
     tries = torch.ceil(j / 2) * torch.where(j % 2 == 1, 1.0, -1.0)
     for round_ in range(rounds):
         flat = base + index
-        order = torch.argsort(flat * index.shape[0] + positions)  # unique keys: the same order everywhere
+        order = torch.argsort(flat * n_hits + positions)  # unique keys: the same order everywhere
         ordered = flat[order]
         start = ordered != torch.cat([ordered[:1] - 1, ordered[:-1]])  # (T,) first hit of its cell
         group = torch.cumsum(start.long(), 0) - 1
         first = start.nonzero()[:, 0]
-        rank = torch.zeros_like(flat).scatter(0, order, positions - first[group])  # (T,) within its cell
+        rank = no_rank.scatter(0, order, positions - first[group])  # (T,) within its cell
         offsets = torch.cat([tries[:1] * 0, tries[round_ + 1 : round_ + _SPREAD_TRIES]])  # by rank
         target = alpha_bin + side * offsets[rank.clamp(max=_SPREAD_TRIES - 1)]
-        target = target - n_alpha * torch.floor(target / n_alpha.clamp(min=1.0))  # wrapped into [0, n_alpha)
+        target = target - n_alpha * torch.floor(target / wrap)  # wrapped into [0, n_alpha)
         moved = (index + (target - alpha_bin).long() * n_radial).clamp(0, n_voxels - 1)  # (T,)
-        hits_in = scatter_rows(empty, flat, torch.ones_like(place))  # (N V,) hits in each cell
+        hits_in = scatter_rows(empty, flat, one_hit)  # (N V,) hits in each cell
         # a cell of its own is taken (rank 0, or a try that wrapped round to where it is)
         free = hits_in[base + moved] == 0
         index = torch.where(free, moved, index)
