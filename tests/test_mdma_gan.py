@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 from toys import TOY_GEOMETRY, toy_showers
 
 from caloforge.context import RunContext
@@ -469,22 +471,28 @@ def test_hit_latents_from_uniform_noise_are_independent_standard_normals(latent:
         2.0 if latent == 4 else 1.0, rel=0.02)
 
 
-def test_count_scale_draws_more_hits_of_the_same_showers_and_keeps_their_energy(context: RunContext) -> None:
+def _plain_and_with(context: RunContext, n: int, **option: Any) -> tuple[MdmaGanSampler, MdmaGanSampler,
+                                                                        tuple[Tensor, ...], list[Tensor]]:
+    """Two samplers with the same weights, the second with a sampling ``option``; n showers' conditions
+    (20 GeV) and noise."""
     config = MdmaGanConfig(net=TINY, count_bins=8, count_width=8, positions="logit")
     torch.manual_seed(0)
     plain = MdmaGanSampler(config, context).eval()
-    scaled = MdmaGanSampler(config, context, count_scale=2.0).eval()
-    scaled.load_state_dict(plain.state_dict())
-    assert (plain.options, scaled.options) == ({}, {"count_scale": 2.0})
-    n = 400
+    other = MdmaGanSampler(config, context, **option).eval()
+    other.load_state_dict(plain.state_dict())
+    assert (plain.options, other.options) == ({}, option)
     g = torch.Generator().manual_seed(5)
     conditions = (torch.full((n,), 2e4), torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.int64))
-    noise = [spec.draw(n, g) for spec in plain.noise]
+    return plain, other, conditions, [spec.draw(n, g) for spec in plain.noise]
+
+
+def test_count_scale_draws_more_hits_of_the_same_showers_and_keeps_their_energy(context: RunContext) -> None:
+    plain, scaled, conditions, noise = _plain_and_with(context, 400, count_scale=2.0)
     with torch.no_grad():
         cond = plain.encoder(*conditions)
         _, seg, counts = generate_hits(scaled.generator, scaled.counts, cond, *noise, None, 2.0)
         made = made_count(counts, 2.0, scaled.max_hits)
-        assert torch.equal(torch.bincount(seg, minlength=n), made.long())
+        assert torch.equal(torch.bincount(seg, minlength=len(counts)), made.long())
         assert torch.equal(made, torch.clamp(2 * counts, max=scaled.max_hits))
         for sampler in (plain, scaled):
             sampler.lower_threshold(1e-9)  # every hit's cell comes out
@@ -522,16 +530,7 @@ def test_spread_moves_hits_that_share_a_cell_to_free_alpha_neighbours() -> None:
 
 
 def test_spread_lights_more_cells_with_the_same_energy(context: RunContext) -> None:
-    config = MdmaGanConfig(net=TINY, count_bins=8, count_width=8, positions="logit")
-    torch.manual_seed(0)
-    plain = MdmaGanSampler(config, context).eval()
-    spread = MdmaGanSampler(config, context, spread=3).eval()
-    spread.load_state_dict(plain.state_dict())
-    assert (plain.options, spread.options) == ({}, {"spread": 3})
-    n = 50
-    g = torch.Generator().manual_seed(5)
-    conditions = (torch.full((n,), 2e4), torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.int64))
-    noise = [spec.draw(n, g) for spec in plain.noise]
+    plain, spread, conditions, noise = _plain_and_with(context, 50, spread=3)
     with torch.no_grad():
         for sampler in (plain, spread):
             sampler.lower_threshold(1e-9)  # every hit's cell comes out
