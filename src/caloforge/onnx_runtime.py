@@ -48,17 +48,21 @@ def _format1(meta: dict[str, Any], inputs: dict[str, list[Any]]) -> dict[str, An
             "options": {"n_steps": meta["n_steps"], "sampler": meta["sampler"]}}
 
 
-def read_metadata(path: str | PathLike[str]) -> dict[str, Any]:
-    """The ``caloforge`` metadata entry of an exported graph (``caloforge.export.metadata``), format 2."""
+def _load_model(path: str | PathLike[str]) -> Any:
+    """The ONNX model at ``path`` (external tensors not loaded); ``InputError`` if it is not one."""
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except FileNotFoundError:
         raise
     except Exception as error:  # onnx raises DecodeError and others for a file that is not ONNX
         raise InputError(path, None, f"cannot be read as an ONNX model ({type(error).__name__})",
                          "a .onnx file written by 'caloforge export'") from None
+
+
+def _metadata(model: Any, path: str | PathLike[str]) -> dict[str, Any]:
+    """``read_metadata`` of an already loaded ``model`` (``path`` names it in errors)."""
     entries = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in entries:
         raise InputError(path, f"metadata '{METADATA_KEY}'", "is missing",
@@ -71,6 +75,11 @@ def read_metadata(path: str | PathLike[str]) -> dict[str, Any]:
         raise InputError(path, f"metadata '{METADATA_KEY}'.format", f"is {meta.get('format')!r}",
                          f"1 or {METADATA_FORMAT}")
     return meta
+
+
+def read_metadata(path: str | PathLike[str]) -> dict[str, Any]:
+    """The ``caloforge`` metadata entry of an exported graph (``caloforge.export.metadata``), format 2."""
+    return _metadata(_load_model(path), path)
 
 
 @dataclass
@@ -230,13 +239,11 @@ class OnnxGenerator:
         )))
 
 
-def summing_scatters(path: str | PathLike[str]) -> bool:
-    """Whether the graph at ``path`` has a ScatterND node with a reduction (its updates may collide)."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
+def summing_scatters(model: Any) -> bool:
+    """Whether an ONNX ``model`` (``onnx.ModelProto``) has a ScatterND node with a reduction (its updates may
+    collide)."""
     return any(node.op_type == "ScatterND" and any(a.name == "reduction" and a.s not in (b"", b"none")
-                                                   for a in node.attribute) for node in graph.node)
+                                                   for a in node.attribute) for node in model.graph.node)
 
 
 def load_onnx_generator(
@@ -256,14 +263,15 @@ def load_onnx_generator(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    meta = read_metadata(path)
+    model = _load_model(path)  # once: its metadata, then its nodes
+    meta = _metadata(model, path)
     if meta.get("graph") not in ("sampler", "par04"):
         raise InputError(path, f"metadata '{METADATA_KEY}'.graph", f"is {meta.get('graph')!r}",
                          "a 'sampler' or 'par04' graph (a family's extra graph alone does not generate)")
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = int(threads)
-    if summing_scatters(path):  # see the docstring
+    if summing_scatters(model):  # see the docstring
         options.intra_op_num_threads = 1
     if providers is None:
         available = ort.get_available_providers()
