@@ -39,7 +39,7 @@ Cells that the scaling pushes below the threshold read zero and the layer's surv
 gathered into flat vectors, each hit's knots blended at once ((hits, K) tensors), its interval found (a
 binary search; a count of the knots below it in the exported graph) and only that interval's ends read;
 the layer sums are per-hit scatter-adds, and the hits are scattered back, so the calibrated sampler exports
-to ONNX (NonZero, Gather, ScatterND) and costs a small fraction of a dense map.
+to ONNX (NonZero, Gather, ScatterElements) and costs a small fraction of a dense map.
 
 Measured on the Geant4 sample (docs/benchmarks.md, "Cell-spectrum calibration"): the shipped DiT's
 low-level AUC falls from 0.714 to 0.63 on 3000 vs 3000 held-out showers with 5000 calibration showers.
@@ -226,8 +226,9 @@ def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
 class CellCalibration(nn.Module):
     """The fitted map (module doc). ``forward(showers (N, V) MeV, energy (N,) MeV) -> showers (N, V) MeV``.
 
-    Buffers: knots ``x`` and values ``y`` (B, G, K) in u = ln(E / E_inc), ``groups`` (V,) int64, the layer
-    matrix (V, L), ``cut`` (B, G): the fraction of the model's hits that ``match_hit_count`` zeroes (hits
+    Buffers: knots ``x`` and values ``y`` (B, G, K) in u = ln(E / E_inc), ``groups`` (V,) int64, each voxel's
+    layer ``voxel_layer`` (V,) int64 (from the layer matrix (V, L) it is built with), ``no_layers`` (L,)
+    zeros, ``cut`` (B, G): the fraction of the model's hits that ``match_hit_count`` zeroes (hits
     below the first knot where it is > 0). ``candidate_mev``: cells from this energy up are mapped (the
     readout threshold unless fitted with ``candidate_threshold``; the output's threshold stays
     ``threshold_mev``). ``info`` records how it was fitted (plain JSON types).
@@ -236,7 +237,6 @@ class CellCalibration(nn.Module):
     x: Tensor
     y: Tensor
     groups: Tensor
-    layers: Tensor
     voxel_layer: Tensor
     no_layers: Tensor
     cut: Tensor
@@ -253,7 +253,6 @@ class CellCalibration(nn.Module):
         self.register_buffer("x", x.float(), persistent=False)
         self.register_buffer("y", y.float(), persistent=False)
         self.register_buffer("groups", groups.long(), persistent=False)
-        self.register_buffer("layers", layers.float(), persistent=False)
         self.register_buffer("voxel_layer", layers.argmax(1).long(), persistent=False)  # (V,)
         self.register_buffer("no_layers", torch.zeros(layers.shape[1]), persistent=False)  # (L,)
         cut = torch.zeros(x.shape[:2]) if cut is None else cut  # calibrations fitted before the cut: none
@@ -280,7 +279,7 @@ class CellCalibration(nn.Module):
         mapped, kept = self.map_hits(torch.log(before) - log_e, row0, row1, w[:, 0][shower])
         values = torch.exp(mapped + log_e) * kept.to(mapped.dtype)  # (H,) MeV, 0 where cut
         if self.preserve_layer_energies:
-            n_layers = self.layers.shape[1]
+            n_layers = self.no_layers.shape[0]
             values = self._restore_layers(values, before, shower * n_layers + self.voxel_layer[voxel],
                                           (energy[:, None] * self.no_layers).reshape(-1))
         values = values * (values >= self.threshold_mev).to(values.dtype)
