@@ -247,7 +247,8 @@ def spread_collisions(index: Tensor, seg: Tensor, n_voxels: int, alpha_bin: Tens
     In each of ``rounds`` rounds the hits of a cell are ranked (0, 1, 2, ... in their order in ``index``);
     rank 0 stays, and rank k >= 1 tries the alpha bin ceil(j / 2) away, j = k + round, on the
     side of its own position in its first bin (``place`` in [0, 1]) for odd j and the other side for even
-    j, wrapping in alpha. It moves there only if no hit is in that cell. ``seg`` (T,) int64: the shower of
+    j, wrapping in alpha. It moves there only if no hit was in that cell at the start of the round (two hits
+    moving in one round may still meet there). ``seg`` (T,) int64: the shower of
     each hit; ``alpha_bin`` (T,) float: the hits' alpha bins; ``n_alpha`` (T,) float, ``n_radial`` (T,)
     int64: each hit's layer's bins; ``empty``: (N V,) zeros, the batch's cells.
     """
@@ -288,8 +289,8 @@ class Voxeliser(nn.Module):
 
     Positions outside the readout are clamped to the nearest layer and radial bin; alpha wraps. Hits in an
     empty layer (no voxels) are dropped. Tables are buffers derived from the geometry (not weights).
-    ``spread`` k > 0 (an attribute, 0 by default): hits that share a cell first move to free alpha
-    neighbours in k rounds of ``spread_collisions``.
+    ``spread`` k > 0 (default 0): hits that share a cell first move to free alpha neighbours in k rounds of
+    ``spread_collisions``.
     """
 
     layer_offset: Tensor
@@ -299,7 +300,7 @@ class Voxeliser(nn.Module):
     layer_used: Tensor
     no_energy: Tensor
 
-    def __init__(self, geometry: CylindricalGeometry, scaling: PointScaling) -> None:
+    def __init__(self, geometry: CylindricalGeometry, scaling: PointScaling, spread: int = 0) -> None:
         super().__init__()
         self.n_voxels = geometry.n_voxels
         self.scaling = scaling
@@ -318,7 +319,7 @@ class Voxeliser(nn.Module):
         }
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
-        self.spread = 0  # rounds of ``spread_collisions`` (0: none)
+        self.spread = int(spread)  # rounds of ``spread_collisions`` (0: none)
 
     def cells(self, hits: Tensor, layer: Tensor | None = None, ring: Tensor | None = None) -> Tensor:
         """Hits (..., 5) -> flat voxel index (...) int64 of each hit's cell (in [0, V)); ``layer`` and

@@ -158,12 +158,11 @@ class MdmaGanSampler(ShowerSampler):
         self.encoder: ConditionEncoder = spec.encoder()
         self.generator = build_generator(config, spec.dim)
         self.counts = build_counts(config, spec.dim, self.max_hits)
-        self.voxeliser = Voxeliser(context.geometry, self.scaling)
         if spread is not None and (int(spread) != spread or not 0 <= spread <= MAX_SPREAD_ROUNDS):
             raise InputError(None, "spread", f"is {spread}", f"a whole number of rounds in "
                              f"[0, {MAX_SPREAD_ROUNDS}] (0: hits may share a cell)")
         self.spread = int(spread or 0)
-        self.voxeliser.spread = self.spread
+        self.voxeliser = Voxeliser(context.geometry, self.scaling, self.spread)
         self.positions = build_positions(config, context)
         self.own_readout = True  # voxelising onto the trained readout (not ``voxelise_onto`` another)
         self.readout_threshold_mev = float(context.preprocessor.threshold_mev)
@@ -205,8 +204,7 @@ class MdmaGanSampler(ShowerSampler):
         """Voxelise onto ``geometry`` (another readout of the detector, same layers and radius): the hits,
         their count model and the energy scale stay the trained ones, only the cells change."""
         device = next(self.parameters()).device
-        self.voxeliser = Voxeliser(geometry, self.scaling).to(device)
-        self.voxeliser.spread = self.spread
+        self.voxeliser = Voxeliser(geometry, self.scaling, self.spread).to(device)
         self.own_readout = False
         return self
 
