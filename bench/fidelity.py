@@ -212,6 +212,9 @@ def main() -> None:
     parser.add_argument("--free-layer-energies", action="store_true",
                         help="with --calibrate: the map sets layer energies too (caloforge calibrate "
                         "--free-layer-energies; default: each layer keeps the model's energy)")
+    parser.add_argument("--map-layer-energies", action="store_true",
+                        help="with --calibrate: also map each layer's energy to the data's quantiles "
+                        "(caloforge calibrate --map-layer-energies)")
     parser.add_argument("--candidate-threshold", type=float, default=1.0,
                         help="with --match-hit-count: the model's cells down to this fraction of the readout "
                         "threshold are candidate hits (caloforge calibrate --candidate-threshold)")
@@ -297,7 +300,8 @@ def main() -> None:
                 model_path, train_set, calibrated,
                 CalibrationConfig(n_showers=args.calibration_showers, match_hit_count=args.match_hit_count,
                                   candidate_threshold=args.candidate_threshold,
-                                  preserve_layer_energies=not args.free_layer_energies),
+                                  preserve_layer_energies=not args.free_layer_energies,
+                                  map_layer_energies=args.map_layer_energies),
                 seed=args.seed + 13, batch_size=args.gen_batch_size, progress=bar.update,
                 **sampling(args))
         calibration = fitted.info

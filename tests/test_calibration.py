@@ -175,6 +175,37 @@ def test_layer_energies_are_kept_when_asked() -> None:
     assert out[out > 0].min() >= THRESHOLD
 
 
+def first_layer_scaled(showers: ShowerSet, factor: float) -> ShowerSet:
+    out = showers.showers.copy()
+    first = layer_matrix(GEOMETRY)[:, 0] > 0
+    out[:, first] *= np.float32(factor)
+    return ShowerSet(out, GEOMETRY, showers.energy)
+
+
+def test_layer_energies_are_mapped_to_the_reference_when_asked() -> None:
+    reference = bright(600, seed=5)
+    model = first_layer_scaled(reference, 1.8)  # its first layer 1.8x too bright, the others right
+    mapped = fit_cell_calibration(model, reference, THRESHOLD,
+                                  CalibrationConfig(n_energy_bins=2, n_quantiles=17, map_layer_energies=True))
+    kept = fit_cell_calibration(model, reference, THRESHOLD,
+                                CalibrationConfig(n_energy_bins=2, n_quantiles=17))
+    truth = bright(300, seed=6)  # showers the fit never saw
+    fresh = first_layer_scaled(truth, 1.8)
+    matrix = layer_matrix(GEOMETRY)
+    # every quantile of the first layer is 1.8x the reference's: the map divides each shower's by 1.8
+    np.testing.assert_allclose(apply(mapped, fresh) @ matrix, truth.showers @ matrix, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(apply(kept, fresh) @ matrix, fresh.showers @ matrix, rtol=1e-4, atol=1e-3)
+    assert mapped.info["layer_fitted_fraction"] == 1.0 and "layer_fitted_fraction" not in kept.info
+    again = CellCalibration.from_dict(mapped.to_dict(), GEOMETRY)  # the checkpoint keeps the layer map
+    np.testing.assert_array_equal(apply(again, fresh), apply(mapped, fresh))
+
+
+def test_the_layer_map_needs_the_layer_energies_restored() -> None:
+    with pytest.raises(InputError, match=r"calibration\.map_layer_energies.*preserve_layer_energies off.*"
+                       r"preserve_layer_energies on"):
+        CalibrationConfig(map_layer_energies=True, preserve_layer_energies=False)
+
+
 def test_varying_angles_are_refused_by_name() -> None:
     showers = toy_showers(50)
     tilted = ShowerSet(showers.showers, GEOMETRY, showers.energy, theta=np.linspace(0.1, 0.5, 50),
@@ -238,6 +269,16 @@ def test_calibrated_sampler_exports_with_onnxruntime_parity(calibrated: Path, tm
     row[0, :4] = [20.0, 0.0, np.pi / 2, 1.0]  # 20 GeV, phi, theta (normal incidence), detector slot 0
     (out,) = session.run(None, {inp.name: row})
     assert np.isfinite(out).all() and out.sum() > 0
+
+
+def test_a_layer_map_exports_with_onnxruntime_parity(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "layers.ckpt"
+    calibrate_checkpoint(checkpoint, toy_showers(200, seed=4), out, CalibrationConfig(
+        n_showers=64, n_energy_bins=2, n_quantiles=9, map_layer_energies=True), seed=1, batch_size=32)
+    generator = load_generator(out)
+    assert generator.sampler.calibration.layer_x is not None  # type: ignore[union-attr]
+    path = export_sampler(generator, tmp_path / "s.onnx")
+    assert check_export(generator, path, n=5) < 1e-4
 
 
 def test_candidate_calibration_of_a_dit_generates_and_exports(checkpoint: Path, tmp_path: Path) -> None:
@@ -327,6 +368,22 @@ def test_cli_calibrate_with_candidates_records_them(run, checkpoint: Path, tmp_p
     calibration = read_checkpoint(out).calibration
     assert calibration is not None and calibration["info"]["candidate_threshold"] == 0.5
     assert calibration["candidate_mev"] == pytest.approx(0.5 * calibration["threshold_mev"])
+
+
+def test_cli_calibrate_maps_layer_energies_when_asked(run, checkpoint: Path, tmp_path: Path) -> None:
+    data = tmp_path / "train.h5"
+    write_showers(data, toy_showers(60, seed=5))
+    out = tmp_path / "layers.ckpt"
+    code, stdout, stderr = run("calibrate", checkpoint, data, "--out", out, "--n-showers", 40,
+                               "--energy-bins", 1, "--map-layer-energies")
+    assert code == 0, stderr
+    assert "; layer energies mapped (100% of (layer, energy bin) maps fitted); sampling" in stdout
+    calibration = read_checkpoint(out).calibration
+    assert calibration is not None and calibration["layer_x"].shape[:2] == (1, 4)
+    code, _, stderr = run("calibrate", checkpoint, data, "--out", tmp_path / "x.ckpt", "--n-showers", 4,
+                          "--map-layer-energies", "--free-layer-energies")
+    assert code == 2 and not (tmp_path / "x.ckpt").exists()
+    assert "map_layer_energies" in stderr and "preserve_layer_energies on" in stderr
 
 
 def test_cli_calibrate_refuses_candidates_without_the_count_matching(

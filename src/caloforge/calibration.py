@@ -41,6 +41,15 @@ binary search; a count of the knots below it in the exported graph) and only tha
 the layer sums are per-hit scatter-adds, and the hits are scattered back, so the calibrated sampler exports
 to ONNX (NonZero, Gather, ScatterElements) and costs a small fraction of a dense map.
 
+Layer energies (``map_layer_energies``): the same quantile matching, of u = ln(E_layer / E_inc) per layer
+and energy bin (over the showers whose layer has energy: the model's layers summed over its candidate cells,
+the reference's over its hits), applied to each shower's layer energies; the restoring scaling above then
+brings the layer's cells to the mapped energy. Each layer's marginal becomes the reference's while the
+showers' ranks, and so the correlations between layers, stay the model's: a model whose longitudinal profile
+is off (the mdma-gan's first layer 1.5x too bright, its tail too faint) is corrected where the cell map alone
+keeps the error. (Leaving layer energies to the cell map, ``preserve_layer_energies`` off, is another
+thing: the sums of independently mapped cells.)
+
 Measured on the Geant4 sample (docs/benchmarks.md, "Cell-spectrum calibration"): the shipped DiT's
 low-level AUC falls from 0.714 to 0.63 on 3000 vs 3000 held-out showers with 5000 calibration showers.
 The calibration is conditional on E_inc alone: ``fit_cell_calibration`` refuses showers with several
@@ -89,6 +98,9 @@ class CalibrationConfig:
         candidate_threshold: the model's cells down to this fraction of the readout threshold are
             candidate hits (module doc; 1: only its hits). Below 1 it needs ``match_hit_count``, which picks
             the hits among them.
+        map_layer_energies: also map each layer's energy, by quantile matching of ln(E_layer / E_inc) per
+            layer and energy bin (module doc), and scale the layer's cells to the mapped energy; needs
+            ``preserve_layer_energies`` (the scaling that restores a layer's energy).
     """
 
     n_showers: int = 5000
@@ -98,6 +110,7 @@ class CalibrationConfig:
     preserve_layer_energies: bool = True
     match_hit_count: bool = False
     candidate_threshold: float = 1.0
+    map_layer_energies: bool = False
 
     def __post_init__(self) -> None:
         for name, least in (("n_showers", 1), ("n_energy_bins", 1), ("n_quantiles", 2), ("min_hits", 2)):
@@ -111,6 +124,9 @@ class CalibrationConfig:
             raise InputError(None, "calibration.candidate_threshold", f"is {self.candidate_threshold} "
                              "without match_hit_count", "match_hit_count on (it picks the hits among the "
                              "candidates), or 1")
+        if self.map_layer_energies and not self.preserve_layer_energies:
+            raise InputError(None, "calibration.map_layer_energies", "is on with preserve_layer_energies off",
+                             "preserve_layer_energies on (the mapped layer energies are restored by it)")
 
 
 def cell_groups(geometry: CylindricalGeometry) -> NDArray[np.int64]:
@@ -145,6 +161,29 @@ def _hit_quantiles(
                 hits = np.concatenate(values[b][g])
                 counts[b, g] = len(hits)
                 quantiles[b, g] = np.quantile(hits, levels)
+    return quantiles, counts
+
+
+def _layer_quantiles(
+    showers: ShowerSet, layers: NDArray[np.float32], bins: NDArray[np.int64], n_bins: int,
+    levels: NDArray[np.float64], threshold_mev: float,
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Quantiles (n_bins, L, K) of u = ln(E_layer / E_inc), E_layer the sum of a layer's cells from
+    ``threshold_mev`` up (``layers``: the (V, L) layer matrix), over the showers whose layer has energy, and
+    the number of those showers (n_bins, L)."""
+    sums = np.zeros((len(showers), layers.shape[1]))
+    for start in range(0, len(showers), 1024):  # chunks bound the float64 copy
+        cells = np.asarray(showers.showers[start : start + 1024], dtype=np.float64)  # (n, V) MeV
+        sums[start : start + len(cells)] = np.where(cells >= threshold_mev, cells, 0.0) @ layers
+    energy = np.asarray(showers.energy, dtype=np.float64)
+    quantiles = np.zeros((n_bins, layers.shape[1], len(levels)))
+    counts = np.zeros((n_bins, layers.shape[1]), dtype=np.int64)
+    for b in range(n_bins):
+        for layer in range(layers.shape[1]):
+            lit = (bins == b) & (sums[:, layer] > 0)
+            counts[b, layer] = int(lit.sum())
+            if counts[b, layer]:
+                quantiles[b, layer] = np.quantile(np.log(sums[lit, layer] / energy[lit]), levels)
     return quantiles, counts
 
 
@@ -204,15 +243,65 @@ def fit_cell_calibration(
         x = np.stack([np.stack([np.interp(cut[b, g] + (1 - cut[b, g]) * levels, levels, x[b, g])
                                 for g in range(n_groups)]) for b in range(n_bins)])
     # Knots strictly increasing, so every segment has a slope (ties come from repeated float16 values).
-    x = np.maximum.accumulate(x + np.arange(config.n_quantiles) * 1e-7, axis=-1)
+    x = increasing(x)
     y = np.where(fitted[..., None], y, x)  # identity where a sample is too thin
+    layers = layer_matrix(generated.geometry)
+    layer_x = layer_y = None
+    info: dict[str, Any] = {}
+    if config.map_layer_energies:  # the same quantile matching, of each layer's energy
+        layer_x, n_lx = _layer_quantiles(generated, layers, gen_bins, n_bins, levels, candidate_mev)
+        layer_y, n_ly = _layer_quantiles(reference, layers, ref_bins, n_bins, levels, threshold_mev)
+        layer_fitted = (n_lx >= config.min_hits) & (n_ly >= config.min_hits)  # (B, L)
+        layer_x = increasing(layer_x)
+        layer_y = np.where(layer_fitted[..., None], layer_y, layer_x)
+        info["layer_fitted_fraction"] = float(layer_fitted.mean())
     return CellCalibration(
         torch.from_numpy(x).float(), torch.from_numpy(y).float(), torch.from_numpy(groups),
-        torch.from_numpy(layer_matrix(generated.geometry)), log_lo, log_hi, threshold_mev,
+        torch.from_numpy(layers), log_lo, log_hi, threshold_mev,
         config.preserve_layer_energies, torch.from_numpy(cut).float(), candidate_mev,
         info={**asdict(config), "n_generated": len(generated), "n_reference": len(reference),
-              "fitted_fraction": float(fitted.mean()), "mean_cut": float(cut.mean())},
+              "fitted_fraction": float(fitted.mean()), "mean_cut": float(cut.mean()), **info},
+        layer_x=None if layer_x is None else torch.from_numpy(layer_x).float(),
+        layer_y=None if layer_y is None else torch.from_numpy(layer_y).float(),
     )
+
+
+def increasing(knots: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Knots (..., K) made strictly increasing along the last axis (ties, e.g. from repeated float16 values,
+    become steps of 1e-7), so every segment of a map has a slope."""
+    return np.maximum.accumulate(knots + np.arange(knots.shape[-1]) * 1e-7, axis=-1)
+
+
+def quantile_map(u: Tensor, x: Tensor, y: Tensor, row0: Tensor, row1: Tensor,
+                 weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Piecewise linear maps of values u (H,) through knots x and values y, rows ``row0`` and ``row1`` (H,)
+    int64 of the (R, K) tables blended with ``weight`` (H,) (the share of ``row1``) -> (mapped u (H,), the
+    count of blended knots at or below u (H,) int64 in [0, K]): slope 1 below the first knot and above the
+    last.
+
+    Each value's knots (H, K) are blended, its interval found and only that interval's ends read (summing
+    every interval's clamped rise, as before, took three times the passes over (H, K)).
+    """
+    n_knots = x.shape[1]
+    x_h = _lerp(x.index_select(0, row0), x.index_select(0, row1), weight[:, None])  # (H, K)
+    # (H,) knots at or below u, in [0, K]: a binary search in PyTorch (a count over (H, K) took a third of
+    # the map), the count where ONNX has no search
+    if torch.onnx.is_in_onnx_export():
+        above = (u[:, None] >= x_h).sum(1)
+    else:
+        above = torch.searchsorted(x_h, u[:, None].contiguous(), right=True)[:, 0]
+    lo = (above - 1).clamp(0, n_knots - 2)
+    ends = torch.stack([lo, lo + 1], 1)  # (H, 2): the interval's knots (the first or last outside)
+    x_e = x_h.gather(1, ends)
+    y_flat = y.reshape(-1)
+    y_e = _lerp(y_flat[row0[:, None] * n_knots + ends], y_flat[row1[:, None] * n_knots + ends],
+                weight[:, None])  # (H, 2)
+    slope = (y_e[:, 1] - y_e[:, 0]) / torch.clamp(x_e[:, 1] - x_e[:, 0], min=1e-6)
+    outside = (above == 0) | (above == n_knots)  # slope 1 from the nearer end
+    end = torch.where(above == n_knots, 1, 0)[:, None]
+    mapped = torch.where(outside, y_e.gather(1, end)[:, 0] + u - x_e.gather(1, end)[:, 0],
+                         y_e[:, 0] + slope * (u - x_e[:, 0]))
+    return mapped, above
 
 
 def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
@@ -231,7 +320,9 @@ class CellCalibration(nn.Module):
     zeros, ``cut`` (B, G): the fraction of the model's hits that ``match_hit_count`` zeroes (hits
     below the first knot where it is > 0). ``candidate_mev``: cells from this energy up are mapped (the
     readout threshold unless fitted with ``candidate_threshold``; the output's threshold stays
-    ``threshold_mev``). ``info`` records how it was fitted (plain JSON types).
+    ``threshold_mev``). ``layer_x``, ``layer_y`` (B, L, K): the layer-energy map's knots and values in
+    ln(E_layer / E_inc) (``map_layer_energies``; ``None``: layers keep the model's energies). ``info`` records
+    how it was fitted (plain JSON types).
     """
 
     x: Tensor
@@ -239,12 +330,16 @@ class CellCalibration(nn.Module):
     groups: Tensor
     voxel_layer: Tensor
     no_layers: Tensor
+    layer_index: Tensor
     cut: Tensor
+    layer_x: Tensor | None
+    layer_y: Tensor | None
 
     def __init__(
         self, x: Tensor, y: Tensor, groups: Tensor, layers: Tensor, log_lo: float, log_hi: float,
         threshold_mev: float, preserve_layer_energies: bool = True, cut: Tensor | None = None,
         candidate_mev: float | None = None, info: dict[str, Any] | None = None,
+        layer_x: Tensor | None = None, layer_y: Tensor | None = None,
     ) -> None:
         super().__init__()
         if x.shape != y.shape or x.ndim != 3 or groups.shape[0] != layers.shape[0]:
@@ -255,6 +350,18 @@ class CellCalibration(nn.Module):
         self.register_buffer("groups", groups.long(), persistent=False)
         self.register_buffer("voxel_layer", layers.argmax(1).long(), persistent=False)  # (V,)
         self.register_buffer("no_layers", torch.zeros(layers.shape[1]), persistent=False)  # (L,)
+        self.register_buffer("layer_index", torch.arange(layers.shape[1]), persistent=False)  # (L,)
+        shapes = [None if t is None else tuple(t.shape) for t in (layer_x, layer_y)]
+        expected = (x.shape[0], layers.shape[1])
+        if shapes[0] != shapes[1] or (shapes[0] is not None and shapes[0][:2] != expected):
+            raise InputError(None, "calibration.layer_x", f"has shape {shapes[0]} and layer_y {shapes[1]}",
+                             f"two ({x.shape[0]} energy bins, {layers.shape[1]} layers, quantiles) tables, "
+                             "or none")
+        if layer_x is not None and not preserve_layer_energies:
+            raise InputError(None, "calibration.layer_x", "is given with preserve_layer_energies off",
+                             "no layer map, or preserve_layer_energies on")
+        self.register_buffer("layer_x", None if layer_x is None else layer_x.float(), persistent=False)
+        self.register_buffer("layer_y", None if layer_y is None else layer_y.float(), persistent=False)
         cut = torch.zeros(x.shape[:2]) if cut is None else cut  # calibrations fitted before the cut: none
         self.register_buffer("cut", cut.float(), persistent=False)
         self.log_lo, self.log_hi = float(log_lo), float(log_hi)
@@ -280,50 +387,46 @@ class CellCalibration(nn.Module):
         values = torch.exp(mapped + log_e) * kept.to(mapped.dtype)  # (H,) MeV, 0 where cut
         if self.preserve_layer_energies:
             n_layers = self.no_layers.shape[0]
-            values = self._restore_layers(values, before, shower * n_layers + self.voxel_layer[voxel],
-                                          (energy[:, None] * self.no_layers).reshape(-1))
+            slot = shower * n_layers + self.voxel_layer[voxel]  # (H,) the (shower, layer) of each hit
+            empty = (energy[:, None] * self.no_layers).reshape(-1)  # (N L,) zeros
+            target = empty.scatter_add(0, slot, before)  # (N L,) MeV: the layers' energies before the map
+            if self.layer_x is not None:
+                target = self.map_layers(target, energy, b0, b1, w)
+            values = self._restore_layers(values, target, slot, empty)
         values = values * (values >= self.threshold_mev).to(values.dtype)
         return torch.zeros_like(flat).scatter(0, where, values).reshape(showers.shape)
 
     def map_hits(self, u: Tensor, row0: Tensor, row1: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         """The map of hits u = ln(E / E_inc) (H,) whose knots are rows ``row0`` and ``row1`` (H,) int64 of the
         (B G, K) tables, blended with ``weight`` (H,) (the share of ``row1``) -> (mapped u (H,), kept (H,)
-        bool: False where ``match_hit_count`` zeroes the hit, below the first knot of a group with a cut).
-
-        Each hit's knots (H, K) are blended, its interval is the count of knots at or below u, and only that
-        interval's ends are read: piecewise linear through the knots, slope 1 below the first and above the
-        last. (Summing every interval's clamped rise, as before, took three times the passes over (H, K).)
-        """
+        bool: False where ``match_hit_count`` zeroes the hit, below the first knot of a group with a cut)
+        (``quantile_map``)."""
         n_knots = self.x.shape[2]
-        x, y = self.x.reshape(-1, n_knots), self.y.reshape(-1, n_knots)
-        x_h = _lerp(x.index_select(0, row0), x.index_select(0, row1), weight[:, None])  # (H, K)
-        # (H,) knots at or below u, in [0, K]: a binary search in PyTorch (a count over (H, K) took a third of
-        # the map), the count where ONNX has no search
-        if torch.onnx.is_in_onnx_export():
-            above = (u[:, None] >= x_h).sum(1)
-        else:
-            above = torch.searchsorted(x_h, u[:, None].contiguous(), right=True)[:, 0]
-        lo = (above - 1).clamp(0, n_knots - 2)
-        ends = torch.stack([lo, lo + 1], 1)  # (H, 2): the interval's knots (the first or last outside)
-        x_e = x_h.gather(1, ends)
-        y_flat = y.reshape(-1)
-        y_e = _lerp(y_flat[row0[:, None] * n_knots + ends], y_flat[row1[:, None] * n_knots + ends],
-                         weight[:, None])  # (H, 2)
-        slope = (y_e[:, 1] - y_e[:, 0]) / torch.clamp(x_e[:, 1] - x_e[:, 0], min=1e-6)
-        outside = (above == 0) | (above == n_knots)  # slope 1 from the nearer end
-        end = torch.where(above == n_knots, 1, 0)[:, None]
-        mapped = torch.where(outside, y_e.gather(1, end)[:, 0] + u - x_e.gather(1, end)[:, 0],
-                             y_e[:, 0] + slope * (u - x_e[:, 0]))
+        mapped, above = quantile_map(u, self.x.reshape(-1, n_knots), self.y.reshape(-1, n_knots), row0, row1,
+                                     weight)
         cut = self.cut.reshape(-1)
         kept = (_lerp(cut[row0], cut[row1], weight) <= 0) | (above > 0)
         return mapped, kept
 
-    def _restore_layers(self, values: Tensor, before: Tensor, slot: Tensor, empty: Tensor) -> Tensor:
-        """Mapped hits (H,) MeV scaled so that each (shower, layer) ``slot`` (H,) int64 keeps the energy of
-        its hits ``before`` (H,) the map; ``empty``: (N L,) zeros. The sums are per-element scatter-adds
+    def map_layers(self, target: Tensor, energy: Tensor, b0: Tensor, b1: Tensor, w: Tensor) -> Tensor:
+        """Layer energies target (N L,) MeV of showers of E_inc ``energy`` (N,) MeV, in energy bins b0, b1
+        (N,) with b1's weight w (N, 1) -> the mapped layer energies (N L,) MeV (``map_layer_energies``;
+        empty layers stay empty)."""
+        assert self.layer_x is not None and self.layer_y is not None
+        n_layers, n_knots = self.layer_x.shape[1:]
+        rows0 = (b0[:, None] * n_layers + self.layer_index).reshape(-1)  # (N L,)
+        rows1 = (b1[:, None] * n_layers + self.layer_index).reshape(-1)
+        log_e = (torch.log(energy)[:, None] + self.no_layers).reshape(-1)  # (N L,)
+        u = torch.log(torch.clamp(target, min=1e-30)) - log_e
+        mapped, _ = quantile_map(u, self.layer_x.reshape(-1, n_knots), self.layer_y.reshape(-1, n_knots),
+                                 rows0, rows1, (w + self.no_layers).reshape(-1))
+        return torch.exp(mapped + log_e) * (target > 0).to(target.dtype)
+
+    def _restore_layers(self, values: Tensor, target: Tensor, slot: Tensor, empty: Tensor) -> Tensor:
+        """Mapped hits (H,) MeV scaled so that each (shower, layer) ``slot`` (H,) int64 holds ``target``
+        (N L,) MeV; ``empty``: (N L,) zeros. The sums are per-element scatter-adds
         (ONNX ScatterElements): onnxruntime 1.32 runs ScatterND's add on several threads and loses updates
         to the same slot (``onnx_runtime.load_onnx_generator``)."""
-        target = empty.scatter_add(0, slot, before)  # (N L,) MeV
 
         def scaled(hits: Tensor) -> Tensor:
             total = empty.scatter_add(0, slot, hits)
@@ -339,7 +442,9 @@ class CellCalibration(nn.Module):
         return {"x": self.x.cpu(), "y": self.y.cpu(), "groups": self.groups.cpu(), "log_lo": self.log_lo,
                 "log_hi": self.log_hi, "threshold_mev": self.threshold_mev,
                 "preserve_layer_energies": self.preserve_layer_energies, "cut": self.cut.cpu(),
-                "candidate_mev": self.candidate_mev, "info": self.info}
+                "candidate_mev": self.candidate_mev, "info": self.info,
+                **({} if self.layer_x is None or self.layer_y is None else
+                   {"layer_x": self.layer_x.cpu(), "layer_y": self.layer_y.cpu()})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], geometry: CylindricalGeometry) -> CellCalibration:
@@ -351,7 +456,9 @@ class CellCalibration(nn.Module):
                    torch.from_numpy(layer_matrix(geometry)), float(data["log_lo"]), float(data["log_hi"]),
                    float(data["threshold_mev"]), bool(data["preserve_layer_energies"]),
                    torch.as_tensor(data["cut"]) if "cut" in data else None,
-                   float(data["candidate_mev"]) if "candidate_mev" in data else None, dict(data["info"]))
+                   float(data["candidate_mev"]) if "candidate_mev" in data else None, dict(data["info"]),
+                   torch.as_tensor(data["layer_x"]) if "layer_x" in data else None,
+                   torch.as_tensor(data["layer_y"]) if "layer_y" in data else None)
 
 
 class CalibratedSampler(ShowerSampler):

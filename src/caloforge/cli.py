@@ -614,6 +614,9 @@ def calibrate_command(
                                   "and energy bin."),
     keep_layers: bool = typer.Option(True, "--keep-layer-energies/--free-layer-energies",
                                      help="Scale each layer back to its energy before the map."),
+    map_layers: bool = typer.Option(False, "--map-layer-energies", help="Also map each layer's energy to "
+                                    "DATA's quantiles of E_layer / E_inc (per layer and energy bin; needs "
+                                    "--keep-layer-energies, which then restores the mapped energies)."),
     match_hit_count: bool = typer.Option(False, "--match-hit-count", help="Where the model makes more "
                                          "hits than DATA, zero its faintest ones down to DATA's count "
                                          "(off: the hit counts are the model's)."),
@@ -641,7 +644,7 @@ def calibrate_command(
 
     config = CalibrationConfig(n_showers=n_showers, n_energy_bins=energy_bins, n_quantiles=quantiles,
                                preserve_layer_energies=keep_layers, match_hit_count=match_hit_count,
-                               candidate_threshold=candidate_threshold)
+                               candidate_threshold=candidate_threshold, map_layer_energies=map_layers)
     options = sampling_options(steps, sampler, option)
     if read_checkpoint(checkpoint, weights=False).calibration is not None:
         typer.echo(f"{checkpoint} is calibrated already: its model is calibrated afresh and the new map "
@@ -655,10 +658,13 @@ def calibrate_command(
     change = (calibration.y - calibration.x).abs()  # (B, G, K) in ln E
     fitted = change.amax(dim=-1) > 0  # groups with a fitted map (the others are the identity)
     shift = change[fitted].median().item() if bool(fitted.any()) else 0.0
+    layer_note = "" if calibration.layer_x is None else (
+        f"; layer energies mapped ({calibration.info['layer_fitted_fraction']:.0%} of (layer, energy bin) "
+        "maps fitted)")
     typer.echo(f"wrote {out}: {calibration.x.shape[1]} (layer, radial bin) groups x {energy_bins} energy "
                f"bins x {quantiles} quantiles; {calibration.info['fitted_fraction']:.0%} fitted (the rest "
                f"had under {config.min_hits} hits), median cell-energy correction of the fitted ones "
-               f"x{np.exp(shift):.3f}; sampling {calibration.info['sampling']}")
+               f"x{np.exp(shift):.3f}{layer_note}; sampling {calibration.info['sampling']}")
 
 
 @app.command("likelihood")
