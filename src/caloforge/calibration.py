@@ -402,7 +402,7 @@ class CellCalibration(nn.Module):
                 target = self.map_layers(target, energy, b0, b1, w)
             values = self._restore_layers(values, target, slot, empty)
         values = values * (values >= self.threshold_mev).to(values.dtype)
-        return torch.zeros_like(flat).scatter(0, where, values).reshape(showers.shape)
+        return torch.zeros_like(flat).scatter_(0, where, values).reshape(showers.shape)  # in place
 
     def map_hits(self, u: Tensor, row0: Tensor, row1: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         """The map of hits u = ln(E / E_inc) (H,) whose knots are rows ``row0`` and ``row1`` (H,) int64 of the

@@ -121,6 +121,11 @@ class MeanFieldAttention(nn.Module):
         self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
         self.null_key = nn.Parameter(torch.randn(n_heads, self.head_dim) * 0.02)
         self.null_value = nn.Parameter(torch.zeros(n_heads, self.head_dim))
+        # (D, H): column j sums head j's dh numbers (not weights: built from the sizes)
+        self.register_buffer("head_sum", torch.eye(n_heads).repeat_interleave(self.head_dim, 0),
+                             persistent=False)
+
+    head_sum: Tensor
 
     def forward(self, mf: Tensor, h: Tensor, seg: Tensor, embed: nn.Linear | None = None) -> Tensor:
         # view(-1, H, dh), not unflatten: a constant shape, where unflatten exports as shape arithmetic
@@ -134,10 +139,13 @@ class MeanFieldAttention(nn.Module):
         # (null_key - b_k); the value bias adds b_v to the weighted mean of values whose null value is read
         # as null_value - b_v. Per-hit tensors are large: a bias pass over them cost as much time as the
         # product itself. (Two products, not one split in two: onnxruntime copies a split.)
+        # Per-hit heads stay flat (T, D): a head's sum and a weight's spread over its dh numbers are products
+        # with ``head_sum`` (T, D) x (D, H) and (T, H) x (H, D), which ran 10 % faster than reductions and
+        # broadcasts over (T, H, dh) views (the same sums: products with ones and zeros).
         (w_k, b_k), (w_v, b_v) = (_folded(self.key, embed), _folded(self.value, embed))
-        k = (h @ w_k.T).view(heads)  # (T, H, dh)
-        v = (h @ w_v.T).view(heads)
-        scores = (k * set_rows(q, seg)).sum(-1) * scale  # (T, H)
+        k = h @ w_k.T  # (T, D)
+        v = h @ w_v.T
+        scores = (k * set_rows(q.flatten(1), seg)) @ (self.head_sum * scale)  # (T, H)
         null = ((self.null_key - b_k.view(heads[1:])) * q).sum(-1) * scale  # (N, H)
         # A softmax is unchanged by a constant shift within a set; one shift for all sets and heads (the
         # largest score) keeps exp() finite without a per-set maximum. The floor only matters if a whole
@@ -149,8 +157,9 @@ class MeanFieldAttention(nn.Module):
         # the hits' sums are added onto the null hit's terms (no zeros to build)
         total = scatter_rows(w_null, seg, w_hits)  # (N, H)
         null_value = self.null_value - b_v.view(heads[1:])  # (H, dh)
-        pooled = scatter_rows(w_null[..., None] * null_value, seg, w_hits[..., None] * v)  # (N, H, dh)
-        return self.out((pooled / total[..., None]).flatten(1) + b_v)  # (N, D)
+        pooled = scatter_rows((w_null[..., None] * null_value).flatten(1), seg,
+                              (w_hits @ self.head_sum.T).mul_(v))  # (N, D)
+        return self.out((pooled.view(heads) / total[..., None]).flatten(1) + b_v)  # (N, D)
 
 
 class MeanFieldBlock(nn.Module):

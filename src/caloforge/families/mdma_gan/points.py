@@ -357,4 +357,7 @@ class Voxeliser(nn.Module):
                                      self.spread)
         else:
             flat = seg * self.n_voxels + index  # (T,) index into the N x V cells
-        return scatter_rows(empty, flat, deposits).view(-1, self.n_voxels)  # (N, V) MeV
+        if torch.onnx.is_in_onnx_export():
+            return scatter_rows(empty, flat, deposits).view(-1, self.n_voxels)  # (N, V) MeV
+        # in place into fresh zeros (``scatter_rows`` copies its base: a pass over the N V cells)
+        return torch.zeros_like(empty).index_add_(0, flat, deposits).view(-1, self.n_voxels)
