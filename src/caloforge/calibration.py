@@ -63,7 +63,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
@@ -284,7 +283,7 @@ def quantile_map(u: Tensor, x: Tensor, y: Tensor, row0: Tensor, row1: Tensor,
     every interval's clamped rise, as before, took three times the passes over (H, K)).
     """
     n_knots = x.shape[1]
-    x_h = _lerp(_rows(x, row0), _rows(x, row1), weight[:, None])  # (H, K)
+    x_h = _lerp(x.index_select(0, row0), x.index_select(0, row1), weight[:, None])  # (H, K)
     # (H,) knots at or below u, in [0, K]: a binary search in PyTorch (a count over (H, K) took a third of
     # the map), the count where ONNX has no search
     if torch.onnx.is_in_onnx_export():
@@ -313,11 +312,6 @@ def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
         return start + weight * (end - start)
     return start.lerp_(end, weight)
 
-
-def _rows(table: Tensor, index: Tensor) -> Tensor:
-    """Rows ``index`` (H,) int64 of ``table`` (R, K) -> (H, K): ``F.embedding`` (an ONNX Gather), which
-    PyTorch 2.13 ran twice as fast as ``index_select`` into a fresh tensor on a CPU."""
-    return F.embedding(index, table)
 
 
 class CellCalibration(nn.Module):
