@@ -79,6 +79,7 @@ __all__ = [
     "cell_groups",
     "check_single_condition",
     "fit_cell_calibration",
+    "quantile_map",
 ]
 
 
@@ -243,7 +244,7 @@ def fit_cell_calibration(
         x = np.stack([np.stack([np.interp(cut[b, g] + (1 - cut[b, g]) * levels, levels, x[b, g])
                                 for g in range(n_groups)]) for b in range(n_bins)])
     # Knots strictly increasing, so every segment has a slope (ties come from repeated float16 values).
-    x = increasing(x)
+    x = _increasing(x)
     y = np.where(fitted[..., None], y, x)  # identity where a sample is too thin
     layers = layer_matrix(generated.geometry)
     layer_x = layer_y = None
@@ -252,7 +253,7 @@ def fit_cell_calibration(
         layer_x, n_lx = _layer_quantiles(generated, layers, gen_bins, n_bins, levels, candidate_mev)
         layer_y, n_ly = _layer_quantiles(reference, layers, ref_bins, n_bins, levels, threshold_mev)
         layer_fitted = (n_lx >= config.min_hits) & (n_ly >= config.min_hits)  # (B, L)
-        layer_x = increasing(layer_x)
+        layer_x = _increasing(layer_x)
         layer_y = np.where(layer_fitted[..., None], layer_y, layer_x)
         info["layer_fitted_fraction"] = float(layer_fitted.mean())
     return CellCalibration(
@@ -266,7 +267,7 @@ def fit_cell_calibration(
     )
 
 
-def increasing(knots: NDArray[np.float64]) -> NDArray[np.float64]:
+def _increasing(knots: NDArray[np.float64]) -> NDArray[np.float64]:
     """Knots (..., K) made strictly increasing along the last axis (ties, e.g. from repeated float16 values,
     become steps of 1e-7), so every segment of a map has a slope."""
     return np.maximum.accumulate(knots + np.arange(knots.shape[-1]) * 1e-7, axis=-1)
@@ -313,18 +314,17 @@ def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
     return start.lerp_(end, weight)
 
 
-
 class CellCalibration(nn.Module):
     """The fitted map (module doc). ``forward(showers (N, V) MeV, energy (N,) MeV) -> showers (N, V) MeV``.
 
     Buffers: knots ``x`` and values ``y`` (B, G, K) in u = ln(E / E_inc), ``groups`` (V,) int64, each voxel's
     layer ``voxel_layer`` (V,) int64 (from the layer matrix (V, L) it is built with), ``no_layers`` (L,)
-    zeros, ``cut`` (B, G): the fraction of the model's hits that ``match_hit_count`` zeroes (hits
-    below the first knot where it is > 0). ``candidate_mev``: cells from this energy up are mapped (the
-    readout threshold unless fitted with ``candidate_threshold``; the output's threshold stays
-    ``threshold_mev``). ``layer_x``, ``layer_y`` (B, L, K): the layer-energy map's knots and values in
-    ln(E_layer / E_inc) (``map_layer_energies``; ``None``: layers keep the model's energies). ``info`` records
-    how it was fitted (plain JSON types).
+    zeros and ``layer_index`` (L,) 0 .. L - 1, ``cut`` (B, G): the fraction of the model's hits that
+    ``match_hit_count`` zeroes (hits below the first knot where it is > 0). ``candidate_mev``: cells from
+    this energy up are mapped (the readout threshold unless fitted with ``candidate_threshold``; the output's
+    threshold stays ``threshold_mev``). ``layer_x``, ``layer_y`` (B, L, K): the layer-energy map's knots and
+    values in ln(E_layer / E_inc) (``map_layer_energies``; ``None``: layers keep the model's energies).
+    ``info`` records how it was fitted (plain JSON types).
     """
 
     x: Tensor
