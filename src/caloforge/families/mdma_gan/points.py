@@ -349,15 +349,17 @@ class Voxeliser(nn.Module):
         layer = self.scaling.layer_of(hits[:, 0]) if layer is None else layer  # (T,)
         deposits = hit_energies(hits, self.scaling) * self.layer_used[layer] * energy.index_select(0, seg)
         index, alpha_bin, place, n_alpha, n_radial = self._cells(hits, layer, ring)
-        # (N V,) zeros, N dynamic, as a broadcast product: a constant-shaped graph (zeros_like().expand()
-        # exports as shape arithmetic, nodes that cost onnxruntime microseconds each)
-        empty = (energy[:, None] * self.no_energy).reshape(-1)
-        if self.spread:
+        exporting = torch.onnx.is_in_onnx_export()
+        # (N V,) zeros, N dynamic; exported as a broadcast product: a constant-shaped graph (zeros_like()
+        # .expand() exports as shape arithmetic, nodes that cost onnxruntime microseconds each)
+        empty = ((energy[:, None] * self.no_energy).reshape(-1) if exporting
+                 else energy.new_zeros(energy.shape[0] * self.n_voxels))
+        if self.spread:  # reads ``empty``, never writes it
             flat = spread_collisions(index, seg, self.n_voxels, alpha_bin, place, n_alpha, n_radial, empty,
                                      self.spread)
         else:
             flat = seg * self.n_voxels + index  # (T,) index into the N x V cells
-        if torch.onnx.is_in_onnx_export():
+        if exporting:
             return scatter_rows(empty, flat, deposits).view(-1, self.n_voxels)  # (N, V) MeV
-        # in place into fresh zeros (``scatter_rows`` copies its base: a pass over the N V cells)
-        return torch.zeros_like(empty).index_add_(0, flat, deposits).view(-1, self.n_voxels)
+        # in place into the fresh zeros (``scatter_rows`` copies its base: a pass over the N V cells)
+        return empty.index_add_(0, flat, deposits).view(-1, self.n_voxels)

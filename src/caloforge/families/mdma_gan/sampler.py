@@ -139,7 +139,8 @@ class MdmaGanSampler(ShowerSampler):
     Attributes:
         generator: the mean-field generator (weights: the training's average).
         counts: p(n_hits | conditions) (weights: the training's average).
-        encoder, voxeliser: built from the run's context (not weights).
+        encoder, voxeliser: built from the run's context (not weights); the voxeliser holds the
+            ``spread`` rounds.
         threshold_mev: cells below it (MeV) read zero, as in the training data.
     """
 
@@ -161,8 +162,7 @@ class MdmaGanSampler(ShowerSampler):
         if spread is not None and (int(spread) != spread or not 0 <= spread <= MAX_SPREAD_ROUNDS):
             raise InputError(None, "spread", f"is {spread}", f"a whole number of rounds in "
                              f"[0, {MAX_SPREAD_ROUNDS}] (0: hits may share a cell)")
-        self.spread = int(spread or 0)
-        self.voxeliser = Voxeliser(context.geometry, self.scaling, self.spread)
+        self.voxeliser = Voxeliser(context.geometry, self.scaling, int(spread or 0))
         self.positions = build_positions(config, context)
         self.own_readout = True  # voxelising onto the trained readout (not ``voxelise_onto`` another)
         self.readout_threshold_mev = float(context.preprocessor.threshold_mev)
@@ -173,7 +173,7 @@ class MdmaGanSampler(ShowerSampler):
             self.noise += (NoiseSpec("shower_noise", (config.shower_latent,), "normal"),)
         self.options: dict[str, Any] = {} if count_scale is None else {"count_scale": self.count_scale}
         if spread is not None:
-            self.options["spread"] = self.spread
+            self.options["spread"] = self.voxeliser.spread
 
     def forward(self, energy: Tensor, theta: Tensor, phi: Tensor, detector: Tensor, *noise: Tensor) -> Tensor:
         count_u, hit_noise = noise[:2]
@@ -204,7 +204,7 @@ class MdmaGanSampler(ShowerSampler):
         """Voxelise onto ``geometry`` (another readout of the detector, same layers and radius): the hits,
         their count model and the energy scale stay the trained ones, only the cells change."""
         device = next(self.parameters()).device
-        self.voxeliser = Voxeliser(geometry, self.scaling, self.spread).to(device)
+        self.voxeliser = Voxeliser(geometry, self.scaling, self.voxeliser.spread).to(device)
         self.own_readout = False
         return self
 
