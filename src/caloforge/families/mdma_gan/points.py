@@ -332,7 +332,9 @@ class Voxeliser(nn.Module):
         """``cells``, then each hit's alpha bin (float), its place in that bin ([0, 1]) and its layer's
         n_alpha (float) and n_radial (int64)."""
         layer = self.scaling.layer_of(hits[..., 0]) if layer is None else layer
-        alpha = torch.atan2(hits[..., 2], hits[..., 1])  # in [-pi, pi]
+        # in [-pi, pi]; of contiguous copies: PyTorch's atan2 of two strided columns ran 10x slower (0.67
+        # against 0.07 ms for 63,000 hits), its vectorised kernel differing by an ulp (exported: no copies)
+        alpha = torch.atan2(hits[..., 2].contiguous(), hits[..., 1].contiguous())
         n_alpha = self.n_alpha[layer]
         position = (alpha + math.pi) * (0.5 / math.pi) * n_alpha  # [0, n_alpha]
         # alpha = pi (atan2 of +0, x < 0) is the upper edge of the last bin; a minimum, not a remainder
