@@ -5,6 +5,7 @@ the CLI is in test_family_conformance.py)."""
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from caloforge.models.mean_field import (
     MeanFieldConfig,
     MeanFieldCritic,
     MeanFieldGenerator,
+    summing_matrix,
 )
 
 TINY = MeanFieldConfig(size="tiny")
@@ -213,6 +215,23 @@ def test_a_set_is_the_same_alone_or_packed_with_others_and_an_empty_set_is_finit
     assert torch.isfinite(score).all()
     no_hits = critic(torch.zeros(0, 5), torch.zeros(0, dtype=torch.int64), cond[:2])[0]
     assert no_hits.shape == (2,) and torch.isfinite(no_hits).all()
+
+
+def test_sums_as_products_with_the_summing_matrix_match_the_scatter_adds() -> None:
+    # sampling's per-set sums (a sparse product, hits packed set after set) against training's scatter-adds
+    counts = torch.tensor([5, 2, 0, 9])
+    summing = summing_matrix(counts, torch.float64)
+    values = torch.randn(16, 3, dtype=torch.float64)
+    seg = torch.repeat_interleave(torch.arange(4), counts)
+    expected = torch.stack([values[seg == k].sum(0) for k in range(4)])
+    torch.testing.assert_close(summing @ values, expected)
+    assert (summing @ values)[2].abs().max() == 0  # the set with no hit
+    generator, _ = _networks()
+    z, seg, cond = _sets(counts.tolist(), 4, seed=3)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning about PyTorch's sparse support reaches the user
+        fast = generator(z, seg, cond, summing_matrix(counts))
+        torch.testing.assert_close(fast, generator(z, seg, cond), rtol=1e-5, atol=1e-6)
 
 
 def test_attention_is_a_softmax_over_each_sets_hits_and_the_null_hit() -> None:

@@ -20,6 +20,7 @@ blocks, the two models, then named size presets.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -39,6 +40,7 @@ __all__ = [
     "MeanFieldSize",
     "per_set_sum",
     "scatter_rows",
+    "summing_matrix",
 ]
 
 
@@ -71,8 +73,30 @@ class _RowScatterAdd(torch.autograd.Function):
         return g.op("ScatterND", base, index, values, reduction_s="add")
 
 
-def scatter_rows(base: Tensor, index: Tensor, values: Tensor) -> Tensor:
-    """``base`` (N, *S) plus the rows of values (T, *S) summed into rows index (T,) int64 -> (N, *S)."""
+def summing_matrix(counts: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The (N, T) sparse CSR matrix of ones (``dtype``) whose row i sums set i's hits, for hits packed set
+    after set (set i has counts[i] of them, counts (N,) int64, T = their sum: ``seg`` is
+    repeat_interleave(arange(N), counts)).
+
+    A product with it is a per-set sum 13x faster than a scatter-add: 0.07 against 0.91 ms for 63,000 hits
+    x 16 into 100 sets on 2 threads (a COO matrix took 1.3 ms). For sampling in PyTorch only: no ONNX
+    export, and training keeps the scatter-add (``scatter_rows``)."""
+    n_hits = int(counts.sum())
+    crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    with warnings.catch_warnings():  # PyTorch calls its CSR support beta; products with it are tested here
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        return torch.sparse_csr_tensor(crow, torch.arange(n_hits, device=counts.device),
+                                       torch.ones(n_hits, dtype=dtype, device=counts.device),
+                                       (counts.shape[0], n_hits),
+                                       check_invariants=False)
+
+
+def scatter_rows(base: Tensor, index: Tensor, values: Tensor, summing: Tensor | None = None) -> Tensor:
+    """``base`` (N, *S) plus the rows of values (T, *S) summed into rows index (T,) int64 -> (N, *S).
+    ``summing``: the batch's ``summing_matrix`` (sets packed in order), for 2-D values: the sum is a product
+    with it."""
+    if summing is not None:
+        return torch.addmm(base, summing, values)
     if torch.onnx.is_in_onnx_export():
         return _RowScatterAdd.apply(base.contiguous(), index[:, None], values)
     return base.scatter_add(0, index.view(-1, *([1] * (values.dim() - 1))).expand_as(values), values)
@@ -99,9 +123,10 @@ def per_set_sum(values: Tensor, seg: Tensor, sets: Tensor) -> Tensor:
 class MeanFieldAttention(nn.Module):
     """Multi-head cross-attention of each set's mean field over its hits plus a learned null hit.
 
-    ``forward(mf, h, seg, embed=None)``: mf (N, D), h (T, D), seg (T,) int64 -> (N, D). Invariant under any
-    permutation of the hits (with their ``seg`` entries). With ``embed`` (a Linear F -> D), h (T, F) is the
-    embedding's input and the hits are embed(h) (``_folded``).
+    ``forward(mf, h, seg, embed=None, summing=None)``: mf (N, D), h (T, D), seg (T,) int64 -> (N, D).
+    Invariant under any permutation of the hits (with their ``seg`` entries). With ``embed`` (a Linear
+    F -> D), h (T, F) is the embedding's input and the hits are embed(h) (``_folded``). ``summing``: the
+    batch's ``summing_matrix`` when its hits are packed set after set (sums as products; ``scatter_rows``).
     """
 
     def __init__(self, dim: int, n_heads: int) -> None:
@@ -118,7 +143,8 @@ class MeanFieldAttention(nn.Module):
 
     head_sum: Tensor
 
-    def forward(self, mf: Tensor, h: Tensor, seg: Tensor, embed: nn.Linear | None = None) -> Tensor:
+    def forward(self, mf: Tensor, h: Tensor, seg: Tensor, embed: nn.Linear | None = None,
+                summing: Tensor | None = None) -> Tensor:
         # view(-1, H, dh), not unflatten: a constant shape, where unflatten exports as shape arithmetic
         # (Shape, Gather, Concat: nodes that cost onnxruntime microseconds each, which is most of a shower
         # at batch 1)
@@ -147,20 +173,21 @@ class MeanFieldAttention(nn.Module):
         w_hits = torch.exp((scores - shift).clamp(min=-80.0))  # (T, H)
         w_null = torch.exp((null - shift).clamp(min=-80.0))  # (N, H)
         # the hits' sums are added onto the null hit's terms (no zeros to build)
-        total = scatter_rows(w_null, seg, w_hits)  # (N, H)
+        total = scatter_rows(w_null, seg, w_hits, summing)  # (N, H)
         null_value = self.null_value - b_v.view(heads[1:])  # (H, dh)
         pooled = scatter_rows((w_null[..., None] * null_value).flatten(1), seg,
-                              (w_hits @ self.head_sum.T).mul_(v))  # (N, D)
+                              (w_hits @ self.head_sum.T).mul_(v), summing)  # (N, D)
         return self.out((pooled.view(heads) / total[..., None]).flatten(1) + b_v)  # (N, D)
 
 
 class MeanFieldBlock(nn.Module):
     """One mean-field update then one per-hit update (module doc), both residual.
 
-    ``forward(h, mf, seg, cond, embed=None)``: h (T, D), mf (N, D), seg (T,) int64, cond (N, C) ->
-    (h (T, D), mf (N, D)). With ``embed`` (a Linear F -> D), h (T, F) is the embedding's input and the block
-    takes embed(h): the embedding is folded into the block's per-hit products (``_folded``), which then
-    multiply F numbers a hit, not D, and embed(h) is never written out on its own.
+    ``forward(h, mf, seg, cond, embed=None, summing=None)``: h (T, D), mf (N, D), seg (T,) int64, cond (N, C)
+    -> (h (T, D), mf (N, D)) (``summing``: ``MeanFieldAttention``'s). With ``embed`` (a Linear F -> D),
+    h (T, F) is the embedding's input and the block takes embed(h): the embedding is folded into the block's
+    per-hit products (``_folded``), which then multiply F numbers a hit, not D, and embed(h) is never written
+    out on its own.
     """
 
     def __init__(self, dim: int, n_heads: int, cond_dim: int) -> None:
@@ -173,9 +200,9 @@ class MeanFieldBlock(nn.Module):
         self.context_in = nn.Linear(dim + cond_dim, 2 * dim, bias=False)
         self.hit_out = nn.Sequential(nn.LeakyReLU(0.2, inplace=True), nn.Linear(2 * dim, dim))
 
-    def forward(self, h: Tensor, mf: Tensor, seg: Tensor, cond: Tensor,
-                embed: nn.Linear | None = None) -> tuple[Tensor, Tensor]:
-        pooled = self.attention(mf, h, seg, embed)  # (N, D)
+    def forward(self, h: Tensor, mf: Tensor, seg: Tensor, cond: Tensor, embed: nn.Linear | None = None,
+                summing: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        pooled = self.attention(mf, h, seg, embed, summing)  # (N, D)
         mf = mf + self.field(torch.cat([pooled, mf, cond], dim=1))  # (N, D)
         w_in, b_in = _folded(self.hit_in, embed)
         context = self.context_in(torch.cat([mf, cond], dim=1)) + b_in  # (N, 2D)
@@ -194,8 +221,9 @@ class MeanFieldBlock(nn.Module):
 class MeanFieldGenerator(nn.Module):
     """Latent hits -> hit features, given each set's condition.
 
-    ``forward(z, seg, cond)``: z (T, latent) standard normal, one row per hit, seg (T,) int64 the set of
-    each hit, cond (N, C) -> hits (T, n_features). Permutation equivariant.
+    ``forward(z, seg, cond, summing=None)``: z (T, latent) standard normal, one row per hit, seg (T,) int64
+    the set of each hit, cond (N, C) -> hits (T, n_features). Permutation equivariant. ``summing``: the
+    batch's ``summing_matrix`` when its hits are packed set after set (faster sums; sampling only).
     """
 
     def __init__(self, config: MeanFieldConfig, cond_dim: int, n_features: int) -> None:
@@ -208,11 +236,12 @@ class MeanFieldGenerator(nn.Module):
         self.blocks = nn.ModuleList(MeanFieldBlock(d, size.n_heads, cond_dim) for _ in range(size.depth))
         self.head = _mlp(d, d, n_features)
 
-    def forward(self, z: Tensor, seg: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, z: Tensor, seg: Tensor, cond: Tensor, summing: Tensor | None = None) -> Tensor:
         mf = self.field0(cond)  # (N, D)
-        h, mf = self.blocks[0](z, mf, seg, cond, self.embed)  # the first block takes embed(z), folded
+        # the first block takes embed(z), folded
+        h, mf = self.blocks[0](z, mf, seg, cond, self.embed, summing)
         for block in self.blocks[1:]:
-            h, mf = block(h, mf, seg, cond)  # (T, D)
+            h, mf = block(h, mf, seg, cond, summing=summing)  # (T, D)
         return self.head(h)  # (T, F)
 
 

@@ -50,7 +50,7 @@ from caloforge.families.mdma_gan import MdmaGanConfig
 from caloforge.families.mdma_gan.counts import HitCountModel
 from caloforge.families.mdma_gan.points import N_FEATURES, LogitPositions, PointScaling, Voxeliser
 from caloforge.geometry import CylindricalGeometry
-from caloforge.models.mean_field import MeanFieldGenerator
+from caloforge.models.mean_field import MeanFieldGenerator, summing_matrix
 from caloforge.sampler import NoiseSpec, ShowerSampler
 
 __all__ = ["MAX_SPREAD_ROUNDS", "MdmaGanSampler", "build_counts", "build_generator", "build_positions",
@@ -120,7 +120,11 @@ def generate_hits(generator: MeanFieldGenerator, counts: HitCountModel, cond: Te
     uniform = hit_noise.flatten(0, 1).index_select(0, seg * max_hits + drawn[:, 1])  # (T, 2K)
     latents = normal_from_uniform(uniform, generator.latent)  # (T, latent)
     cond_n = generator_condition(hit_condition(cond, n_hits, max_hits), shower_noise)
-    return generator(latents, seg, cond_n), seg, n_hits
+    # the hits are packed shower after shower: in eager sampling the generator's per-shower sums are products
+    # with a sparse matrix (``summing_matrix``); training and the exported graph keep their scatter-adds
+    sampling = not (torch.is_grad_enabled() or torch.onnx.is_in_onnx_export())
+    summing = summing_matrix(n_made.long(), cond.dtype) if sampling else None
+    return generator(latents, seg, cond_n, summing), seg, n_hits
 
 
 def hit_noise_width(latent: int) -> int:
