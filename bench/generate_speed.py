@@ -36,6 +36,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from caloforge.allocator import heap_for_large_tensors
 from caloforge.checkpoint import CheckpointContent
 from caloforge.context import RunContext
 from caloforge.export import export_par04, export_sampler
@@ -173,6 +174,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "generate_speed.json"))
     args = parser.parse_args()
 
+    heap_for_large_tensors()  # as the ``caloforge`` command generates
     torch.set_num_threads(args.threads)
     info = machine()
     info["threads"] = args.threads

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from fidelity import scoring_config, split_file, summarise
 
+from caloforge.allocator import heap_for_large_tensors
 from caloforge.checkpoint import read_checkpoint
 from caloforge.config import load_yaml
 from caloforge.data import ShowerSet
@@ -138,6 +139,7 @@ def time_apart(model: Path, energy: np.ndarray, batches: list[int], onnx: bool,
 
 def _time_in_child(model: str, energy: np.ndarray, batches: list[int], onnx: bool,
                    threads: int | None) -> dict[str, Any]:
+    heap_for_large_tensors()  # as the ``caloforge`` command generates
     if threads:
         torch.set_num_threads(threads)
     return time_family(Path(model), energy, batches, onnx)
