@@ -61,3 +61,5 @@ def test_a_threshold_the_user_set_is_left_alone(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1048576")
     assert heap_for_large_tensors() is False
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576")
+    assert heap_for_large_tensors() is False
