@@ -871,7 +871,7 @@ def export_command(
 
 def main() -> None:
     """Console-script entry point. Large blocks come from the C heap (``allocator.heap_for_large_tensors``:
-    generation a fifth to two fifths faster on a CPU)."""
+    generation about a third faster on a CPU)."""
     heap_for_large_tensors()
     try:
         app()
