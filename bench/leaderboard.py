@@ -405,8 +405,8 @@ def markdown(result: dict[str, Any], batches: list[int]) -> str:
                 spent += [f"{teacher['steps']} steps"] if "steps" in teacher else []
                 training += f"; distilled from a teacher ({', '.join(spent) or teacher['path']})"
             if row.get("calibration"):
-                training += "; cell calibration (`caloforge calibrate`"
-                training += " --map-layer-energies)" if row["calibration"].get("map_layer_energies") else ")"
+                flag = " --map-layer-energies" if row["calibration"].get("map_layer_energies") else ""
+                training += f"; cell calibration (`caloforge calibrate{flag}`)"
             if row.get("scores_from"):
                 training += f"; scored in `{row['scores_from']}`"
         lines.append(
