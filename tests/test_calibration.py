@@ -319,21 +319,33 @@ def test_the_map_is_piecewise_linear_through_the_knots_with_slope_one_outside() 
     torch.testing.assert_close(mapped, torch.tensor([-8.0, -6.75, -6.625, -4.0, -1.0]), atol=1e-4, rtol=0)
 
 
-def test_the_interval_search_and_the_exported_knot_count_map_alike(monkeypatch: pytest.MonkeyPatch) -> None:
-    # PyTorch finds each hit's interval by a binary search, the exported graph by counting knots below it
+def test_each_hit_is_mapped_by_both_energy_bins_tables_and_the_results_blended() -> None:
+    # knots on points of the tables' grid (256 intervals over each row's span): the tables are then exact
     generator = torch.Generator().manual_seed(0)
-    x = torch.sort(torch.randn(2, 3, 6, generator=generator) * 3, dim=-1).values
-    y = torch.sort(torch.randn(2, 3, 6, generator=generator) * 3, dim=-1).values
+    steps = torch.tensor([0, 32, 96, 200, 256], dtype=torch.float64) / 256
+    lo, span = torch.randn(2, 3, 1, generator=generator, dtype=torch.float64) * 3, 2.0 + torch.rand(2, 3, 1)
+    x = (lo + span * steps).float()
+    y = torch.sort(torch.randn(2, 3, 5, generator=generator) * 3, dim=-1).values
+    cut = torch.tensor([[0.0, 0.2, 0.0], [0.1, 0.0, 0.0]])
     calibration = CellCalibration(x, y, torch.zeros(4, dtype=torch.int64), torch.eye(4), 0.0, 20.0, 1e-9,
-                                  cut=torch.tensor([[0.0, 0.2, 0.0], [0.1, 0.0, 0.0]]))
-    u = torch.randn(200, generator=generator) * 5  # inside, below and above the knots
-    row0, row1 = (torch.randint(0, 6, (200,), generator=generator) for _ in range(2))
-    weight = torch.rand(200, generator=generator)
-    searched = calibration.map_hits(u, row0, row1, weight)
-    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-    counted = calibration.map_hits(u, row0, row1, weight)
-    torch.testing.assert_close(searched[0], counted[0])
-    assert torch.equal(searched[1], counted[1]) and not searched[1].all()  # some hits cut, the same ones
+                                  cut=cut)
+    u = torch.randn(400, generator=generator) * 5  # inside, below and above the knots
+    row0, row1 = (torch.randint(0, 6, (400,), generator=generator) for _ in range(2))
+    weight = torch.rand(400, generator=generator)
+    mapped, kept = calibration.map_hits(u, row0, row1, weight)
+
+    def piecewise(row: int, value: float) -> float:  # through the knots, slope 1 outside them
+        knots, values = x.reshape(6, 5)[row].double().numpy(), y.reshape(6, 5)[row].double().numpy()
+        inside = min(max(value, knots[0]), knots[-1])
+        return float(np.interp(inside, knots, values)) + value - inside
+
+    columns = zip(u.tolist(), row0.tolist(), row1.tolist(), weight.tolist(), strict=True)
+    expected = [(1 - w) * piecewise(r0, v) + w * piecewise(r1, v) for v, r0, r1, w in columns]
+    torch.testing.assert_close(mapped, torch.tensor(expected, dtype=torch.float32), atol=2e-5, rtol=0)
+    first = (1 - weight) * x.reshape(6, 5)[row0, 0] + weight * x.reshape(6, 5)[row1, 0]
+    cut_here = (1 - weight) * cut.reshape(-1)[row0] + weight * cut.reshape(-1)[row1]
+    assert torch.equal(kept, (cut_here <= 0) | (u >= first))
+    assert not kept.all() and kept.any()  # some hits below a cut group's first knot, not all
 
 
 def test_showers_without_hits_come_back_empty() -> None:
