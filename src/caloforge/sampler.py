@@ -13,8 +13,6 @@ for every family: they only read the spec.
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -32,14 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["NOISE_DISTRIBUTIONS", "ExtraGraph", "NoiseSpec", "ShowerSampler"]
 
 NOISE_DISTRIBUTIONS = ("normal", "uniform")
-DRAW_PARTS = 4  # a large CPU draw's parts, each from its own generator (``NoiseSpec.draw``)
-PARALLEL_DRAW_FROM = 1 << 18  # numbers in a draw from which it comes in parts on several threads
-
-
-@functools.cache
-def _draw_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
-    """The threads that draw the parts of large noise tensors (one pool per size, made once)."""
-    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="caloforge-noise")
 
 
 @dataclass(frozen=True)
@@ -67,33 +57,11 @@ class NoiseSpec:
         return math.prod(self.shape)
 
     def draw(self, n: int, generator: torch.Generator) -> Tensor:
-        """(n, *shape) float32 from a torch generator (on the generator's device).
-
-        A draw of ``PARALLEL_DRAW_FROM`` numbers or more on the CPU comes in ``DRAW_PARTS`` consecutive parts,
-        each from a generator of its own seeded by ``generator``, drawn on up to ``torch.get_num_threads()``
-        threads: one CPU generator makes its numbers on one core (4.9 ms for the 1.6 million uniform numbers
-        of 100 mdma-gan showers, 14 % of their time). The numbers depend on the seed and n alone, not on
-        the threads."""
+        """(n, *shape) float32 from a torch generator (on the generator's device)."""
         shape = (n, *self.shape)
-        if generator.device.type != "cpu" or n * self.size < PARALLEL_DRAW_FROM:
-            if self.distribution == "normal":
-                return torch.randn(shape, generator=generator, device=generator.device)
-            return torch.rand(shape, generator=generator, device=generator.device)
-        out = torch.empty(shape)
-        seeds = torch.randint(0, 2**62, (DRAW_PARTS,), generator=generator).tolist()
-        fill = Tensor.normal_ if self.distribution == "normal" else Tensor.uniform_
-
-        def draw_part(part: Tensor, seed: int) -> None:
-            fill(part, generator=torch.Generator().manual_seed(seed))
-
-        parts = out.view(-1).chunk(DRAW_PARTS)
-        workers = min(DRAW_PARTS, torch.get_num_threads())
-        if workers > 1:
-            list(_draw_pool(workers).map(draw_part, parts, seeds))  # the fills release the GIL
-        else:
-            for part, seed in zip(parts, seeds, strict=True):
-                draw_part(part, seed)
-        return out
+        if self.distribution == "normal":
+            return torch.randn(shape, generator=generator, device=generator.device)
+        return torch.rand(shape, generator=generator, device=generator.device)
 
     def draw_numpy(self, n: int, rng: np.random.Generator) -> NDArray[np.float32]:
         """(n, *shape) float32 from a numpy generator (the onnxruntime path)."""
