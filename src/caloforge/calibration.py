@@ -316,7 +316,8 @@ def table_map(u: Tensor, ends: Tensor, table: Tensor, row0: Tensor, row1: Tensor
     position = (inside - lo) * scale  # in [0, intervals]
     cell = torch.clamp(torch.floor(position), max=float(intervals - 1))
     index = rows * (intervals + 1) + cell.long()
-    mapped = _lerp(table[index], table[index + 1], position - cell) + (values - inside)
+    below, above = table.index_select(0, index), table.index_select(0, index + 1)
+    mapped = _lerp(below, above, position - cell) + (values - inside)
     (mapped0, mapped1), (first0, first1) = mapped.view(2, -1).unbind(0), lo.view(2, -1).unbind(0)
     return _lerp(mapped0, mapped1, weight), _lerp(first0, first1, weight)
 
@@ -413,16 +414,19 @@ class CellCalibration(nn.Module):
         flat = showers.reshape(-1)  # (N V,)
         where = torch.nonzero(flat >= self.candidate_mev).reshape(-1)  # (H,) flat index of each hit
         shower, voxel = where // n_voxels, where % n_voxels
-        before = flat[where]  # (H,) MeV
-        log_e = torch.log(energy)[shower]  # (H,)
+        # (index_select: PyTorch runs it 2-3x faster than advanced indexing; the same Gather exported)
+        before = flat.index_select(0, where)  # (H,) MeV
+        log_e = torch.log(energy).index_select(0, shower)  # (H,)
         n_groups = self.x.shape[1]
-        group = self.groups[voxel]
-        row0, row1 = b0[shower] * n_groups + group, b1[shower] * n_groups + group  # rows of (B G, K)
-        mapped, kept = self.map_hits(torch.log(before) - log_e, row0, row1, w[:, 0][shower])
+        group = self.groups.index_select(0, voxel)
+        row0 = b0.index_select(0, shower) * n_groups + group  # rows of (B G, K)
+        row1 = b1.index_select(0, shower) * n_groups + group
+        mapped, kept = self.map_hits(torch.log(before) - log_e, row0, row1, w[:, 0].index_select(0, shower))
         values = torch.exp(mapped + log_e) * kept.to(mapped.dtype)  # (H,) MeV, 0 where cut
         if self.preserve_layer_energies:
             n_layers = self.no_layers.shape[0]
-            slot = shower * n_layers + self.voxel_layer[voxel]  # (H,) the (shower, layer) of each hit
+            # (H,) the (shower, layer) of each hit
+            slot = shower * n_layers + self.voxel_layer.index_select(0, voxel)
             empty = (energy[:, None] * self.no_layers).reshape(-1)  # (N L,) zeros
             target = empty.scatter_add(0, slot, before)  # (N L,) MeV: the layers' energies before the map
             if self.layer_x is not None:
@@ -438,7 +442,7 @@ class CellCalibration(nn.Module):
         (``table_map``)."""
         mapped, first = table_map(u, self.hit_ends, self.hit_table, row0, row1, weight)
         cut = self.cut.reshape(-1)
-        kept = (_lerp(cut[row0], cut[row1], weight) <= 0) | (u >= first)
+        kept = (_lerp(cut.index_select(0, row0), cut.index_select(0, row1), weight) <= 0) | (u >= first)
         return mapped, kept
 
     def map_layers(self, target: Tensor, energy: Tensor, b0: Tensor, b1: Tensor, w: Tensor) -> Tensor:
@@ -464,7 +468,7 @@ class CellCalibration(nn.Module):
         def scaled(hits: Tensor) -> Tensor:
             total = empty.scatter_add(0, slot, hits)
             factor = torch.where(total > 0, target / torch.clamp(total, min=1e-30), torch.ones_like(total))
-            return hits * factor[slot]
+            return hits * factor.index_select(0, slot)
 
         values = scaled(values)
         # Hits scaled below the threshold vanish; scaling the survivors once more restores each layer.

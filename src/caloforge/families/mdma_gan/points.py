@@ -96,6 +96,13 @@ class PointScaling:
         return (r + 1) * (0.5 * self.outer_radius_mm)
 
 
+def _lookup(table: Tensor, index: Tensor) -> Tensor:
+    """table[index]: rows of ``table`` (R, ...) at int64 ``index`` (...) -> (..., ...). A 1-D index takes
+    ``index_select``, which PyTorch runs 2-3x faster than advanced indexing on the sampler's (T,) hits (32
+    against 70-110 us for 64,000 lookups in a table of 45 or 6480); both export as one Gather."""
+    return table.index_select(0, index) if index.dim() == 1 else table[index]
+
+
 def _ring_of(r_mm: Tensor, inner: Tensor, n_radial: Tensor) -> Tensor:
     """Radii (...) mm, each layer's inner radial edges (..., E) mm (padded with edges beyond the readout) and
     its n_radial (...) -> ring indices (...) int64: the inner edges <= r, at most the last ring."""
@@ -193,7 +200,7 @@ class LogitPositions(nn.Module):
     def _layer(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z in [-1, 1] (...) -> (its layer (...) int64, that layer's n_radial)."""
         layer = self.scaling.layer_of(z)
-        return layer, self.n_radial[layer]
+        return layer, _lookup(self.n_radial, layer)
 
     def to_model(self, hits: Tensor) -> Tensor:
         z = hits[..., 0]
@@ -202,7 +209,7 @@ class LogitPositions(nn.Module):
         r_mm = self.scaling.radius_mm(hits[..., 3])
         inner = self.edges[row[..., None] + torch.arange(1, self.width, device=hits.device)]  # (..., W - 1)
         k = _ring_of(r_mm, inner, n)
-        lo, hi = self.edges[row + k], self.edges[row + k + 1]
+        lo, hi = _lookup(self.edges, row + k), _lookup(self.edges, row + k + 1)
         ring = (k.to(hits.dtype) + ((r_mm - lo) / (hi - lo)).clamp(0.0, 1.0)) / n.to(hits.dtype)  # [0, 1]
         return torch.stack([_logit((z + 1) * 0.5), hits[..., 1], hits[..., 2], _logit(ring), hits[..., 4]],
                            dim=-1)
@@ -219,7 +226,7 @@ class LogitPositions(nn.Module):
         z, layer, y, k = self._layer_ring(x)
         row = layer * self.width
         place = (y - k.to(x.dtype)).clamp(0.0, 1.0)
-        lo, hi = self.edges[row + k], self.edges[row + k + 1]
+        lo, hi = _lookup(self.edges, row + k), _lookup(self.edges, row + k + 1)
         r = (lo + place * (hi - lo)) / self.scaling.outer_radius_mm * 2 - 1
         return torch.stack([z, x[..., 1], x[..., 2], r, x[..., 4]], -1)
 
@@ -264,18 +271,18 @@ def spread_collisions(index: Tensor, seg: Tensor, n_voxels: int, alpha_bin: Tens
     for round_ in range(rounds):
         flat = base + index
         order = torch.argsort(flat * n_hits + positions)  # unique keys: the same order everywhere
-        ordered = flat[order]
+        ordered = flat.index_select(0, order)
         start = ordered != torch.cat([ordered[:1] - 1, ordered[:-1]])  # (T,) first hit of its cell
         group = torch.cumsum(start.long(), 0) - 1
         first = start.nonzero()[:, 0]
-        rank = no_rank.scatter(0, order, positions - first[group])  # (T,) within its cell
+        rank = no_rank.scatter(0, order, positions - first.index_select(0, group))  # (T,) within its cell
         offsets = torch.cat([tries[:1] * 0, tries[round_ + 1 : round_ + _SPREAD_TRIES]])  # by rank
-        target = alpha_bin + side * offsets[rank.clamp(max=_SPREAD_TRIES - 1)]
+        target = alpha_bin + side * offsets.index_select(0, rank.clamp(max=_SPREAD_TRIES - 1))
         target = target - n_alpha * torch.floor(target / wrap)  # wrapped into [0, n_alpha)
         moved = (index + (target - alpha_bin).long() * n_radial).clamp(0, n_voxels - 1)  # (T,)
         hits_in = scatter_rows(empty, flat, one_hit)  # (N V,) hits in each cell
         # a cell of its own is taken (rank 0, or a try that wrapped round to where it is)
-        free = hits_in[base + moved] == 0
+        free = hits_in.index_select(0, base + moved) == 0
         index = torch.where(free, moved, index)
         alpha_bin = torch.where(free, target, alpha_bin)
     return base + index
@@ -335,21 +342,22 @@ class Voxeliser(nn.Module):
         # in [-pi, pi]; of contiguous copies: PyTorch's atan2 of two strided columns ran 10x slower (0.67
         # against 0.07 ms for 63,000 hits), its vectorised kernel differing by an ulp (exported: no copies)
         alpha = torch.atan2(hits[..., 2].contiguous(), hits[..., 1].contiguous())
-        n_alpha = self.n_alpha[layer]
+        n_alpha = _lookup(self.n_alpha, layer)
         position = (alpha + math.pi) * (0.5 / math.pi) * n_alpha  # [0, n_alpha]
         # alpha = pi (atan2 of +0, x < 0) is the upper edge of the last bin; a minimum, not a remainder
         # (onnxruntime ran the exported remainder as two Where passes)
         alpha_bin = torch.minimum(torch.floor(position), n_alpha - 1)
-        n_radial = self.n_radial[layer]
+        n_radial = _lookup(self.n_radial, layer)
         if ring is None:
-            ring = _ring_of(self.scaling.radius_mm(hits[..., 3]), self.inner_edges[layer], n_radial)
-        index = self.layer_offset[layer] + alpha_bin.long() * n_radial + ring
+            ring = _ring_of(self.scaling.radius_mm(hits[..., 3]), _lookup(self.inner_edges, layer), n_radial)
+        index = _lookup(self.layer_offset, layer) + alpha_bin.long() * n_radial + ring
         return index.clamp(0, self.n_voxels - 1), alpha_bin, position - alpha_bin, n_alpha, n_radial
 
     def forward(self, hits: Tensor, seg: Tensor, energy: Tensor, layer: Tensor | None = None,
                 ring: Tensor | None = None) -> Tensor:
         layer = self.scaling.layer_of(hits[:, 0]) if layer is None else layer  # (T,)
-        deposits = hit_energies(hits, self.scaling) * self.layer_used[layer] * energy.index_select(0, seg)
+        used = _lookup(self.layer_used, layer)
+        deposits = hit_energies(hits, self.scaling) * used * energy.index_select(0, seg)
         index, alpha_bin, place, n_alpha, n_radial = self._cells(hits, layer, ring)
         exporting = torch.onnx.is_in_onnx_export()
         # (N V,) zeros, N dynamic; exported as a broadcast product: a constant-shaped graph (zeros_like()
