@@ -40,9 +40,9 @@ from caloforge.families.mdma_gan.points import (
 from caloforge.families.mdma_gan.sampler import (
     MdmaGanSampler,
     generate_hits,
+    hit_noise_spec,
     hit_noise_width,
     made_count,
-    normal_from_uniform,
 )
 from caloforge.geometry import CylindricalGeometry, LayerBinning
 from caloforge.models.mean_field import (
@@ -52,6 +52,7 @@ from caloforge.models.mean_field import (
     MeanFieldGenerator,
     summing_matrix,
 )
+from caloforge.sampler import normal_from_bits
 
 TINY = MeanFieldConfig(size="tiny")
 # per-layer binning with an empty layer and a single alpha bin: the tables of the voxeliser, not a grid
@@ -442,7 +443,7 @@ def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, t
     sampler = MdmaGanSampler(config, context, spread=spread).eval()
     shower_noise = [("shower_noise", (shower_latent,), "normal")] if shower_latent else []
     assert [(s.name, s.shape, s.distribution) for s in sampler.noise] == [
-        ("count_u", (), "uniform"), ("hit_noise", (TOY_GEOMETRY.n_voxels, 4), "uniform"), *shower_noise]
+        ("count_u", (), "uniform"), ("hit_noise", (TOY_GEOMETRY.n_voxels, 1), "bits"), *shower_noise]
     g = torch.Generator().manual_seed(3)
     n = 3
     angles = (torch.zeros(n), torch.zeros(n))
@@ -474,20 +475,18 @@ def test_sampler_draws_showers_in_mev_and_exports_to_onnx(context: RunContext, t
         np.testing.assert_allclose(out, showers[:batch].numpy(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("latent", [4, 3])
-def test_hit_latents_from_uniform_noise_are_independent_standard_normals(latent: int) -> None:
+def test_hit_latents_are_independent_standard_normals_read_off_the_slots_bits() -> None:
     from scipy import stats
 
-    assert hit_noise_width(latent) == 4
-    u = torch.rand(200_000, 4, generator=torch.Generator().manual_seed(0))
-    z = normal_from_uniform(u, latent).double()
-    assert z.shape == (200_000, latent) and torch.isfinite(z).all()
-    for k in range(latent):
+    assert [hit_noise_width(latent) for latent in (3, 4, 5, 8)] == [1, 1, 2, 2]  # four numbers a word
+    bits = hit_noise_spec(1, 8).draw(100_000, torch.Generator().manual_seed(0))[:, 0]  # (n, 2)
+    z = normal_from_bits(bits).double()
+    assert z.shape == (100_000, 8) and torch.isfinite(z).all() and z.abs().max() < 4.2
+    for k in range(8):
         assert stats.kstest(z[:, k].numpy(), "norm").pvalue > 1e-3
-    correlation = torch.corrcoef(z.T) - torch.eye(latent, dtype=z.dtype)
-    assert correlation.abs().max() < 0.01  # the cos and sin of one pair too
-    assert (z[:, 0] ** 2 + z[:, 2] ** 2 if latent == 4 else z[:, 0] ** 2).mean().item() == pytest.approx(
-        2.0 if latent == 4 else 1.0, rel=0.02)
+    correlation = torch.corrcoef(z.T) - torch.eye(8, dtype=z.dtype)
+    assert correlation.abs().max() < 0.015
+    assert (z[:, :4] ** 2).sum(1).mean().item() == pytest.approx(4.0, rel=0.02)  # chi-square, 4 dof
 
 
 def _plain_and_with(context: RunContext, n: int, **option: Any) -> tuple[MdmaGanSampler, MdmaGanSampler,

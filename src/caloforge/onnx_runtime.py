@@ -142,7 +142,7 @@ class OnnxGenerator:
 
     def run(
         self, energy: NDArray[np.floating], theta: NDArray[np.floating], phi: NDArray[np.floating],
-        detector: NDArray[np.integer], *noise: NDArray[np.floating],
+        detector: NDArray[np.integer], *noise: NDArray[Any],
     ) -> NDArray[np.float32]:
         """One call of the ``sampler`` graph: conditions (N,) and the declared noise -> showers (N, V) MeV.
 
@@ -153,7 +153,7 @@ class OnnxGenerator:
             "theta": np.asarray(theta, dtype=np.float32),
             "phi": np.asarray(phi, dtype=np.float32),
             "detector": np.asarray(detector, dtype=np.int64),
-            **{spec.name: np.ascontiguousarray(value, dtype=np.float32)
+            **{spec.name: np.ascontiguousarray(value, dtype=spec.numpy_dtype)
                for spec, value in zip(self.noise, noise, strict=True)},
         }
         present = self._inputs

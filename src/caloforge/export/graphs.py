@@ -40,7 +40,7 @@ from caloforge.export.metadata import (
 )
 from caloforge.generate import ShowerGenerator, load_generator
 from caloforge.io import atomic_output
-from caloforge.sampler import ShowerSampler
+from caloforge.sampler import BITS_FIELDS, ShowerSampler, bits_from_uniform
 
 __all__ = [
     "CONDITION_INPUTS",
@@ -97,11 +97,12 @@ class Par04Graph(nn.Module):
             template = features[:, :1].expand(-1, spec.size).reshape(-1, *spec.shape)  # (N, *shape)
             if self.fixed_noise is not None:
                 value = self.fixed_noise.get(spec.name)
-                centre = 0.0 if spec.distribution == "normal" else 0.5
-                fixed = torch.full_like(template, centre) if value is None else value.expand_as(template)
-                drawn.append(fixed)
+                drawn.append((spec.middle(1)[0] if value is None else value).expand_as(template))
             elif spec.distribution == "normal":
                 drawn.append(torch.randn_like(template))
+            elif spec.distribution == "bits":  # ONNX draws no integers: four uniform numbers a number
+                fields = features[:, :1].expand(-1, spec.size * BITS_FIELDS)  # (N, 4 size)
+                drawn.append(bits_from_uniform(torch.rand_like(fields).reshape(-1, *spec.shape, BITS_FIELDS)))
             else:
                 drawn.append(torch.rand_like(template))
         return drawn
@@ -159,7 +160,7 @@ def example_inputs(generator: ShowerGenerator, sampler: ShowerSampler, n: int) -
     energy = torch.full((n,), math.sqrt(ranges.energy_min * ranges.energy_max))
     theta = torch.full((n,), 0.5 * (ranges.theta_min + ranges.theta_max))
     phi = torch.full((n,), 0.5 * (ranges.phi_min + ranges.phi_max))
-    noise = [torch.full((n, *s.shape), 0.0 if s.distribution == "normal" else 0.5) for s in sampler.noise]
+    noise = [s.middle(n) for s in sampler.noise]
     return energy, theta, phi, torch.zeros(n, dtype=torch.int64), *noise
 
 

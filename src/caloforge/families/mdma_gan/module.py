@@ -48,7 +48,7 @@ from caloforge.families.mdma_gan.sampler import (
     generate_hits,
     generator_condition,
     hit_condition,
-    hit_noise_width,
+    hit_noise_spec,
 )
 from caloforge.models.mean_field import MeanFieldCritic, MeanFieldGenerator, per_set_sum
 from caloforge.optim import build_optimizer
@@ -270,8 +270,7 @@ class MdmaGanModule(FamilyModule):
         hits, seg, cond, _, _ = self._inputs(batch)
         g = torch.Generator(device=hits.device).manual_seed(batch_idx)
         count_u = torch.rand(cond.shape[0], generator=g, device=hits.device)
-        hit_noise = torch.rand(cond.shape[0], self.max_hits, hit_noise_width(self.latent), generator=g,
-                               device=hits.device)
+        hit_noise = hit_noise_spec(self.max_hits, self.latent).draw(cond.shape[0], g)  # the sampler's
         shower_latent = self.config.model.shower_latent
         shower_noise = (torch.randn(cond.shape[0], shower_latent, generator=g, device=hits.device)
                         if shower_latent else None)

@@ -4,11 +4,14 @@ Noise spec, in order (each (N, *shape)):
 
 * ``count_u`` () uniform: the hit count, drawn first by the inverse CDF of p(n | conditions)
   (``counts.HitCountModel.draw``);
-* ``hit_noise`` (M, 2 ceil(latent / 2)) uniform: one normal latent per hit slot, made by Box-Muller
-  (``normal_from_uniform``) for the drawn slots only; slots at or beyond the drawn count are padding and
-  change nothing. Uniform numbers, because a shower uses about a third of its slots: a numpy or torch
-  generator draws a uniform number 2-6 times faster than a normal one, and only the drawn ones are
-  transformed (the onnxruntime path spent 0.15 ms a shower drawing normal slots);
+* ``hit_noise`` (M, ceil(latent / 4)) bits: one normal latent per hit slot, read off the slot's 15-bit
+  fields (``sampler.normal_from_bits``: four in each 64-bit number) for the drawn slots only; slots at or
+  beyond the drawn count are padding and change nothing. Bits, because a shower uses about a third of its
+  slots: a numpy or torch generator draws 64 random bits in about the time of one float32 uniform number,
+  and a normal one takes 2-6 times longer (the onnxruntime path spent 0.15 ms a shower drawing normal
+  slots; the width-16 model's 100 x 2048 x 8 uniform numbers took 4.7 ms to draw at batch 100, its
+  100 x 2048 x 2 numbers of bits 1.3), and only the drawn slots' latents are made, by a table lookup
+  (Box-Muller on the uniform numbers took longer than the draw);
 * ``shower_noise`` (S,) normal, only with ``model.shower_latent`` S > 0: one latent per shower, which the
   generator takes beside the conditions.
 
@@ -37,7 +40,6 @@ ring stays, the core, whose neighbours are all lit, keeps its sums.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -51,11 +53,11 @@ from caloforge.families.mdma_gan.counts import HitCountModel
 from caloforge.families.mdma_gan.points import N_FEATURES, LogitPositions, PointScaling, Voxeliser
 from caloforge.geometry import CylindricalGeometry
 from caloforge.models.mean_field import MeanFieldGenerator, summing_matrix
-from caloforge.sampler import NoiseSpec, ShowerSampler
+from caloforge.sampler import BITS_FIELDS, NoiseSpec, ShowerSampler, normal_from_bits
 
 __all__ = ["MAX_SPREAD_ROUNDS", "MdmaGanSampler", "build_counts", "build_generator", "build_positions",
-           "generate_hits", "generator_condition", "hit_condition", "hit_noise_width", "made_count",
-           "normal_from_uniform"]
+           "generate_hits", "generator_condition", "hit_condition", "hit_noise_spec", "hit_noise_width",
+           "made_count"]
 
 
 MAX_SPREAD_ROUNDS = 8  # the sampling option ``spread``: rounds of ``points.spread_collisions``
@@ -91,21 +93,11 @@ def build_positions(config: MdmaGanConfig, context: RunContext) -> LogitPosition
     return LogitPositions(context.geometry, PointScaling.of(context)) if config.positions == "logit" else None
 
 
-def normal_from_uniform(u: Tensor, latent: int) -> Tensor:
-    """Independent uniform numbers u (..., 2K) in [0, 1) -> independent standard normal ones (..., latent),
-    latent <= 2K, by Box-Muller on the pairs (u_k, u_{K+k}): sqrt(-2 ln(1 - u_k)) (cos, sin)(2 pi u_{K+k})
-    (1 - u > 0: the tails are cut at 5.8 sigma in float32, a chance of 1e-8)."""
-    half = u.shape[-1] // 2
-    radius = torch.sqrt(-2.0 * torch.log(1.0 - u[..., :half]))
-    angle = (2.0 * math.pi) * u[..., half:]
-    return torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1)[..., :latent]
-
-
 def generate_hits(generator: MeanFieldGenerator, counts: HitCountModel, cond: Tensor, count_u: Tensor,
                   hit_noise: Tensor, shower_noise: Tensor | None = None,
                   count_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
     """Draw each shower's hit count, then its hits: cond (N, C), count_u (N,) uniform, hit_noise
-    (N, M, 2 ceil(latent / 2)) uniform (M = the count model's ``max_hits``; ``normal_from_uniform``),
+    (N, M, ``hit_noise_width``) bits (M = the count model's ``max_hits``; ``normal_from_bits``),
     shower_noise (N, S) normal or ``None`` (no shower latent) -> (hits (T, 5) packed, seg (T,) the shower of
     each, counts (N,)). Shower i's hits take the latents of its first n_i slots, so a shower does not depend
     on the others in its batch. Only the T = sum n_i drawn hits are computed. ``count_scale`` s != 1: the
@@ -117,8 +109,10 @@ def generate_hits(generator: MeanFieldGenerator, counts: HitCountModel, cond: Te
     slots = torch.arange(max_hits, dtype=cond.dtype, device=cond.device)
     drawn = (slots[None] < n_made[:, None]).nonzero()  # (T, 2): shower, slot
     seg = drawn[:, 0]  # (T,)
-    uniform = hit_noise.flatten(0, 1).index_select(0, seg * max_hits + drawn[:, 1])  # (T, 2K)
-    latents = normal_from_uniform(uniform, generator.latent)  # (T, latent)
+    bits = hit_noise.flatten(0, 1).index_select(0, seg * max_hits + drawn[:, 1])  # (T, W)
+    latents = normal_from_bits(bits)  # (T, 4 W)
+    if latents.shape[1] != generator.latent:
+        latents = latents[:, : generator.latent]  # (T, latent)
     cond_n = generator_condition(hit_condition(cond, n_hits, max_hits), shower_noise)
     # the hits are packed shower after shower: in eager sampling the generator's per-shower sums are products
     # with a sparse matrix (``summing_matrix``); training and the exported graph keep their scatter-adds
@@ -128,8 +122,14 @@ def generate_hits(generator: MeanFieldGenerator, counts: HitCountModel, cond: Te
 
 
 def hit_noise_width(latent: int) -> int:
-    """Uniform numbers a hit slot takes for a normal latent of ``latent`` (``normal_from_uniform``)."""
-    return 2 * ((latent + 1) // 2)
+    """Numbers of bits noise a hit slot takes for a normal latent of ``latent``: four normal numbers each
+    (``normal_from_bits``)."""
+    return -(-latent // BITS_FIELDS)
+
+
+def hit_noise_spec(max_hits: int, latent: int) -> NoiseSpec:
+    """The ``hit_noise`` input: bits for ``max_hits`` slots of a normal latent of ``latent`` (module doc)."""
+    return NoiseSpec("hit_noise", (max_hits, hit_noise_width(latent)), "bits")
 
 
 def made_count(n_hits: Tensor, count_scale: float, max_hits: int) -> Tensor:
@@ -172,7 +172,7 @@ class MdmaGanSampler(ShowerSampler):
         self.readout_threshold_mev = float(context.preprocessor.threshold_mev)
         self.threshold_mev = self.readout_threshold_mev
         self.noise = (NoiseSpec("count_u", (), "uniform"),
-                      NoiseSpec("hit_noise", (self.max_hits, hit_noise_width(self.latent)), "uniform"))
+                      hit_noise_spec(self.max_hits, self.latent))
         if config.shower_latent:
             self.noise += (NoiseSpec("shower_noise", (config.shower_latent,), "normal"),)
         self.options: dict[str, Any] = {} if count_scale is None else {"count_scale": self.count_scale}

@@ -1,0 +1,60 @@
+"""The noise spec of the sampler contract (``caloforge.sampler``): draws and the "bits" noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from caloforge.sampler import BITS_FIELDS, NoiseSpec, bits_from_uniform, normal_from_bits
+
+
+def test_normal_from_bits_reads_four_15_bit_fields_lowest_first_off_the_normal_quantiles() -> None:
+    fields = torch.tensor([[3, 0, 32767, 12345], [16384, 1, 2, 32767]])  # (2 numbers, 4 fields)
+    bits = (fields * torch.tensor([1, 2**15, 2**30, 2**45])).sum(1)
+    bits = bits + (5 << 60)  # bits above the 60th are not read
+    z = normal_from_bits(bits[None, :])  # (1, 2) -> (1, 8)
+    assert z.dtype == torch.float32 and z.shape == (1, 8)
+    expected = stats.norm.ppf((fields.reshape(-1).numpy() + 0.5) / 2**15)
+    np.testing.assert_allclose(z[0].numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert normal_from_bits(torch.zeros(0, 3, dtype=torch.int64)).shape == (0, 12)
+
+
+def test_bits_from_uniform_keeps_each_numbers_leading_15_bits() -> None:
+    u = torch.rand(50, 3, BITS_FIELDS, generator=torch.Generator().manual_seed(0))
+    z = normal_from_bits(bits_from_uniform(u))  # (50, 12)
+    expected = stats.norm.ppf((np.floor(u.reshape(50, -1).double().numpy() * 2**15) + 0.5) / 2**15)
+    np.testing.assert_allclose(z.numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert bits_from_uniform(torch.tensor([[0.99999999, 0.0, 0.0, 1.0]])).item() == 32767 + (32767 << 45)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "numpy"])
+def test_bits_noise_gives_independent_normal_numbers(runtime: str) -> None:
+    spec = NoiseSpec("z", (2,), "bits")
+    if runtime == "torch":
+        bits = spec.draw(40_000, torch.Generator().manual_seed(1))
+    else:
+        drawn = spec.draw_numpy(40_000, np.random.default_rng(1))
+        assert drawn.dtype == np.int64 and (drawn >= 0).all() and (drawn < 2**60).all()
+        bits = torch.from_numpy(drawn)
+    assert bits.dtype == torch.int64 and bits.shape == (40_000, 2)
+    z = normal_from_bits(bits).double()  # (n, 8)
+    for k in range(8):
+        assert stats.kstest(z[:, k].numpy(), "norm").pvalue > 1e-3
+    correlation = torch.corrcoef(z.T) - torch.eye(8, dtype=z.dtype)
+    assert correlation.abs().max() < 0.03
+
+
+def test_middle_of_each_distribution() -> None:
+    assert NoiseSpec("a", (3,), "normal").middle(2).eq(0).all()
+    assert NoiseSpec("b", (), "uniform").middle(2).eq(0.5).all()
+    middle = NoiseSpec("c", (4, 1), "bits").middle(2)
+    assert middle.shape == (2, 4, 1) and middle.dtype == torch.int64
+    z = normal_from_bits(middle.reshape(-1, 1))  # every field 2^14: the quantile at (2^14 + 1/2) / 2^15
+    assert z.shape == (8, 4) and z.abs().max() < 1e-4
+
+
+def test_unknown_distribution_is_refused() -> None:
+    with pytest.raises(ValueError, match="distribution 'poisson' is not one of"):
+        NoiseSpec("z", (1,), "poisson")
