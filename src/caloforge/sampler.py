@@ -33,7 +33,9 @@ __all__ = ["BITS_FIELDS", "NOISE_DISTRIBUTIONS", "ExtraGraph", "NoiseSpec", "Sho
 
 NOISE_DISTRIBUTIONS = ("normal", "uniform", "bits")
 BITS_FIELDS = 4  # random numbers in one number of a "bits" noise: four fields of 15 bits (its low 60 bits)
-_FIELD = 1 << 15
+_FIELD_BITS = 15
+_FIELD = 1 << _FIELD_BITS  # values of one field
+_SHIFTS = tuple(_FIELD_BITS * k for k in range(BITS_FIELDS))  # each field's lowest bit, lowest field first
 
 
 @lru_cache(maxsize=4)
@@ -53,7 +55,7 @@ def normal_from_bits(bits: Tensor) -> Tensor:
     gives four normal numbers for the price of one uniform number, with one lookup each instead of
     Box-Muller's logarithm, root, sine and cosine: for samplers that need many normal numbers of modest
     resolution and use a fraction of them (the mdma-gan's hit slots)."""
-    fields = bits.unsqueeze(-1) >> torch.tensor([0, 15, 30, 45], device=bits.device)  # (T, W, 4)
+    fields = bits.unsqueeze(-1) >> torch.tensor(_SHIFTS, device=bits.device)  # (T, W, 4)
     # a remainder when exporting (a mask is BitwiseAnd, opset 18); a mask in PyTorch (2.4x faster)
     fields = fields % _FIELD if torch.onnx.is_in_onnx_export() else fields & (_FIELD - 1)
     normal = _normal_quantiles(bits.device).index_select(0, fields.reshape(-1))
@@ -66,7 +68,7 @@ def bits_from_uniform(u: Tensor) -> Tensor:
     group of four as the fields of one number (``normal_from_bits`` reads them as the normal quantiles at
     (floor(2^15 u) + 1/2) / 2^15). How a graph without a random-integer operator (ONNX) draws bits."""
     fields = torch.clamp(torch.floor(u * _FIELD), 0, _FIELD - 1).to(torch.int64)
-    return (fields * torch.tensor([1, 1 << 15, 1 << 30, 1 << 45], device=u.device)).sum(-1)
+    return (fields * torch.tensor([1 << s for s in _SHIFTS], device=u.device)).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ class NoiseSpec:
         """(n, *shape): the distribution's middle (0, 0.5, or bits whose fields are all 2^14: the middle of
         their range), for tracing a graph and for fixed noise."""
         if self.distribution == "bits":
-            middle = sum(_FIELD // 2 << (15 * k) for k in range(BITS_FIELDS))
+            middle = sum((_FIELD // 2) << s for s in _SHIFTS)
             return torch.full((n, *self.shape), middle, dtype=torch.int64)
         return torch.full((n, *self.shape), 0.0 if self.distribution == "normal" else 0.5)
 
