@@ -1,13 +1,18 @@
-"""The noise spec of the sampler contract (``caloforge.sampler``): draws and the "bits" noise."""
+"""The sampler contract's helpers (``caloforge.sampler``): the noise spec, its draws and the "bits" noise, and
+the readout threshold ``zero_below``."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from scipy import stats
 
-from caloforge.sampler import BITS_FIELDS, NoiseSpec, bits_from_uniform, normal_from_bits
+from caloforge.sampler import BITS_FIELDS, NoiseSpec, bits_from_uniform, normal_from_bits, zero_below
 
 
 def test_normal_from_bits_reads_four_15_bit_fields_lowest_first_off_the_normal_quantiles() -> None:
@@ -58,3 +63,36 @@ def test_middle_of_each_distribution() -> None:
 def test_unknown_distribution_is_refused() -> None:
     with pytest.raises(ValueError, match="distribution 'poisson' is not one of"):
         NoiseSpec("z", (1,), "poisson")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_below_keeps_values_from_the_threshold_up_in_their_dtype(dtype: torch.dtype) -> None:
+    at = torch.tensor(0.0125, dtype=dtype)  # the threshold as the values' dtype holds it
+    just_below = torch.nextafter(at, torch.tensor(0.0, dtype=dtype))
+    values = torch.stack([torch.tensor(v, dtype=dtype) for v in (float("nan"), -1.0, 0.0, 0.0124)]
+                         + [just_below, at, torch.nextafter(at, torch.tensor(1.0, dtype=dtype)),
+                            torch.tensor(3.0, dtype=dtype)])
+    out = zero_below(values, 0.0125)
+    assert out.dtype == dtype and torch.isnan(out[0])
+    expected = torch.where(values < 0.0125, torch.zeros_like(values), values)  # what it replaced
+    assert torch.equal(out[1:], expected[1:])
+    assert out[1:5].eq(0).all() and torch.equal(out[5:], values[5:])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's, as export.graphs
+def test_zero_below_exports_as_one_thresholded_relu_that_onnxruntime_runs_alike() -> None:
+    class Cut(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return zero_below(x * 1.0, 0.0125)
+
+    buffer = io.BytesIO()
+    torch.onnx.export(Cut(), (torch.rand(2, 64),), buffer, dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}})
+    model = onnx.load_from_string(buffer.getvalue())
+    assert [n.op_type for n in model.graph.node if n.op_type != "Constant"] == ["Mul", "ThresholdedRelu"]
+    values = torch.rand(40, 64, generator=torch.Generator().manual_seed(1)) * 0.025
+    values[0, :3] = torch.tensor([0.0125, float(np.nextafter(np.float32(0.0125), np.float32(0))), 0.0])
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": values.numpy()})[0]
+    np.testing.assert_array_equal(got, zero_below(values, 0.0125).numpy())
+    assert got[0, 0] == np.float32(0.0125) and got[0, 1] == 0 and (got > 0).sum() > 1000

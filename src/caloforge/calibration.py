@@ -72,7 +72,7 @@ from caloforge.data import ShowerSet
 from caloforge.errors import InputError
 from caloforge.geometry import CylindricalGeometry
 from caloforge.preprocess import energy_bin_weights, layer_matrix
-from caloforge.sampler import ExtraGraph, ShowerSampler
+from caloforge.sampler import ExtraGraph, ShowerSampler, zero_below
 
 __all__ = [
     "CalibratedSampler",
@@ -432,7 +432,7 @@ class CellCalibration(nn.Module):
             if self.layer_x is not None:
                 target = self.map_layers(target, energy, b0, b1, w)
             values = self._restore_layers(values, target, slot, empty)
-        values = values * (values >= self.threshold_mev).to(values.dtype)
+        values = zero_below(values, self.threshold_mev)
         return torch.zeros_like(flat).scatter_(0, where, values).reshape(showers.shape)  # in place
 
     def map_hits(self, u: Tensor, row0: Tensor, row1: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -472,7 +472,7 @@ class CellCalibration(nn.Module):
 
         values = scaled(values)
         # Hits scaled below the threshold vanish; scaling the survivors once more restores each layer.
-        return scaled(values * (values >= self.threshold_mev).to(values.dtype))
+        return scaled(zero_below(values, self.threshold_mev))
 
     def to_dict(self) -> dict[str, Any]:
         """Tensors and plain types, for the checkpoint (``torch.load(weights_only=True)``)."""

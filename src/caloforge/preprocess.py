@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from caloforge.data import ShowerChunks, ShowerSet
 from caloforge.errors import InputError
 from caloforge.geometry import CylindricalGeometry
+from caloforge.sampler import zero_below
 
 __all__ = [
     "EnergyRatio",
@@ -151,8 +152,8 @@ class PreprocessTransform(nn.Module):
     def inverse(self, z: Tensor, energy: Tensor) -> Tensor:
         u = self.log_fraction(z)  # (N, V)
         showers = energy[:, None] * torch.exp(u) - self.eps_mev
-        # Cells below the threshold read zero (module doc); where() keeps the graph free of Python branches.
-        return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
+        # Cells below the threshold read zero (module doc)
+        return zero_below(showers, self.threshold_mev)
 
 
 def energy_bin_weights(
@@ -203,7 +204,7 @@ class EnergyRatio(nn.Module):
         total = showers.sum(dim=1)
         scale = torch.where(total > 0, target / torch.clamp(total, min=1e-30), torch.ones_like(total))
         scaled = showers * scale[:, None]
-        scaled = torch.where(scaled < self.threshold_mev, torch.zeros_like(scaled), scaled)
+        scaled = zero_below(scaled, self.threshold_mev)
         # Cells scaled below the threshold vanish; scaling the survivors once more restores the total
         # (that factor is >= 1, so no survivor falls below the threshold).
         kept = scaled.sum(dim=1)
@@ -327,7 +328,7 @@ class LayerEnergies(nn.Module):
         y = torch.clamp(z * self.std + self.mean, self.span[0], self.span[1])
         ratio = torch.exp(torch.clamp(y[:, 0], max=0.0))  # a calorimeter never holds more than E_inc
         fraction = torch.exp(torch.clamp(y[:, 1:], max=0.0)) - self.delta
-        fraction = torch.where(fraction < self.threshold, torch.zeros_like(fraction), fraction)
+        fraction = zero_below(fraction, self.threshold)
         return ratio, fraction
 
     def _best_cells(self, scores: Tensor, need: Tensor) -> Tensor:
@@ -358,7 +359,7 @@ class LayerEnergies(nn.Module):
         fraction = torch.where(norm > 0, fraction / torch.clamp(norm, min=1e-30), own)
         scale = fraction * (ratio * energy)[:, None] / torch.clamp(have, min=1e-30)  # (N, L)
         scaled = showers * (scale @ self.matrix.T)  # (N, V)
-        return torch.where(scaled < self.threshold_mev, torch.zeros_like(scaled), scaled)
+        return zero_below(scaled, self.threshold_mev)
 
 
 def smallest_layer_fraction(showers: NDArray[np.floating], matrix: NDArray[np.floating]) -> float:
