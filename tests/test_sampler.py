@@ -15,10 +15,14 @@ from scipy import stats
 from caloforge.sampler import BITS_FIELDS, NoiseSpec, bits_from_uniform, normal_from_bits, zero_below
 
 
-def test_normal_from_bits_reads_four_15_bit_fields_lowest_first_off_the_normal_quantiles() -> None:
+@pytest.mark.parametrize("exporting", [False, True])
+def test_normal_from_bits_reads_each_16_bit_words_low_15_bits_lowest_first_off_the_normal_quantiles(
+    exporting: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: exporting)  # the graph's shifts, or a view
     fields = torch.tensor([[3, 0, 32767, 12345], [16384, 1, 2, 32767]])  # (2 numbers, 4 fields)
-    bits = (fields * torch.tensor([1, 2**15, 2**30, 2**45])).sum(1)
-    bits = bits + (5 << 60)  # bits above the 60th are not read
+    bits = (fields * torch.tensor([1, 2**16, 2**32, 2**48])).sum(1)
+    bits = bits + (1 << 15) + (1 << 31) + (1 << 47)  # each word's top bit is not read
     z = normal_from_bits(bits[None, :])  # (1, 2) -> (1, 8)
     assert z.dtype == torch.float32 and z.shape == (1, 8)
     expected = stats.norm.ppf((fields.reshape(-1).numpy() + 0.5) / 2**15)
@@ -31,7 +35,7 @@ def test_bits_from_uniform_keeps_each_numbers_leading_15_bits() -> None:
     z = normal_from_bits(bits_from_uniform(u))  # (50, 12)
     expected = stats.norm.ppf((np.floor(u.reshape(50, -1).double().numpy() * 2**15) + 0.5) / 2**15)
     np.testing.assert_allclose(z.numpy(), expected, rtol=1e-6, atol=1e-6)
-    assert bits_from_uniform(torch.tensor([[0.99999999, 0.0, 0.0, 1.0]])).item() == 32767 + (32767 << 45)
+    assert bits_from_uniform(torch.tensor([[0.99999999, 0.0, 0.0, 1.0]])).item() == 32767 + (32767 << 48)
 
 
 @pytest.mark.parametrize("runtime", ["torch", "numpy"])
@@ -41,7 +45,7 @@ def test_bits_noise_gives_independent_normal_numbers(runtime: str) -> None:
         bits = spec.draw(40_000, torch.Generator().manual_seed(1))
     else:
         drawn = spec.draw_numpy(40_000, np.random.default_rng(1))
-        assert drawn.dtype == np.int64 and (drawn >= 0).all() and (drawn < 2**60).all()
+        assert drawn.dtype == np.int64 and (drawn >= 0).all() and (drawn >= 2**62).any()
         bits = torch.from_numpy(drawn)
     assert bits.dtype == torch.int64 and bits.shape == (40_000, 2)
     z = normal_from_bits(bits).double()  # (n, 8)

@@ -32,10 +32,11 @@ __all__ = ["BITS_FIELDS", "NOISE_DISTRIBUTIONS", "ExtraGraph", "NoiseSpec", "Sho
            "bits_from_uniform", "normal_from_bits", "zero_below"]
 
 NOISE_DISTRIBUTIONS = ("normal", "uniform", "bits")
-BITS_FIELDS = 4  # random numbers in one number of a "bits" noise: four fields of 15 bits (its low 60 bits)
+BITS_FIELDS = 4  # random numbers in one number of a "bits" noise: a field of 15 bits in each 16-bit word
 _FIELD_BITS = 15
 _FIELD = 1 << _FIELD_BITS  # values of one field
-_SHIFTS = tuple(_FIELD_BITS * k for k in range(BITS_FIELDS))  # each field's lowest bit, lowest field first
+_WORD_BITS = 16  # a field is the low 15 bits of its 16-bit word (so PyTorch reads it off an int16 view)
+_SHIFTS = tuple(_WORD_BITS * k for k in range(BITS_FIELDS))  # each field's lowest bit, lowest field first
 
 
 @lru_cache(maxsize=4)
@@ -47,25 +48,26 @@ def _normal_quantiles(device: torch.device) -> Tensor:
 
 
 def normal_from_bits(bits: Tensor) -> Tensor:
-    """A "bits" noise (T, W) int64 (its low 60 bits uniformly random) -> (T, 4 W) float32 independent
-    standard normal numbers: each of the four 15-bit fields f of a number (lowest first) is read off a
-    table of the normal quantiles at (f + 1/2) / 2^15 (so |z| <= 4.17).
+    """A "bits" noise (T, W) int64 (in [0, 2^63), uniformly random) -> (T, 4 W) float32 independent
+    standard normal numbers: the low 15 bits f of each of a number's four 16-bit words (lowest first) are
+    read off a table of the normal quantiles at (f + 1/2) / 2^15 (so |z| <= 4.17).
 
     A random-number generator makes 64 random bits in about the time of one float32 uniform number, so this
     gives four normal numbers for the price of one uniform number, with one lookup each instead of
     Box-Muller's logarithm, root, sine and cosine: for samplers that need many normal numbers of modest
     resolution and use a fraction of them (the mdma-gan's hit slots)."""
-    fields = bits.unsqueeze(-1) >> torch.tensor(_SHIFTS, device=bits.device)  # (T, W, 4)
-    # a remainder when exporting (a mask is BitwiseAnd, opset 18); a mask in PyTorch (2.4x faster)
-    fields = fields % _FIELD if torch.onnx.is_in_onnx_export() else fields & (_FIELD - 1)
-    normal = _normal_quantiles(bits.device).index_select(0, fields.reshape(-1))
+    if torch.onnx.is_in_onnx_export():  # shifts and a remainder (ONNX has no bit casts; a mask is opset 18)
+        fields = (bits.unsqueeze(-1) >> torch.tensor(_SHIFTS, device=bits.device)) % _FIELD  # (T, W, 4)
+    else:  # the words as an int16 view (little-endian: lowest first), masked: 2x faster than shifting
+        fields = bits.contiguous().view(torch.int16) & (_FIELD - 1)  # (T, 4 W)
+    normal = _normal_quantiles(bits.device).index_select(0, fields.reshape(-1).int())
     # a constant width (exported: a Reshape to (-1, 4 W); flatten(-2)'s -1 last fails on no hits)
     return normal.reshape(-1, BITS_FIELDS * int(bits.shape[-1]))
 
 
 def bits_from_uniform(u: Tensor) -> Tensor:
     """Uniform numbers u (..., W, 4) in [0, 1) -> a "bits" noise (..., W) int64: the leading 15 bits of each
-    group of four as the fields of one number (``normal_from_bits`` reads them as the normal quantiles at
+    group of four as the four fields of one number (``normal_from_bits`` reads them as the normal quantiles at
     (floor(2^15 u) + 1/2) / 2^15). How a graph without a random-integer operator (ONNX) draws bits."""
     fields = torch.clamp(torch.floor(u * _FIELD), 0, _FIELD - 1).to(torch.int64)
     return (fields * torch.tensor([1 << s for s in _SHIFTS], device=u.device)).sum(-1)
@@ -87,8 +89,9 @@ class _ZeroBelow(torch.autograd.Function):
 @lru_cache(maxsize=16)
 def _below(threshold: float, dtype: torch.dtype) -> float:
     """The largest ``dtype`` number below ``threshold``: x > it exactly where x >= threshold in ``dtype``."""
-    kind = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}[dtype]
-    return float(np.nextafter(kind(threshold), kind(-math.inf)))  # numpy: no tensor while tracing
+    kind = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}[dtype]
+    value = np.asarray(threshold, dtype=kind)  # numpy: no tensor while tracing
+    return float(np.nextafter(value, np.asarray(-math.inf, dtype=kind)))
 
 
 def zero_below(values: Tensor, threshold: float) -> Tensor:
@@ -112,7 +115,8 @@ class NoiseSpec:
         name: the input's name (also in the exported graph).
         shape: per-shower shape; the tensor fed is (N, *shape).
         distribution: "normal" (standard normal, float32), "uniform" (on [0, 1), float32) or "bits" (int64
-            whose low 60 bits are uniformly random: four fields of 15 bits, ``normal_from_bits``).
+            in [0, 2^63), uniformly random: four fields of 15 bits, one in each 16-bit word,
+            ``normal_from_bits``).
     """
 
     name: str
@@ -148,8 +152,8 @@ class NoiseSpec:
         shape = (n, *self.shape)
         if self.distribution == "normal":
             return rng.standard_normal(shape, dtype=np.float32)
-        if self.distribution == "bits":  # the generator's raw 64-bit output, shifted into [0, 2^60)
-            return (rng.bit_generator.random_raw(shape) >> np.uint64(4)).view(np.int64)
+        if self.distribution == "bits":  # the generator's raw 64-bit output, shifted into [0, 2^63)
+            return (rng.bit_generator.random_raw(shape) >> np.uint64(1)).view(np.int64)
         return rng.random(shape, dtype=np.float32)
 
     def middle(self, n: int) -> Tensor:
