@@ -50,6 +50,7 @@ from caloforge.models.mean_field import (
     MeanFieldConfig,
     MeanFieldCritic,
     MeanFieldGenerator,
+    set_products,
     summing_matrix,
 )
 from caloforge.sampler import normal_from_bits
@@ -233,6 +234,18 @@ def test_sums_as_products_with_the_summing_matrix_match_the_scatter_adds() -> No
         warnings.simplefilter("error")  # no warning about PyTorch's sparse support reaches the user
         fast = generator(z, seg, cond, summing_matrix(counts))
         torch.testing.assert_close(fast, generator(z, seg, cond), rtol=1e-5, atol=1e-6)
+
+
+def test_set_products_multiply_each_row_by_its_sets_matrix() -> None:
+    # sampling's attention scores: rows in any set order, a set with no row
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 3, generator=generator)
+    seg = torch.tensor([2, 0, 0, 3, 2, 2, 0])
+    weights = torch.randn(4, 3, 5, generator=generator)
+    expected = torch.stack([x[t] @ weights[seg[t]] for t in range(7)])
+    torch.testing.assert_close(set_products(x, seg, weights), expected)
+    torch.testing.assert_close(set_products(x.T.contiguous().T, seg, weights), expected)  # strided rows
+    assert set_products(torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64), weights).shape == (0, 5)
 
 
 def test_attention_is_a_softmax_over_each_sets_hits_and_the_null_hit() -> None:
