@@ -283,9 +283,13 @@ def spread_collisions(index: Tensor, seg: Tensor, n_voxels: int, alpha_bin: Tens
         target = alpha_bin + side * offsets.index_select(0, rank.clamp(max=_SPREAD_TRIES - 1))
         target = target - n_alpha * torch.floor(target / wrap)  # wrapped into [0, n_alpha)
         moved = (index + (target - alpha_bin).long() * n_radial).clamp(0, n_voxels - 1)  # (T,)
-        hits_in = scatter_rows(empty, flat, one_hit)  # (N V,) hits in each cell
         # a cell of its own is taken (rank 0, or a try that wrapped round to where it is)
-        free = hits_in.index_select(0, base + moved) == 0
+        if torch.onnx.is_in_onnx_export():  # the hits in each cell (ScatterND adds)
+            free = scatter_rows(empty, flat, one_hit).index_select(0, base + moved) == 0
+        else:  # whether a cell has a hit, a byte a cell: 0.33 against 0.50 ms for 73,000 hits in 100 showers
+            taken = torch.zeros(empty.shape, dtype=torch.bool, device=empty.device)
+            taken.index_put_((flat,), torch.ones((), dtype=torch.bool, device=empty.device))
+            free = taken.index_select(0, base + moved).logical_not_()
         index = torch.where(free, moved, index)
         alpha_bin = torch.where(free, target, alpha_bin)
     return base + index
