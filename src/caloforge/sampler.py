@@ -59,8 +59,8 @@ def normal_from_bits(bits: Tensor) -> Tensor:
     if torch.onnx.is_in_onnx_export():  # shifts and a remainder (ONNX has no bit casts; a mask is opset 18)
         fields = (bits.unsqueeze(-1) >> torch.tensor(_SHIFTS, device=bits.device)) % _FIELD  # (T, W, 4)
     else:  # the words as an int16 view (little-endian: lowest first), masked: 2x faster than shifting
-        fields = bits.contiguous().view(torch.int16) & (_FIELD - 1)  # (T, 4 W)
-    normal = _normal_quantiles(bits.device).index_select(0, fields.reshape(-1).int())
+        fields = (bits.contiguous().view(torch.int16) & (_FIELD - 1)).int()  # (T, 4 W)
+    normal = _normal_quantiles(bits.device).index_select(0, fields.reshape(-1))
     # a constant width (exported: a Reshape to (-1, 4 W); flatten(-2)'s -1 last fails on no hits)
     return normal.reshape(-1, BITS_FIELDS * int(bits.shape[-1]))
 
