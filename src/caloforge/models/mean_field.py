@@ -13,7 +13,8 @@ information only through one learned mean-field vector per set (N, D):
 So a block costs O(T D) instead of attention's O(M^2 D) per set, hits are permutation equivariant, and
 anything read off the mean field is permutation invariant. Per-set sums are scatter-adds (ONNX ScatterND
 with reduction add: ``scatter_rows``), so the networks export with a dynamic number of hits; sampling in
-PyTorch sums by products with a sparse matrix instead (``summing_matrix``). The backbones
+PyTorch sums by products with a sparse matrix instead (``summing_matrix``) and reads the attention scores
+off one block-diagonal sparse product (``set_products``). The backbones
 know no objective: the ``mdma-gan`` family's module owns the WGAN-GP losses. File layout: helpers,
 blocks, the two models, then named size presets.
 """
