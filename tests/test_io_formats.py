@@ -119,6 +119,16 @@ def test_streaming_equals_whole_file(tmp_path, fmt):
     assert list(iter_showers(path, start=30)) == []
 
 
+def test_concatenate_joins_parts_and_returns_a_single_part_uncopied():
+    showers = make_showers(TINY, 9)
+    assert ShowerSet.concatenate([showers]) is showers
+    joined = ShowerSet.concatenate([showers[:4], showers[4:]])
+    assert joined is not showers and not np.shares_memory(joined.showers, showers.showers)
+    assert_same(joined, showers)
+    with pytest.raises(ValueError, match="nothing to concatenate"):
+        ShowerSet.concatenate([])
+
+
 def test_chunked_writer_grows_and_shrinks(tmp_path):
     showers = make_showers(TINY, 17)
     for expected_n in (None, 3, 40):

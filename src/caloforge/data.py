@@ -139,9 +139,12 @@ class ShowerSet:
     def concatenate(parts: Sequence[ShowerSet], fill_defaults: bool = False) -> ShowerSet:
         """Join sets of the same geometry; a condition absent from any part is dropped, or, with
         ``fill_defaults``, kept when any part records it, with its default (``CONDITION_DEFAULTS``)
-        where a part does not."""
+        where a part does not. A single part is returned as it is, not copied (joining copies every cell:
+        0.07 s for 10,000 showers of 6480, which a generator's one batch need not pay)."""
         if not parts:
             raise ValueError("nothing to concatenate")
+        if len(parts) == 1:
+            return parts[0]
         geometry = parts[0].geometry
         if any(p.geometry != geometry for p in parts):
             raise ValueError("cannot concatenate showers of different geometries")

@@ -257,7 +257,7 @@ class ShowerStream(IterableDataset[Batch]):
             first = offset - int(offsets[index])
             parts.append(buffer[first : first + take])
             position += take
-        return parts[0] if len(parts) == 1 else ShowerSet.concatenate(parts, fill_defaults=True)
+        return ShowerSet.concatenate(parts, fill_defaults=True)
 
     # -- iteration
     def batches_per_pass(self) -> int:

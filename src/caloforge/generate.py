@@ -151,10 +151,9 @@ class ShowerGenerator:
         ``n_steps`` and ``sampler``), defaulting to the run's. Randomness comes only from ``generator`` (or
         a fresh one seeded with ``seed``, default 0): same seed, same showers.
         """
-        parts = list(self.sample_batches(energy_mev, theta, phi, detector, generator=generator, seed=seed,
-                                         batch_size=batch_size, **options))
-        # one batch is the result as it is (joining copies every cell: 0.07 s for 10,000 showers of 6480)
-        return parts[0] if len(parts) == 1 else ShowerSet.concatenate(parts)
+        parts = self.sample_batches(energy_mev, theta, phi, detector, generator=generator, seed=seed,
+                                    batch_size=batch_size, **options)
+        return ShowerSet.concatenate(list(parts))
 
 
 def _load_sampler(content: CheckpointContent, family: Family, options: dict[str, Any],

@@ -233,9 +233,10 @@ class OnnxGenerator:
         **options: Any,
     ) -> ShowerSet:
         """One shower per entry of ``energy_mev`` (N,) MeV, as ``ShowerGenerator.sample``."""
-        parts = list(self.sample_batches(energy_mev, theta, phi, detector, generator=generator, seed=seed,
-                                         batch_size=batch_size, **options))
-        return parts[0] if len(parts) == 1 else ShowerSet.concatenate(parts)  # as ShowerGenerator.sample
+        return ShowerSet.concatenate(list(self.sample_batches(
+            energy_mev, theta, phi, detector, generator=generator, seed=seed, batch_size=batch_size,
+            **options,
+        )))
 
 
 def summing_scatters(model: Any) -> bool:
